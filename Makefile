@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# torch is installed first, on its own, so pip takes the local CPU wheel; everything else is resolved against
+# constraints.txt (the versions tested together), which pins torch and torchvision so nothing pulls CUDA builds.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nakt-installed
+
+.PHONY: setup demo smoke test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/nakt demo
+
+smoke: setup
+	$(VENV)/bin/nakt demo --smoke
+
+test: setup
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,100 @@
+"""The annotation set: Parquet files of teacher predictions and fused soft labels, plus a manifest.
+
+One row per transferal case (documented in ``docs/annotations.md``)::
+
+    case_id      string   stable id of the case (see sources.py)
+    source       string   path of the original image
+    status       string   "ok" or "error"
+    error        string   why the case failed ("" when ok); stage and reason
+    geometry     string   JSON of preprocess.Geometry (maps predictions back to the original image)
+    image        binary   preprocessed model input, float16 [C_in, H, W], C order
+    prob__<t>    binary   teacher t's probabilities, uint8 [C, H, W] (p * 255, rounded)
+    soft_label   binary   fused probabilities, uint8 [C, H, W]
+    hard_label   binary   argmax of soft_label, uint8 [H, W]
+    agreement    float    teachers' mean pairwise foreground Dice (1.0 for one teacher)
+    entropy      float    mean per-pixel entropy of the fused label
+
+Arrays are raw bytes (``np.frombuffer``) so any Parquet reader can use them; shapes and dtypes are in the
+manifest (``manifest.json`` beside the files), which also records teachers, their fingerprints, the fusion and
+the schema version. Failed cases are rows with status "error", so every input case appears exactly once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+PROB_PREFIX = "prob__"
+
+
+def prob_column(teacher: str) -> str:
+    return f"{PROB_PREFIX}{teacher}"
+
+
+def quantize(probs: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> uint8 (p * 255 rounded)."""
+    return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, axis: int = -3) -> np.ndarray:
+    """uint8 probabilities -> float32 renormalised to sum to 1 over the class ``axis``."""
+    p = q.astype(np.float32) / 255.0
+    return p / np.clip(p.sum(axis=axis, keepdims=True), 1e-6, None)
+
+
+def to_bytes(batch: np.ndarray) -> np.ndarray:
+    """``[B, ...]`` array -> object array of B byte strings (a Parquet binary column)."""
+    out = np.empty(len(batch), dtype=object)
+    for i in range(len(batch)):
+        out[i] = np.ascontiguousarray(batch[i]).tobytes()
+    return out
+
+
+def from_bytes(column: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A binary column of B values -> ``[B, *shape]`` array (an empty value, a failed case, gives zeros)."""
+    n = int(np.prod(shape))
+    out = np.zeros((len(column), *shape), dtype=dtype)
+    for i, raw in enumerate(column):
+        if raw is not None and len(raw):
+            arr = np.frombuffer(raw, dtype=dtype)
+            if arr.size != n:
+                raise ValueError(f"annotation value {i} holds {arr.size} values; expected shape {shape} ({n})")
+            out[i] = arr.reshape(shape)
+    return out
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    path = Path(out_dir) / MANIFEST
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2))
+    return path
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation set {str(out_dir)!r} has no {MANIFEST}; was it written by "
+                                "`nakt annotate`?")
+    manifest = json.loads(path.read_text())
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"annotation set {str(out_dir)!r} has schema version {manifest.get('schema_version')}; "
+                         f"this nakt-ray reads version {SCHEMA_VERSION}")
+    return manifest
+
+
+def parquet_files(out_dir: str | Path) -> list[str]:
+    return sorted(str(p) for p in Path(out_dir).glob("*.parquet"))
+
+
+def read_table(out_dir: str | Path, columns: list[str] | None = None):
+    """The annotation set as one pyarrow Table (driver-side use: summaries, tests, small sets)."""
+    import pyarrow.parquet as pq
+
+    files = parquet_files(out_dir)
+    if not files:
+        raise FileNotFoundError(f"annotation set {str(out_dir)!r} holds no Parquet files")
+    return pq.ParquetDataset(files).read(columns=columns)

@@ -1,0 +1,169 @@
+"""``nakt``: the command line. Thin wrappers over the stage functions; heavy imports happen inside commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("--config", required=config_required, help="run config YAML (see docs/config.md)")
+    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--tracking-uri", help="override tracking.uri (MLflow)")
+    p.add_argument("--ray-address", help="override ray.address ('auto' joins a running cluster)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set training.epochs=3 --set teachers.0.actors=2")
+
+
+def _load(args: argparse.Namespace):
+    from nakt_ray import config
+
+    overrides = list(args.set)
+    for flag, key in (("run_dir", "run_dir"), ("tracking_uri", "tracking.uri"), ("ray_address", "ray.address")):
+        if getattr(args, flag, None):
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if getattr(args, "epochs", None):
+        overrides.append(f"{args.epochs_key}={args.epochs}")
+    return config.load(args.config, overrides)
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    from nakt_ray.teachers import train_teacher
+
+    cfg = _load(args)
+    names = args.teacher or [t.name for t in cfg.teachers if t.train_data]
+    if not names:
+        print("no teacher has train_data; nothing to train", file=sys.stderr)
+        return 2
+    for name in names:
+        t0 = time.perf_counter()
+        path = train_teacher(cfg, cfg.teacher(name))
+        print(f"teacher {name}: {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from nakt_ray import tracking
+    from nakt_ray.annotate import annotate
+    from nakt_ray.runtime import init_ray
+
+    cfg = _load(args)
+    init_ray(cfg.ray)
+    with tracking.stage_run(cfg, "annotate") as run:
+        import mlflow
+
+        summary = annotate(cfg, transferal=args.transferal, output=args.output)
+        mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s", "images_per_s")})
+        out = Path(summary["output"])
+        for name in ("manifest.json", "summary.json", "errors.json"):
+            mlflow.log_artifact(str(out / name), artifact_path="annotations")
+        summary["mlflow_run_id"] = run.info.run_id
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_train_student(args: argparse.Namespace) -> int:
+    from nakt_ray.student import train_student
+
+    cfg = _load(args)
+    result = train_student(cfg, annotations_dir=args.annotations)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nakt_ray import tracking
+    from nakt_ray.evaluate import evaluate
+    from nakt_ray.runtime import init_ray
+
+    cfg = _load(args)
+    data = args.data or cfg.data.test
+    if not data:
+        print("no labeled test set: set data.test in the config or pass --data", file=sys.stderr)
+        return 2
+    models: dict[str, str] = {}
+    for item in args.model:
+        name, _, path = item.rpartition("=")
+        models[name or Path(path).parent.name] = path
+    ensemble = []
+    if not args.model:  # default: every teacher, their ensemble, and the student if it exists
+        models = {t.name: str(cfg.teacher_checkpoint(t)) for t in cfg.teachers}
+        ensemble = list(models) if len(models) > 1 else []
+        if cfg.student_checkpoint.exists():
+            models[cfg.student.name] = str(cfg.student_checkpoint)
+    out_dir = Path(args.output or Path(cfg.run_dir) / "evaluation")
+    init_ray(cfg.ray)
+    with tracking.stage_run(cfg, "evaluate"):
+        import mlflow
+
+        report = evaluate(cfg, models, data, out_dir, ensemble=ensemble)
+        for name, r in report["models"].items():
+            mlflow.log_metrics({f"dice.{name}": r["dice"], f"iou.{name}": r["iou"]})
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+    print(report["table"])
+    print(f"\nwritten: {out_dir / 'evaluation.md'}, {out_dir / 'evaluation.json'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from nakt_ray.demo import run_demo
+
+    run_demo(run_dir=args.run_dir, smoke=args.smoke)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nakt", description="Network-agnostic knowledge transfer with Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-teacher", help="train teachers on their labeled data (Ray Train)")
+    _common(p)
+    p.add_argument("--teacher", action="append", help="teacher name (repeatable; default: all with train_data)")
+    p.add_argument("--epochs", type=int, help="override teacher_training.epochs")
+    p.set_defaults(fn=cmd_train_teacher, epochs_key="teacher_training.epochs")
+
+    p = sub.add_parser("annotate", help="annotate the transferal set with every teacher (Ray Data)")
+    _common(p)
+    p.add_argument("--transferal", help="override data.transferal (a folder of images)")
+    p.add_argument("--output", help="override annotate.output")
+    p.set_defaults(fn=cmd_annotate)
+
+    p = sub.add_parser("train-student", help="distil the annotations into a student (Ray Train), register it")
+    _common(p)
+    p.add_argument("--annotations", help="annotation set folder (default: <run_dir>/annotations)")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.set_defaults(fn=cmd_train_student, epochs_key="training.epochs")
+
+    p = sub.add_parser("evaluate", help="Dice/IoU of models and the teachers' ensemble on a labeled set")
+    _common(p)
+    p.add_argument("--data", help="labeled folder (default: data.test)")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                   help="model file to score (repeatable; default: teachers, their ensemble, the student)")
+    p.add_argument("--output", help="output folder (default: <run_dir>/evaluation)")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole flow on synthetic data (about 10 min on 2 CPU cores)")
+    p.add_argument("--run-dir", default=None, help="where everything goes (default: runs/demo or runs/smoke)")
+    p.add_argument("--smoke", action="store_true", help="tiny version of the same path (< 2 min)")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nakt_ray.annotate import TeacherError
+    from nakt_ray.checkpoint import CheckpointError
+    from nakt_ray.config import ConfigError
+    from nakt_ray.sources import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, CheckpointError, TeacherError, FileExistsError, FileNotFoundError) as err:
+        print(f"nakt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""One YAML file describes a whole run; this module turns it into frozen, typed, validated dataclasses.
+
+Validation happens at load time, at the boundary: an unknown key, a value of the wrong type or outside its range
+raises :class:`ConfigError`, whose message names the key (as a dotted path such as ``teachers[1].arch``), the value
+and what is allowed. YAML is data only (``yaml.safe_load``): no tags, no code.
+
+Relative paths in a config are relative to the working directory of the command (documented in README.md).
+
+Example (every key is optional except ``teachers``; see ``docs/config.md`` for all keys)::
+
+    run_dir: runs/hc18
+    data:
+      labels: [background, head]
+      transferal: ../shared/data/hc18/images
+      test: data/test
+    preprocess: {size: [128, 128], mode: resize, normalize: zscore}
+    teachers:
+      - {name: unet_a, arch: unet, train_data: data/site_a}
+      - {name: segresnet_b, arch: segresnet, train_data: data/site_b}
+    student: {arch: basic_unet}
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that is missing, unknown, of the wrong type or out of range."""
+
+
+def _fail(key: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise ConfigError(f"config key '{key}': got {value!r}; expected {allowed}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The typed config. Each dataclass checks its own ranges in `_validate(prefix)`; types are checked generically.
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The one preprocessing definition shared by teachers and students.
+
+    ``size`` is the model input (height, width) in pixels. ``mode``: ``resize`` stretches the image to ``size``;
+    ``letterbox`` keeps the aspect ratio, scales to fit and pads. ``normalize``: ``zscore`` (per image, zero mean
+    and unit variance), ``minmax`` (per image, to [0, 1]), ``none``. ``in_channels``: images are converted to grey
+    (1) or to 3 channels (grey replicated) whatever their file holds.
+    """
+
+    size: tuple[int, int] = (128, 128)
+    mode: Literal["resize", "letterbox"] = "resize"
+    normalize: Literal["zscore", "minmax", "none"] = "zscore"
+    in_channels: Literal[1, 3] = 1
+
+    def _validate(self, p: str) -> None:
+        if any(s < 16 or s > 8192 for s in self.size):
+            _fail(f"{p}size", list(self.size), "two integers (height, width) between 16 and 8192")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data lives and what the labels mean.
+
+    Each path is a folder source: ``<path>/images/`` with an optional ``<path>/masks/`` whose files match the
+    images by name (``mask_suffix`` is appended to the image's stem when looking up its mask). ``labels`` names the
+    classes, background first. ``mask_values`` maps mask pixel values to classes (one value per label); when
+    absent, binary masks map any non-zero pixel to class 1 and multi-class masks hold the class index.
+    """
+
+    labels: tuple[str, ...] = ("background", "foreground")
+    mask_values: tuple[int, ...] | None = None
+    mask_suffix: str = ""
+    transferal: str | None = None
+    val: str | None = None
+    test: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def _validate(self, p: str) -> None:
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            _fail(f"{p}labels", list(self.labels), "at least two distinct class names, background first")
+        if self.mask_values is not None:
+            if len(self.mask_values) != len(self.labels) or len(set(self.mask_values)) != len(self.mask_values):
+                _fail(f"{p}mask_values", list(self.mask_values),
+                      f"{len(self.labels)} distinct pixel values, one per label {list(self.labels)}")
+            if any(not 0 <= v <= 65535 for v in self.mask_values):
+                _fail(f"{p}mask_values", list(self.mask_values), "pixel values between 0 and 65535")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Optimisation and Ray Train settings, shared by teacher and student training.
+
+    ``num_workers`` is the number of Ray Train workers (distributed data parallel; 0 runs the loop in the driver
+    process, useful for debugging). ``cpus_per_worker`` may be fractional: on a 2-core machine a worker must not
+    hold a whole core or the Ray Data task that feeds it never runs. ``use_gpu`` null means "if the cluster has
+    GPUs". ``torch_threads`` null means one per CPU the worker holds (at least 1).
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    num_workers: int = 1
+    cpus_per_worker: float = 0.5
+    use_gpu: bool | None = None
+    torch_threads: int | None = None
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    kl_weight: float = 0.0
+    temperature: float = 1.0
+    augment: bool = True
+    seed: int = 0
+
+    def _validate(self, p: str) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                _fail(f"{p}{key}", getattr(self, key), "an integer >= 1")
+        if not 0 < self.lr < 1:
+            _fail(f"{p}lr", self.lr, "a learning rate in (0, 1)")
+        if self.weight_decay < 0:
+            _fail(f"{p}weight_decay", self.weight_decay, "a number >= 0")
+        if self.num_workers < 0:
+            _fail(f"{p}num_workers", self.num_workers, "an integer >= 0 (0 runs the loop in the driver)")
+        if not 0 < self.cpus_per_worker <= 256:
+            _fail(f"{p}cpus_per_worker", self.cpus_per_worker, "a number in (0, 256]; fractions are allowed")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            _fail(f"{p}torch_threads", self.torch_threads, "an integer >= 1 or null")
+        for key in ("dice_weight", "ce_weight", "kl_weight"):
+            if getattr(self, key) < 0:
+                _fail(f"{p}{key}", getattr(self, key), "a number >= 0")
+        if self.dice_weight + self.ce_weight + self.kl_weight <= 0:
+            _fail(f"{p}dice_weight", self.dice_weight, "loss weights (dice, ce, kl) whose sum is > 0")
+        if self.temperature <= 0:
+            _fail(f"{p}temperature", self.temperature, "a number > 0")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """One teacher: how it is trained (``arch``, ``train_data``) and how it annotates (``checkpoint``, pool).
+
+    ``checkpoint`` defaults to ``<run_dir>/teachers/<name>/model.pt``, where ``nakt train-teacher`` writes it.
+    ``actors``, ``batch_size``, ``num_cpus`` and ``num_gpus`` size this teacher's Ray Data actor pool;
+    ``num_gpus`` null means 1 when the cluster has GPUs and 0 otherwise (fractions share a GPU).
+    """
+
+    name: str
+    arch: str = "unet"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    train_data: str | None = None
+    val_data: str | None = None
+    checkpoint: str | None = None
+    actors: int = 1
+    batch_size: int = 8
+    num_cpus: float = 0.5
+    num_gpus: float | None = None
+
+    def _validate(self, p: str) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
+            _fail(f"{p}name", self.name, "a non-empty name of letters, digits, '_', '-' or '.'")
+        _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
+        if self.actors < 1:
+            _fail(f"{p}actors", self.actors, "an integer >= 1")
+        if self.batch_size < 1:
+            _fail(f"{p}batch_size", self.batch_size, "an integer >= 1")
+        if not 0 < self.num_cpus <= 256:
+            _fail(f"{p}num_cpus", self.num_cpus, "a number in (0, 256]; fractions are allowed")
+        if self.num_gpus is not None and not 0 <= self.num_gpus <= 16:
+            _fail(f"{p}num_gpus", self.num_gpus, "a number in [0, 16] (fractions share a GPU) or null")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The student: any zoo architecture. Its checkpoint goes to ``<run_dir>/student/<name>/model.pt``."""
+
+    name: str = "student"
+    arch: str = "basic_unet"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    annotations: str | None = None
+
+    def _validate(self, p: str) -> None:
+        if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
+            _fail(f"{p}name", self.name, "a non-empty name of letters, digits, '_', '-' or '.'")
+        _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How teachers' probabilities become one soft label. ``weights``: one per teacher, for weighted rules."""
+
+    rule: Literal["mean", "weighted_mean", "majority_vote", "staple"] = "mean"
+    weights: tuple[float, ...] | None = None
+
+    def _validate(self, p: str) -> None:
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            _fail(f"{p}weights", list(self.weights), "non-negative numbers, not all zero, one per teacher")
+        if self.rule == "weighted_mean" and self.weights is None:
+            _fail(f"{p}weights", None, "a list of weights, one per teacher, for rule 'weighted_mean'")
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """The annotation run. ``output`` defaults to ``<run_dir>/annotations``."""
+
+    output: str | None = None
+    decode_batch_size: int = 16
+    rows_per_file: int = 256
+
+    def _validate(self, p: str) -> None:
+        if self.decode_batch_size < 1:
+            _fail(f"{p}decode_batch_size", self.decode_batch_size, "an integer >= 1")
+        if self.rows_per_file < 1:
+            _fail(f"{p}rows_per_file", self.rows_per_file, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow. ``uri`` null means ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<run_dir>/mlflow.db``."""
+
+    uri: str | None = None
+    experiment: str = "nakt-ray"
+    registered_model: str = "nakt-student"
+    alias: str = "candidate"
+
+    def _validate(self, p: str) -> None:
+        if not self.experiment:
+            _fail(f"{p}experiment", self.experiment, "a non-empty experiment name")
+        if not self.registered_model:
+            _fail(f"{p}registered_model", self.registered_model, "a non-empty model name")
+        if not self.alias or self.alias[0].isdigit() or not all(c.isalnum() or c in "_-" for c in self.alias):
+            _fail(f"{p}alias", self.alias, "an MLflow alias: letters, digits, '_' or '-', not starting with a digit")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where Ray runs. ``address`` null starts a local instance (``auto`` joins a running cluster)."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+
+    def _validate(self, p: str) -> None:
+        for key in ("num_cpus", "num_gpus"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                _fail(f"{p}{key}", value, "an integer >= 0 or null")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: data, teachers, fusion, student, training, tracking and Ray resources."""
+
+    teachers: tuple[TeacherConfig, ...]
+    run_dir: str = "runs/nakt"
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher_training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def _validate(self, p: str) -> None:
+        if not self.teachers:
+            _fail(f"{p}teachers", [], "a list of at least one teacher")
+        names = [t.name for t in self.teachers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            _fail(f"{p}teachers", names, f"unique teacher names (repeated: {', '.join(dupes)})")
+        if self.fusion.weights is not None and len(self.fusion.weights) != len(self.teachers):
+            _fail(f"{p}fusion.weights", list(self.fusion.weights),
+                  f"{len(self.teachers)} weights, one per teacher ({', '.join(names)})")
+
+    # Paths derived from run_dir, in one place.
+    def teacher_checkpoint(self, teacher: TeacherConfig) -> Path:
+        return Path(teacher.checkpoint) if teacher.checkpoint else Path(self.run_dir) / "teachers" / teacher.name / "model.pt"
+
+    @property
+    def annotations_dir(self) -> Path:
+        return Path(self.annotate.output) if self.annotate.output else Path(self.run_dir) / "annotations"
+
+    @property
+    def student_checkpoint(self) -> Path:
+        return Path(self.run_dir) / "student" / self.student.name / "model.pt"
+
+    def teacher(self, name: str) -> TeacherConfig:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"no teacher named {name!r}; teachers in this config: {[t.name for t in self.teachers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+def _check_arch(key: str, arch: str, args_key: str, arch_args: dict[str, Any]) -> None:
+    from nakt_ray import zoo  # zoo imports only torch at module level
+
+    valid = zoo.list_architectures()
+    if arch not in valid:
+        close = difflib.get_close_matches(arch, valid, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        _fail(key, arch, f"{hint}one of the zoo's architectures: {', '.join(valid)}")
+    try:
+        zoo.check_arch_args(arch, arch_args)
+    except ValueError as err:
+        raise ConfigError(f"config key '{args_key}': {err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generic conversion of plain data (from YAML) into the dataclasses above, checking types and unknown keys.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if value not in options or isinstance(value, bool) != any(isinstance(o, bool) for o in options):
+            close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            _fail(key, value, hint + _type_name(tp))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            _fail(key, value, _type_name(tp))
+        non_null = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_null:
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        _fail(key, value, _type_name(tp))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            _fail(key, value, _type_name(tp))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            _fail(key, value, _type_name(tp))
+        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            _fail(key, value, "a mapping with string keys")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, value, "a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, value, "a string")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config type {tp!r} of '{key}' is not supported")  # a bug in this module, not user input
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "the config file's top level"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key '{where}': got {data!r}; expected a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    dot = f"{prefix}." if prefix else ""
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown config key '{dot}{key}'; {hint}allowed keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{dot}{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"config key '{dot}{name}' is required ({_type_name(hints[name])})")
+    obj = cls(**kwargs)
+    obj._validate(dot)
+    return obj
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """Validate plain data (as loaded from YAML) into a :class:`RunConfig`."""
+    return _build(RunConfig, data, "")
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Validate plain data into any config dataclass of this module (e.g. a Ray Tune trial's dict)."""
+    return _build(cls, data, prefix)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to plain config data, before validation.
+
+    List items are addressed by index: ``teachers.0.epochs=3``.
+    """
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. training.epochs=3")
+        path, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        parts = path.strip().split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: '{'.'.join(parts[:i + 1])}' is not a valid list index")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {item!r}: '{path}' is not a valid list index")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {item!r}: '{'.'.join(parts[:-1])}' is not a mapping")
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load, override and validate a run config from a YAML file. Errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    try:
+        return from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def dump(cfg: RunConfig, path: str | Path) -> Path:
+    """Write a config as YAML that :func:`load` reads back to an equal config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested plain data into ``{"a.b.c": value}`` (for MLflow parameters)."""
+    if dataclasses.is_dataclass(data):
+        data = _to_plain(data)
+    out: dict[str, Any] = {}
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(data, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in data):
+        for i, v in enumerate(data):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = data
+    return out

@@ -1,0 +1,46 @@
+"""Starting (or joining) Ray the same way in every entry point."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import ray
+
+from nakt_ray.config import RayConfig
+
+# Every Ray worker process runs this before it unpickles anything, so a worker that meets a timm model (or
+# imports timm itself) can import torchvision where the PyPI CUDA build does not load against CPU torch.
+WORKER_SETUP_HOOK = "nakt_ray._torchvision_compat.ensure_torchvision"
+
+
+def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
+    """Start a local Ray instance, or connect to ``cfg.address``; a no-op when Ray is already initialised.
+
+    Local instances run without token authentication (``RAY_AUTH_MODE=disabled`` unless the caller set it).
+    """
+    if ray.is_initialized():
+        return
+    cfg = cfg or RayConfig()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    kwargs = dict(
+        address=cfg.address,
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
+    )
+    if cfg.address is not None:  # a running cluster decides its own resources
+        kwargs.pop("num_cpus")
+        kwargs.pop("num_gpus")
+    kwargs.update(overrides)
+    ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("NAKT_PROGRESS", "1") != "0"
+    ctx.print_on_execution_start = False
+
+
+def cluster_has_gpus() -> bool:
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -1,0 +1,65 @@
+"""Teachers: train one on a labeled site with Ray Train and save a self-describing model file.
+
+In deployment, teachers come from other hospitals as finished models; ``nakt train-teacher`` exists so the demo
+and experiments can make teachers of their own (no pretrained weights can be downloaded).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nakt_ray.checkpoint import ModelSpec
+from nakt_ray.config import RunConfig, TeacherConfig
+
+
+def model_spec(cfg: RunConfig, name: str, arch: str, arch_args: dict[str, Any], role: str,
+               lineage: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(name=name, arch=arch, arch_args=dict(arch_args), labels=tuple(cfg.data.labels),
+                     preprocess=cfg.preprocess, role=role, lineage=lineage)
+
+
+def labeled_split(cfg: RunConfig, folder: str, batch_size: int) -> tuple[Any, list[dict[str, str]], int]:
+    """Decode a labeled folder for training: (dataset of good cases, failed cases, number of cases listed)."""
+    from nakt_ray.datasets import labeled_dataset, split_errors
+    from nakt_ray.sources import list_cases
+
+    cases = list_cases(folder, require_masks=True, mask_suffix=cfg.data.mask_suffix)
+    ds = labeled_dataset(cases, cfg.preprocess, cfg.data.num_classes, cfg.data.mask_values, batch_size=batch_size)
+    good, failed = split_errors(ds)
+    if len(failed) == len(cases):
+        raise ValueError(f"none of the {len(cases)} cases in {folder!r} could be read; first error: "
+                         f"{failed[0]['error']}")
+    return good, failed, len(cases)
+
+
+def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
+    """Train ``teacher`` on its ``train_data``; returns the path of its model file."""
+    import mlflow
+
+    from nakt_ray import tracking
+    from nakt_ray.runtime import init_ray
+    from nakt_ray.training import fit
+
+    if not teacher.train_data:
+        raise ValueError(f"teacher {teacher.name!r} has no train_data; set teachers[].train_data to a labeled "
+                         "folder (images/ and masks/) or give it a finished checkpoint")
+    init_ray(cfg.ray)
+    tc = cfg.teacher_training
+    train_ds, failed, n = labeled_split(cfg, teacher.train_data, tc.batch_size)
+    val_ds = labeled_split(cfg, teacher.val_data, tc.batch_size)[0] if teacher.val_data else None
+    lineage = {"train_data": str(Path(teacher.train_data).resolve()), "num_cases": n - len(failed)}
+    spec = model_spec(cfg, teacher.name, teacher.arch, teacher.arch_args, "teacher", lineage)
+    out_path = cfg.teacher_checkpoint(teacher)
+    with tracking.stage_run(cfg, "train-teacher", run_name=f"teacher-{teacher.name}",
+                            params={"teacher.name": teacher.name, "teacher.arch": teacher.arch,
+                                    "teacher.cases": n - len(failed), "teacher.failed_cases": len(failed)},
+                            tags={"nakt.teacher": teacher.name}) as run:
+        logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
+        result = fit(spec, train_ds, tc, out_path=out_path, storage=Path(cfg.run_dir) / "ray_train",
+                     name=f"teacher-{teacher.name}", val_ds=val_ds, logger=logger)
+        mlflow.log_metric("train_wall_s", result.wall_s)
+        mlflow.log_artifact(str(out_path), artifact_path="teacher")
+        if failed:
+            mlflow.log_text(json.dumps(failed, indent=2), "failed_cases.json")
+    return out_path

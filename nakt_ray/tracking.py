@@ -1,0 +1,124 @@
+"""MLflow: one place that knows the tracking URI, the experiment, and how a student is logged and registered.
+
+Default store: ``sqlite:///<run_dir>/mlflow.db`` with artifacts in ``<run_dir>/mlartifacts`` (a real MLflow
+backend with a Model Registry). ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point it at a tracking server instead.
+Ray Train workers log through :class:`RunLogger`, which needs only the URI and the run id (picklable).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nakt_ray.config import RunConfig, flatten
+
+
+def tracking_uri(cfg: RunConfig) -> str:
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cfg.run_dir).resolve() / 'mlflow.db'}"
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def setup(cfg: RunConfig) -> str:
+    """Point MLflow at the run's store and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if _is_local(uri):  # keep artifacts inside the run directory, not in the current working directory
+        artifacts = (Path(cfg.run_dir).resolve() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
+
+
+@contextlib.contextmanager
+def stage_run(cfg: RunConfig, stage: str, run_name: str | None = None, params: dict[str, Any] | None = None,
+              tags: dict[str, str] | None = None) -> Iterator[Any]:
+    """An MLflow run for one stage, with the whole config as parameters and ``nakt.stage`` as a tag."""
+    import mlflow
+
+    exp_id = setup(cfg)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage) as run:
+        mlflow.set_tags({"nakt.stage": stage, "nakt.run_dir": str(Path(cfg.run_dir).resolve()), **(tags or {})})
+        mlflow.log_params({k: _param(v) for k, v in flatten(cfg.to_dict()).items()})
+        if params:
+            mlflow.log_params({k: _param(v) for k, v in params.items()})
+        yield run
+
+
+def _param(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+@dataclass(frozen=True)
+class RunLogger:
+    """Logs metrics to an existing MLflow run from any process (e.g. a Ray Train worker of rank 0)."""
+
+    uri: str
+    run_id: str
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        MlflowClient(self.uri).log_batch(self.run_id, metrics=batch)
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what a pickled nakt model needs (explicit: inference would cost ~7 s per log)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("torch", "monai", "timm", "einops", "numpy"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            pass
+    return reqs
+
+
+def log_and_register_model(model: Any, spec: Any, registered_name: str, alias: str,
+                           tags: dict[str, str]) -> tuple[str, str]:
+    """Log ``model`` to the active run, register it, point ``alias`` at the new version, tag it with lineage.
+
+    Pickle serialisation (the ``pt2`` default would lock the loaded model to the example's batch size).
+    Returns ``(model_uri, version)``; the model loads with ``mlflow.pytorch.load_model("models:/NAME@ALIAS")``.
+    """
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    model = getattr(model, "module", model).cpu().eval()
+    example = np.zeros((1, spec.in_channels, *spec.preprocess.size), dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                    pip_requirements=pip_requirements(), signature=infer_signature(example, out),
+                                    registered_model_name=registered_name)
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(registered_name, alias, version)
+    for k, v in tags.items():
+        client.set_model_version_tag(registered_name, version, k, str(v))
+    return f"models:/{registered_name}@{alias}", version

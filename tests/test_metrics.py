@@ -1,0 +1,153 @@
+"""Segmentation metrics on hand-made label maps, cross-checked against MONAI; bootstrap intervals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.metrics import compute_dice, compute_iou
+
+from nakt_ray.metrics import bootstrap_ci, dice_per_class, foreground_mean, iou_per_class
+
+PRED = [[1, 1], [0, 0]]
+TARGET = [[1, 0], [0, 0]]
+
+# (pred, target, num_classes, expected Dice per class, expected IoU per class)
+KNOWN = [
+    # class 0: |P|=2, |T|=3, overlap 2; class 1: |P|=2, |T|=1, overlap 1
+    (PRED, TARGET, 2, [4 / 5, 2 / 3], [2 / 3, 1 / 2]),
+    (PRED, PRED, 2, [1.0, 1.0], [1.0, 1.0]),
+    # class 2 absent from both -> 1.0
+    (PRED, TARGET, 3, [4 / 5, 2 / 3, 1.0], [2 / 3, 1 / 2, 1.0]),
+    # class 1 only in the prediction, class 2 only in the target -> 0.0 each
+    ([[1, 0], [0, 0]], [[2, 0], [0, 0]], 3, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]),
+    # everything background in both -> foreground classes empty in both -> 1.0
+    ([[0, 0], [0, 0]], [[0, 0], [0, 0]], 2, [1.0, 1.0], [1.0, 1.0]),
+    # complete miss
+    ([[1, 1], [1, 1]], [[0, 0], [0, 0]], 2, [0.0, 0.0], [0.0, 0.0]),
+    ([[0, 1, 2, 2]], [[0, 2, 2, 1]], 3, [1.0, 0.0, 0.5], [1.0, 0.0, 1 / 3]),
+]
+
+
+@pytest.mark.parametrize("pred, target, num_classes, dice, iou", KNOWN)
+def test_known_values(pred: list, target: list, num_classes: int, dice: list, iou: list) -> None:
+    pred_arr, target_arr = np.array(pred), np.array(target)
+    np.testing.assert_allclose(dice_per_class(pred_arr, target_arr, num_classes), dice)
+    np.testing.assert_allclose(iou_per_class(pred_arr, target_arr, num_classes), iou)
+
+
+def test_batch_form() -> None:
+    rows = [row for row in KNOWN if row[2] == 3 and np.shape(row[0]) == (2, 2)]  # the 2x2, 3-class cases
+    preds = np.stack([np.array(row[0]) for row in rows])  # [B, H, W]
+    targets = np.stack([np.array(row[1]) for row in rows])
+    dice = dice_per_class(preds, targets, 3)
+    iou = iou_per_class(preds, targets, 3)
+    assert dice.shape == iou.shape == (len(rows), 3)
+    np.testing.assert_allclose(dice, [row[3] for row in rows])
+    np.testing.assert_allclose(iou, [row[4] for row in rows])
+    # extra leading axes work too: [2, B, H, W] -> [2, B, C]
+    assert dice_per_class(np.stack([preds, preds]), np.stack([targets, targets]), 3).shape == (2, len(rows), 3)
+
+
+def test_accepts_any_integer_dtype() -> None:
+    pred, target = np.array(PRED, dtype=np.uint8), np.array(TARGET, dtype=np.int64)
+    np.testing.assert_allclose(dice_per_class(pred, target, 2), [4 / 5, 2 / 3])
+    np.testing.assert_allclose(dice_per_class(pred.astype(bool), target.astype(bool), 2), [4 / 5, 2 / 3])
+
+
+def _one_hot_tensor(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """[B, H, W] -> float one-hot [B, C, H, W]."""
+    return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_agrees_with_monai_on_non_empty_classes(num_classes: int) -> None:
+    rng = np.random.default_rng(num_classes)
+    target = rng.integers(0, num_classes, size=(3, 12, 10))
+    pred = np.where(rng.random(target.shape) < 0.3, rng.integers(0, num_classes, target.shape), target)
+    # every class present in every map, so MONAI's empty-class handling never applies
+    for labels in (pred, target):
+        for b in range(3):
+            assert set(np.unique(labels[b])) == set(range(num_classes))
+    y_pred, y = _one_hot_tensor(pred, num_classes), _one_hot_tensor(target, num_classes)
+    monai_dice = compute_dice(y_pred, y, include_background=True).numpy()
+    monai_iou = compute_iou(y_pred, y, include_background=True).numpy()
+    np.testing.assert_allclose(dice_per_class(pred, target, num_classes), monai_dice, rtol=1e-5)
+    np.testing.assert_allclose(iou_per_class(pred, target, num_classes), monai_iou, rtol=1e-5)
+
+
+# (pred, target, num_classes, message fragment)
+ERRORS = [
+    (np.zeros((2, 2), int), np.zeros((2, 3), int), 2, "does not match target shape"),
+    (np.zeros((2, 2)), np.zeros((2, 2), int), 2, "integer label map"),
+    (np.zeros((2, 2), int), np.full((2, 2), 2), 2, "expected 0 .. 1"),
+    (np.full((2, 2), -1), np.zeros((2, 2), int), 2, "expected 0 .. 1"),
+    (np.zeros(4, int), np.zeros(4, int), 2, "[H, W]"),
+    (np.zeros((2, 2), int), np.zeros((2, 2), int), 0, "num_classes"),
+]
+
+
+@pytest.mark.parametrize("pred, target, num_classes, message", ERRORS)
+@pytest.mark.parametrize("metric", [dice_per_class, iou_per_class])
+def test_errors(metric, pred: np.ndarray, target: np.ndarray, num_classes: int, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        metric(pred, target, num_classes)
+    assert message in str(excinfo.value)
+
+
+def test_foreground_mean() -> None:
+    assert foreground_mean(np.array([0.2, 0.6, 1.0])) == pytest.approx(0.8)
+    assert isinstance(foreground_mean(np.array([0.2, 0.6])), float)
+    batch = foreground_mean(np.array([[0.0, 0.5, 0.7], [1.0, 0.1, 0.3]]))
+    np.testing.assert_allclose(batch, [0.6, 0.2])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        foreground_mean(np.array([0.5]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bootstrap
+# ---------------------------------------------------------------------------------------------------------------
+def test_bootstrap_contains_mean_and_narrows_with_more_cases() -> None:
+    rng = np.random.default_rng(1)
+    few = rng.normal(0.8, 0.1, size=10)
+    many = rng.normal(0.8, 0.1, size=1000)
+    mean_few, low_few, high_few = bootstrap_ci(few)
+    mean_many, low_many, high_many = bootstrap_ci(many)
+    assert mean_few == pytest.approx(few.mean())
+    assert low_few < mean_few < high_few
+    assert low_many < mean_many < high_many
+    assert (high_many - low_many) < (high_few - low_few) / 3
+
+
+def test_bootstrap_width_matches_normal_theory() -> None:
+    values = np.random.default_rng(2).normal(0.0, 1.0, size=400)
+    _, low, high = bootstrap_ci(values, n_boot=2000)
+    # 95 % normal interval of a mean: 2 * 1.96 * sd / sqrt(n) ~ 0.196
+    assert 0.16 < high - low < 0.23
+
+
+def test_bootstrap_alpha_and_seed() -> None:
+    values = np.random.default_rng(3).random(50)
+    assert bootstrap_ci(values, seed=7) == bootstrap_ci(values, seed=7)
+    _, low95, high95 = bootstrap_ci(values, alpha=0.05)
+    _, low50, high50 = bootstrap_ci(values, alpha=0.5)
+    assert low95 < low50 < high50 < high95
+
+
+def test_bootstrap_single_case_is_degenerate() -> None:
+    assert bootstrap_ci([0.7]) == pytest.approx((0.7, 0.7, 0.7))
+
+
+@pytest.mark.parametrize(
+    "values, kwargs, message",
+    [
+        ([], {}, "non-empty"),
+        ([[0.1, 0.2]], {}, "1-D"),
+        ([0.1, np.nan], {}, "finite"),
+        ([0.1, 0.2], {"alpha": 0.0}, "alpha"),
+        ([0.1, 0.2], {"alpha": 1.5}, "alpha"),
+        ([0.1, 0.2], {"n_boot": 0}, "n_boot"),
+    ],
+)
+def test_bootstrap_errors(values: list, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bootstrap_ci(values, **kwargs)
