@@ -71,12 +71,16 @@ class CheckpointError(ValueError):
     """A model file that cannot be used; the message names the file."""
 
 
-def save_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec) -> Path:
-    """Write ``model``'s weights (moved to CPU, DDP wrapper removed) and its spec to ``path`` atomically."""
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model``'s weights (DDP wrapper removed)."""
+    return {k: v.detach().cpu().clone() for k, v in getattr(model, "module", model).state_dict().items()}
+
+
+def save_model(path: str | Path, model: torch.nn.Module | dict[str, torch.Tensor], spec: ModelSpec) -> Path:
+    """Write a model's weights (or a state dict) and its spec to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, "module", model)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = model if isinstance(model, dict) else cpu_state_dict(model)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save({"format": FORMAT, "version": VERSION, "spec": spec.to_dict(), "state_dict": state}, tmp)
     tmp.replace(path)

@@ -93,9 +93,11 @@ def split_errors(ds) -> tuple[Any, list[dict[str, str]]]:
 
     Returns ``(good rows with columns image and target, [{case_id, error}] of the others)``.
     """
+    from ray.data.expressions import col
+
     ds = ds.materialize()
-    bad = ds.filter(lambda r: r["error"] != "").select_columns(["case_id", "error"]).take_all()
-    good = ds.filter(lambda r: r["error"] == "") if bad else ds
+    bad = ds.filter(expr=col("error") != "").select_columns(["case_id", "error"]).take_all()
+    good = ds.filter(expr=col("error") == "") if bad else ds
     return good.select_columns(["image", "target"]).materialize(), [
         {"case_id": r["case_id"], "error": r["error"]} for r in bad]
 
@@ -129,7 +131,9 @@ def annotation_dataset(annotations_dir: str, rule: str | None = None, weights: l
     teachers = [t["name"] for t in manifest["teachers"]]
     columns = ["status", "image"] + ([ann.prob_column(t) for t in teachers] if rule else ["soft_label"])
     ds = ray.data.read_parquet(ann.parquet_files(annotations_dir), columns=columns)
-    ds = ds.filter(lambda r: r["status"] == "ok")
+    from ray.data.expressions import col
+
+    ds = ds.filter(expr=col("status") == "ok")
     return ds.map_batches(annotation_batch, batch_size=batch_size, num_cpus=0.5,
                           fn_kwargs=dict(image_shape=tuple(manifest["image_shape"]),
                                          label_shape=tuple(manifest["label_shape"]), teachers=teachers,

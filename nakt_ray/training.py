@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nakt_ray.checkpoint import ModelSpec, save_model
+from nakt_ray.checkpoint import ModelSpec, cpu_state_dict, save_model
 from nakt_ray.config import TrainingConfig, build
 from nakt_ray.tracking import RunLogger
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = "model.pt"  # the model after the checkpoint's epoch
+BEST_FILE = "best_model.pt"  # the best model so far by validation Dice (when there is a validation set)
 STATE_FILE = "train_state.pt"
 
 
@@ -77,12 +78,14 @@ def train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(spec.build())
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs, eta_min=tc.lr * 0.05)
-    start_epoch, best = 0, -1.0
+    start_epoch, best, best_state = 0, -1.0, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
             model_state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
+            if (Path(d) / BEST_FILE).exists():
+                best_state = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)["state_dict"]
         getattr(model, "module", model).load_state_dict(model_state)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -124,17 +127,25 @@ def train_loop(config: dict[str, Any]) -> None:
                     pred = model(batch["image"]).argmax(1)
                     dices.append(foreground_dice(pred, batch["target"].argmax(1), spec.num_classes).cpu())
             metrics["val_dice"] = float(torch.cat(dices).mean()) if dices else float("nan")
-            best = max(best, metrics["val_dice"])
+            if metrics["val_dice"] > best:
+                best, best_state = metrics["val_dice"], cpu_state_dict(model)
             metrics["best_val_dice"] = best
 
         # 5. Report with a checkpoint (rank 0 writes it); log to MLflow from rank 0.
-        with tempfile.TemporaryDirectory() as d:
+        # Ray Train copies a reported checkpoint to storage, except in local mode (num_workers=0), where the
+        # checkpoint is the directory itself: then it is written straight into the run's storage folder.
+        local_dir = config.get("local_checkpoint_dir")
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(local_dir) / f"checkpoint_epoch{epoch:04d}" if local_dir else Path(tmp)
             checkpoint = None
             if rank == 0:
-                save_model(Path(d) / MODEL_FILE, model, spec)
+                d.mkdir(parents=True, exist_ok=True)
+                save_model(d / MODEL_FILE, model, spec)
+                if best_state is not None:
+                    save_model(d / BEST_FILE, best_state, spec)
                 torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                            "best": best}, Path(d) / STATE_FILE)
-                checkpoint = ray.train.Checkpoint.from_directory(d)
+                            "best": best}, d / STATE_FILE)
+                checkpoint = ray.train.Checkpoint.from_directory(str(d))
             ray.train.report(metrics, checkpoint=checkpoint)
         if logger is not None:
             logger.log_metrics(metrics, step=epoch)
@@ -151,7 +162,8 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
         name: str, val_ds: Any = None, logger: RunLogger | None = None) -> FitResult:
     """Train ``spec``'s model on ``train_ds`` with Ray Train and copy the chosen model file to ``out_path``.
 
-    The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's.
+    The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's. The last
+    checkpoint carries both (``model.pt``, ``best_model.pt``), so only the latest checkpoints need keeping.
     """
     import shutil
 
@@ -163,19 +175,19 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     use_gpu = training.use_gpu if training.use_gpu is not None else cluster_has_gpus()
     resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     datasets = {"train": train_ds, **({"val": val_ds} if val_ds is not None else {})}
+    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    local_dir = str(Path(storage).resolve() / run_name / "local") if training.num_workers == 0 else None
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.to_dict(), "training": asdict(training), "has_val": val_ds is not None,
                            "cpus_per_worker": training.cpus_per_worker,
-                           "mlflow": asdict(logger) if logger else None},
+                           "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=run_name,
             storage_path=str(Path(storage).resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="val_dice" if val_ds is not None else "epoch",
-                checkpoint_score_order="max"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -185,14 +197,11 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     wall = time.perf_counter() - t0
     if result.error:
         raise RuntimeError(f"training {name!r} failed: {result.error}")
-    chosen = result.checkpoint
     metrics = dict(result.metrics or {})
-    if result.best_checkpoints:
-        score = "val_dice" if val_ds is not None else "epoch"
-        chosen, metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(score, -1.0))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with chosen.as_directory() as d:
-        shutil.copyfile(Path(d) / MODEL_FILE, out_path)
+    with result.checkpoint.as_directory() as d:
+        best = Path(d) / BEST_FILE
+        shutil.copyfile(best if best.exists() else Path(d) / MODEL_FILE, out_path)
     return FitResult(out_path, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))},
                      wall)

@@ -1,0 +1,81 @@
+"""Shared fixtures: one Ray instance per session (2 CPUs, fractional resources everywhere), tiny data and models."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("NAKT_PROGRESS", "0")
+
+HC18 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hc18"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance shared by every test that needs one (starting Ray costs ~4 s and ~0.8 GB)."""
+    import ray
+
+    from nakt_ray.runtime import init_ray
+
+    from nakt_ray.config import RayConfig
+
+    init_ray(RayConfig(num_cpus=2))
+    yield ray
+    ray.shutdown()
+
+
+def tiny_raw_config(tmp_path: Path, teachers: list[dict] | None = None, **extra) -> dict:
+    """Plain config data for a tiny run under ``tmp_path`` (32x32 inputs)."""
+    raw = {
+        "run_dir": str(tmp_path / "run"),
+        "data": {"labels": ["background", "head"]},
+        "preprocess": {"size": [32, 32]},
+        "teachers": teachers or [{"name": "t1", "arch": "unet"}, {"name": "t2", "arch": "unet"}],
+        "teacher_training": {"epochs": 1, "batch_size": 4, "num_workers": 0},
+        "training": {"epochs": 1, "batch_size": 4, "num_workers": 0},
+        "tracking": {"experiment": "tests", "registered_model": "test-student"},
+    }
+    raw.update(extra)
+    return raw
+
+
+TINY_UNET = {"channels": [4, 8], "strides": [2], "num_res_units": 0}
+
+
+def make_teacher(path: Path, name: str, num_classes: int = 2, size=(32, 32), seed: int = 0, in_channels: int = 1):
+    """Save an untrained tiny UNet as a nakt model file (random but deterministic weights)."""
+    import torch
+
+    from nakt_ray.checkpoint import ModelSpec, save_model
+    from nakt_ray.config import PreprocessConfig
+
+    torch.manual_seed(seed)
+    labels = ("background",) + tuple(f"c{i}" for i in range(1, num_classes))
+    spec = ModelSpec(name=name, arch="unet", arch_args=dict(TINY_UNET), labels=labels,
+                     preprocess=PreprocessConfig(size=size, in_channels=in_channels))
+    return save_model(path, spec.build(), spec)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Small labeled synthetic folders (written once per session)."""
+    from nakt_ray import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return {
+        "site_a": synthetic.write_folder(root / "site_a", 6, "site_a", seed=1, size=(48, 64)),
+        "mixed": synthetic.write_folder(root / "mixed", 6, "mixed", seed=2, size=(40, 56)),
+    }
+
+
+def corrupt_copy(src: Path, dst: Path, corrupt: list[str]) -> Path:
+    """Copy a folder source and overwrite the named images with bytes that are not an image."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in corrupt:
+        (dst / "images" / name).write_bytes(b"this is not a png" + np.arange(10, dtype=np.uint8).tobytes())
+    return dst

@@ -1,0 +1,151 @@
+"""The annotation stage: its UDFs called directly, and the whole pipeline inside real Ray Data map_batches."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nakt_ray import annotations as ann
+from nakt_ray import config
+from nakt_ray.annotate import TeacherError, TeacherPredictor, annotate, fuse_batch
+from nakt_ray.datasets import decode_batch
+from nakt_ray.sources import list_cases
+
+from conftest import corrupt_copy, make_teacher, tiny_raw_config
+
+
+def _batch(cases):
+    return {"case_id": np.array([c.case_id for c in cases], dtype=object),
+            "image_path": np.array([c.image_path for c in cases], dtype=object),
+            "mask_path": np.array([c.mask_path or "" for c in cases], dtype=object)}
+
+
+def test_decode_batch_keeps_failed_cases_with_reason(tmp_path, synthetic_dirs):
+    src = corrupt_copy(synthetic_dirs["site_a"], tmp_path / "src", ["site_a_0001.png"])
+    cfg = config.PreprocessConfig(size=(32, 32))
+    out = decode_batch(_batch(list_cases(src)), preprocess=cfg, num_classes=2, with_label=True)
+    assert out["image"].shape == (6, 1, 32, 32) and out["target"].shape == (6, 2, 32, 32)
+    errors = dict(zip(out["case_id"], out["error"]))
+    assert errors["site_a_0001"].startswith("decode: DataError: cannot read image file")
+    assert "site_a_0001.png" in errors["site_a_0001"]
+    assert all(e == "" for k, e in errors.items() if k != "site_a_0001")
+    ok = out["error"] == ""
+    np.testing.assert_array_equal(out["target"][ok].sum(1), 255)  # one-hot x 255
+
+
+def test_teacher_predictor_called_directly(tmp_path, synthetic_dirs):
+    path = make_teacher(tmp_path / "t.pt", "t")
+    predictor = TeacherPredictor(str(path), "t", num_classes=2, in_channels=1)
+    batch = decode_batch(_batch(list_cases(synthetic_dirs["mixed"])), preprocess=config.PreprocessConfig(size=(32, 32)),
+                         num_classes=2)
+    batch["error"][2] = "decode: broken"
+    out = predictor(dict(batch))
+    probs = out["prob__t"]
+    assert probs.dtype == np.uint8 and probs.shape == (6, 2, 32, 32)
+    assert np.abs(probs[[0, 1, 3, 4, 5]].astype(int).sum(1) - 255).max() <= 1  # probabilities, quantised
+    assert probs[2].max() == 0  # failed rows pass through empty
+
+
+def test_teacher_with_other_input_size_is_resampled(tmp_path):
+    path = make_teacher(tmp_path / "t.pt", "t", size=(64, 64))
+    predictor = TeacherPredictor(str(path), "t", num_classes=2, in_channels=1)
+    out = predictor.predict(np.zeros((2, 1, 32, 32), np.float32))
+    assert out.shape == (2, 2, 32, 32)
+
+
+def test_teacher_errors_name_the_teacher(tmp_path):
+    path = make_teacher(tmp_path / "t.pt", "three", num_classes=3)
+    with pytest.raises(TeacherError, match="teacher 'three'.*predicts 3 classes.*expects 2"):
+        TeacherPredictor(str(path), "three", num_classes=2, in_channels=1)
+    predictor = TeacherPredictor(str(path), "three", num_classes=3, in_channels=1)
+    predictor.model = lambda x: x.new_full((x.shape[0], 3, 32, 32), float("nan"))
+    with pytest.raises(TeacherError, match="teacher 'three' produced NaN"):
+        predictor.predict(np.zeros((1, 1, 32, 32), np.float32))
+    predictor.model = lambda x: x.new_zeros((x.shape[0], 2, 32, 32))
+    with pytest.raises(TeacherError, match=r"teacher 'three' returned shape \(1, 2, 32, 32\); expected \(1, 3"):
+        predictor.predict(np.zeros((1, 1, 32, 32), np.float32))
+
+
+def test_fuse_batch_rows_are_parquet_ready():
+    q = lambda p: ann.quantize(np.asarray(p, np.float32))  # noqa: E731
+    a = np.stack([np.full((4, 4), 0.2), np.full((4, 4), 0.8)])[None]  # [1, C, H, W]
+    b = np.stack([np.full((4, 4), 0.6), np.full((4, 4), 0.4)])[None]
+    batch = {"case_id": np.array(["x"], object), "source": np.array(["x.png"], object),
+             "error": np.array([""], object), "geometry": np.array(["{}"], object),
+             "image": np.zeros((1, 1, 4, 4), np.float32), "prob__a": q(a), "prob__b": q(b)}
+    out = fuse_batch(batch, teachers=["a", "b"], rule="mean", weights=None)
+    soft = ann.from_bytes(out["soft_label"], (2, 4, 4), "uint8")
+    assert abs(int(soft[0, 1, 0, 0]) - round(0.6 * 255)) <= 1
+    assert out["status"][0] == "ok" and ann.from_bytes(out["hard_label"], (4, 4), "uint8").max() == 1
+    assert out["agreement"][0] == pytest.approx(0.0)  # a says foreground, b says background everywhere
+    weighted = fuse_batch(batch, teachers=["a", "b"], rule="weighted_mean", weights=[0.0, 1.0])
+    assert ann.from_bytes(weighted["hard_label"], (4, 4), "uint8").max() == 0
+
+
+@pytest.fixture(scope="module")
+def annotated(ray_session, tmp_path_factory, synthetic_dirs):
+    """A real annotate() run: two teachers, six cases of which one is corrupt."""
+    tmp = tmp_path_factory.mktemp("annotate")
+    src = corrupt_copy(synthetic_dirs["mixed"], tmp / "transferal", [])
+    victim = sorted((src / "images").iterdir())[3]
+    victim.write_bytes(b"corrupt")
+    raw = tiny_raw_config(tmp, teachers=[
+        {"name": "t1", "arch": "unet", "checkpoint": str(make_teacher(tmp / "t1.pt", "t1", seed=1)), "batch_size": 2},
+        {"name": "t2", "arch": "unet", "checkpoint": str(make_teacher(tmp / "t2.pt", "t2", seed=2)), "actors": 2}])
+    raw["data"]["transferal"] = str(src)
+    raw["annotate"] = {"decode_batch_size": 2, "rows_per_file": 2}
+    cfg = config.from_dict(raw)
+    return cfg, annotate(cfg), victim.stem
+
+
+def test_annotate_accounts_for_every_case(annotated):
+    cfg, summary, victim = annotated
+    assert summary["cases_read"] == 6 and summary["annotated"] == 5 and summary["failed"] == 1
+    table = ann.read_table(cfg.annotations_dir).to_pydict()
+    assert sorted(table["case_id"]) == sorted(c.case_id for c in list_cases(cfg.data.transferal))
+    errors = json.loads((cfg.annotations_dir / "errors.json").read_text())
+    assert [e["case_id"] for e in errors] == [victim] and errors[0]["stage"] == "decode"
+    row = table["case_id"].index(victim)
+    assert table["status"][row] == "error" and table["soft_label"][row] == b""
+
+
+def test_annotation_set_is_self_describing(annotated):
+    cfg, _, _ = annotated
+    manifest = ann.read_manifest(cfg.annotations_dir)
+    assert [t["name"] for t in manifest["teachers"]] == ["t1", "t2"]
+    assert all(len(t["fingerprint"]) == 16 for t in manifest["teachers"])
+    assert manifest["label_shape"] == [2, 32, 32] and manifest["fusion"] == {"rule": "mean", "weights": None}
+    table = ann.read_table(cfg.annotations_dir).to_pydict()
+    ok = [i for i, s in enumerate(table["status"]) if s == "ok"]
+    p1 = ann.dequantize(ann.from_bytes([table["prob__t1"][i] for i in ok], (2, 32, 32), "uint8"))
+    p2 = ann.dequantize(ann.from_bytes([table["prob__t2"][i] for i in ok], (2, 32, 32), "uint8"))
+    soft = ann.dequantize(ann.from_bytes([table["soft_label"][i] for i in ok], (2, 32, 32), "uint8"))
+    np.testing.assert_allclose(soft, (p1 + p2) / 2, atol=2 / 255)  # the stored fusion is the mean of stored maps
+    image = ann.from_bytes([table["image"][ok[0]]], (1, 32, 32), "float16")
+    assert np.isfinite(image).all() and image.std() > 0.1
+
+
+def test_refused_output_and_mismatched_teachers(annotated, tmp_path):
+    cfg, _, _ = annotated
+    with pytest.raises(FileExistsError, match="not empty"):
+        annotate(cfg)
+    raw = cfg.to_dict()
+    raw["teachers"][1]["checkpoint"] = str(make_teacher(tmp_path / "t3.pt", "t3", num_classes=3))
+    raw["annotate"]["output"] = str(tmp_path / "out")
+    with pytest.raises(TeacherError, match="teacher 't2'.*predicts 3 classes.*use 2"):
+        annotate(config.from_dict(raw))
+
+
+def test_student_dataset_refuses_from_stored_maps(annotated):
+    from nakt_ray.datasets import annotation_dataset
+
+    cfg, _, _ = annotated
+    stored = annotation_dataset(str(cfg.annotations_dir)).take_all()
+    only_t2 = annotation_dataset(str(cfg.annotations_dir), rule="weighted_mean", weights=[0.0, 1.0]).take_all()
+    assert len(stored) == len(only_t2) == 5
+    assert stored[0]["image"].shape == (1, 32, 32) and stored[0]["target"].shape == (2, 32, 32)
+    table = ann.read_table(cfg.annotations_dir, columns=["case_id", "status", "prob__t2"]).to_pydict()
+    t2 = sorted(ann.from_bytes([p], (2, 32, 32), "uint8")[0].sum() for p, s in zip(table["prob__t2"],
+                                                                                    table["status"]) if s == "ok")
+    assert sorted(r["target"].sum() for r in only_t2) == pytest.approx(t2, rel=0.01)

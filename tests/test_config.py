@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nakt_ray import config
+from nakt_ray.config import ConfigError
+
+BASE = {"teachers": [{"name": "a", "arch": "unet"}, {"name": "b", "arch": "segresnet"}]}
+
+
+def with_(**changes):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    for path, value in changes.items():
+        node = raw
+        *parents, last = path.split("__")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def test_defaults_are_valid_and_typed():
+    cfg = config.from_dict(BASE)
+    assert cfg.preprocess.size == (128, 128)
+    assert [t.name for t in cfg.teachers] == ["a", "b"]
+    assert cfg.data.num_classes == 2
+    assert cfg.teacher_checkpoint(cfg.teachers[0]).as_posix().endswith("runs/nakt/teachers/a/model.pt")
+
+
+# (raw config, fragments the error message must contain)
+BAD = [
+    ({**BASE, "trainig": {}}, ["unknown config key 'trainig'", "did you mean 'training'"]),
+    (with_(training={"epohcs": 3}), ["'training.epohcs'", "did you mean 'epochs'"]),
+    (with_(teachers__1__arhc="unet"), ["'teachers[1].arhc'", "did you mean 'arch'"]),
+    (with_(training={"epochs": 0}), ["'training.epochs'", "got 0", ">= 1"]),
+    (with_(training={"epochs": "ten"}), ["'training.epochs'", "'ten'", "an integer"]),
+    (with_(training={"lr": True}), ["'training.lr'", "a number"]),
+    (with_(preprocess={"mode": "stretch"}), ["'preprocess.mode'", "'stretch'", "'resize'", "'letterbox'"]),
+    (with_(preprocess={"size": [128]}), ["'preprocess.size'", "a list of 2 values"]),
+    (with_(preprocess={"in_channels": 2}), ["'preprocess.in_channels'", "one of 1, 3"]),
+    (with_(teachers__0__arch="unet2"), ["'teachers[0].arch'", "did you mean 'unet'", "segresnet"]),
+    (with_(teachers__0__arch_args={"chanels": [8, 16]}), ["teachers[0].arch_args", "chanels"]),
+    (with_(teachers__1__name="a"), ["'teachers'", "unique", "repeated: a"]),
+    (with_(fusion={"rule": "median"}), ["'fusion.rule'", "'mean'", "'staple'"]),
+    (with_(fusion={"rule": "weighted_mean", "weights": [1.0]}), ["'fusion.weights'", "2 weights", "a, b"]),
+    (with_(fusion={"rule": "weighted_mean"}), ["'fusion.weights'", "weighted_mean"]),
+    (with_(data={"labels": ["background"]}), ["'data.labels'", "at least two"]),
+    (with_(data={"labels": ["bg", "fg"], "mask_values": [0]}), ["'data.mask_values'", "2 distinct"]),
+    (with_(tracking={"alias": "1st"}), ["'tracking.alias'", "not starting with a digit"]),
+    ({"run_dir": "x"}, ["'teachers' is required"]),
+    (["not", "a", "mapping"], ["expected a mapping"]),
+]
+
+
+@pytest.mark.parametrize("raw, fragments", BAD)
+def test_bad_config_is_rejected_with_key_value_and_allowed(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(raw)
+    for fragment in fragments:
+        assert fragment in str(err.value), f"{fragment!r} not in {err.value}"
+
+
+def test_load_names_the_file_and_overrides_are_validated(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "training": {"epochs": 2}}))
+    cfg = config.load(path, ["training.epochs=5", "teachers.1.actors=3", "run_dir=/tmp/x"])
+    assert cfg.training.epochs == 5 and cfg.teachers[1].actors == 3 and cfg.run_dir == "/tmp/x"
+    with pytest.raises(ConfigError, match=r"run\.yaml.*'training\.epochs'.*-1"):
+        config.load(path, ["training.epochs=-1"])
+    with pytest.raises(ConfigError, match="not a valid list index"):
+        config.load(path, ["teachers.7.actors=1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.yaml")
+    path.write_text("teachers: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(path)
+
+
+def test_yaml_is_data_only(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("teachers: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(path)
+
+
+def test_dump_and_load_round_trip(tmp_path):
+    cfg = config.from_dict(with_(fusion={"rule": "weighted_mean", "weights": [2, 1]},
+                                 teachers__0__arch_args={"channels": [8, 16, 32], "strides": [2, 2]}))
+    again = config.load(config.dump(cfg, tmp_path / "c.yaml"))
+    assert again == cfg
+    assert again.fusion.weights == (2.0, 1.0)
+
+
+def test_flatten_for_mlflow_params():
+    flat = config.flatten(config.from_dict(BASE))
+    assert flat["training.epochs"] == 10
+    assert flat["teachers.1.arch"] == "segresnet"
+    assert flat["preprocess.size"] == [128, 128]
