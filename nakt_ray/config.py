@@ -104,7 +104,7 @@ class TrainingConfig:
     ``num_workers`` is the number of Ray Train workers (distributed data parallel; 0 runs the loop in the driver
     process, useful for debugging). ``cpus_per_worker`` may be fractional: on a 2-core machine a worker must not
     hold a whole core or the Ray Data task that feeds it never runs. ``use_gpu`` null means "if the cluster has
-    GPUs". ``torch_threads`` null means one per CPU the worker holds (at least 1).
+    GPUs". ``torch_threads`` null means the cluster's CPUs divided by the number of workers (at least 1).
     """
 
     epochs: int = 10
@@ -333,7 +333,7 @@ def _type_name(tp: Any) -> str:
     if origin is tuple:
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
+            return f"a list, each {_type_name(args[0])}"
         return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
     if origin is dict:
         return "a mapping"

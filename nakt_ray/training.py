@@ -68,7 +68,7 @@ def train_loop(config: dict[str, Any]) -> None:
     tc: TrainingConfig = build(TrainingConfig, config["training"], "training")
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    torch.set_num_threads(tc.torch_threads or max(1, int(config["cpus_per_worker"])))
+    torch.set_num_threads(config["torch_threads"])
     torch.manual_seed(tc.seed + rank)
     gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)
     logger = RunLogger(**config["mlflow"]) if config.get("mlflow") and rank == 0 else None
@@ -151,6 +151,19 @@ def train_loop(config: dict[str, Any]) -> None:
             logger.log_metrics(metrics, step=epoch)
 
 
+def torch_threads(training: TrainingConfig) -> int:
+    """Threads per worker: as configured, else the cluster's CPUs shared by the workers (at least 1).
+
+    Ray's ``cpus_per_worker`` is a scheduling figure that is kept fractional on small machines; using it as the
+    thread count would leave cores idle (one 0.5-CPU worker on a 2-core machine would use one core of two).
+    """
+    import ray
+
+    if training.torch_threads:
+        return training.torch_threads
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, training.num_workers)))
+
+
 @dataclass(frozen=True)
 class FitResult:
     model_path: Path
@@ -180,7 +193,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.to_dict(), "training": asdict(training), "has_val": val_ds is not None,
-                           "cpus_per_worker": training.cpus_per_worker,
+                           "torch_threads": torch_threads(training),
                            "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

@@ -149,3 +149,19 @@ def test_student_dataset_refuses_from_stored_maps(annotated):
     t2 = sorted(ann.from_bytes([p], (2, 32, 32), "uint8")[0].sum() for p, s in zip(table["prob__t2"],
                                                                                     table["status"]) if s == "ok")
     assert sorted(r["target"].sum() for r in only_t2) == pytest.approx(t2, rel=0.01)
+
+
+def test_annotation_batch_called_directly():
+    from nakt_ray.datasets import annotation_batch
+
+    image = np.random.default_rng(0).normal(size=(2, 1, 4, 4)).astype(np.float16)
+    a = ann.quantize(np.stack([np.full((2, 4, 4), 0.9), np.full((2, 4, 4), 0.1)], 1))  # [B, C, H, W]
+    b = ann.quantize(np.stack([np.full((2, 4, 4), 0.1), np.full((2, 4, 4), 0.9)], 1))
+    batch = {"image": ann.to_bytes(image), "soft_label": ann.to_bytes(a), "prob__a": ann.to_bytes(a),
+             "prob__b": ann.to_bytes(b)}
+    stored = annotation_batch(batch, image_shape=(1, 4, 4), label_shape=(2, 4, 4))
+    np.testing.assert_array_equal(stored["target"], a)
+    np.testing.assert_allclose(stored["image"], image.astype(np.float32))
+    refused = annotation_batch(batch, image_shape=(1, 4, 4), label_shape=(2, 4, 4), teachers=["a", "b"],
+                               rule="weighted_mean", weights=[0.0, 1.0])
+    assert np.abs(refused["target"].astype(int) - b.astype(int)).max() <= 1
