@@ -87,18 +87,7 @@ def fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], rule: str,
 
     Fusion reads the same quantised maps that are stored, so re-fusing the stored set later gives the same result.
     """
-    from nakt_ray.fusion import entropy, fuse, hard_label, pairwise_dice
-
-    n = len(batch["case_id"])
     ok = batch["error"] == ""
-    probs = np.stack([ann.dequantize(batch[ann.prob_column(t)]) for t in teachers], axis=1)  # [B, T, C, H, W]
-    soft = np.zeros((n, *probs.shape[2:]), dtype=np.float32)
-    agreement = np.full(n, np.nan, dtype=np.float32)
-    ent = np.full(n, np.nan, dtype=np.float32)
-    if ok.any():
-        soft[ok] = fuse(probs[ok], rule, weights)
-        agreement[ok] = pairwise_dice(probs[ok])
-        ent[ok] = entropy(soft[ok])
     out = {
         "case_id": batch["case_id"], "source": batch["source"],
         "status": np.where(ok, "ok", "error").astype(object), "error": batch["error"],
@@ -107,10 +96,9 @@ def fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], rule: str,
     }
     for t in teachers:
         out[ann.prob_column(t)] = ann.to_bytes(batch[ann.prob_column(t)])
-    out["soft_label"] = ann.to_bytes(ann.quantize(soft))
-    out["hard_label"] = ann.to_bytes(hard_label(soft))
-    out["agreement"], out["entropy"] = agreement, ent
-    for key in ("image", "soft_label", "hard_label", *(ann.prob_column(t) for t in teachers)):
+    probs_q = np.stack([batch[ann.prob_column(t)] for t in teachers], axis=1)  # [B, T, C, H, W] uint8
+    out.update(ann.fused_columns(probs_q, ok, rule, weights))
+    for key in ("image", *(ann.prob_column(t) for t in teachers)):
         out[key][~ok] = b""  # failed cases carry no arrays
     return out
 
@@ -214,6 +202,14 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None)
     pre = cfg.preprocess
     records = check_teachers(teachers, cfg.data.num_classes, pre.in_channels)
     cases = list_cases(source)
+    weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
+    manifest = {
+        "transferal": str(Path(source).resolve()), "labels": list(cfg.data.labels),
+        "image_shape": [pre.in_channels, *pre.size], "image_dtype": "float16",
+        "label_shape": [cfg.data.num_classes, *pre.size], "prob_dtype": "uint8", "prob_scale": 255,
+        "preprocess": cfg.to_dict()["preprocess"], "teachers": records,
+        "fusion": {"rule": cfg.fusion.rule, "weights": weights},
+    }
     t0 = time.perf_counter()
 
     # 1. Decode and preprocess in CPU tasks; 2. one actor pool per teacher; 3. fuse in tasks; 4. write Parquet.
@@ -222,10 +218,10 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None)
                         fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
     ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels)
     names = [t.name for t in teachers]
-    weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
     ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
                         fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
-    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=cfg.annotate.rows_per_file)
+    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=cfg.annotate.rows_per_file,
+                     schema=ann.arrow_schema(names, manifest))
     wall = time.perf_counter() - t0
 
     # 5. Account for every case, write the manifest, the summary and the errors table.
@@ -237,14 +233,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None)
                            f"{len(seen)} rows, {len(set(seen))} distinct, {len(expected - set(seen))} missing")
     errors = [{"case_id": c, "stage": e.split(":", 1)[0], "reason": e}
               for c, s, e in zip(table["case_id"], table["status"], table["error"]) if s != "ok"]
-    c_out = cfg.data.num_classes
-    ann.write_manifest(out_dir, {
-        "transferal": str(Path(source).resolve()), "num_cases": len(cases), "labels": list(cfg.data.labels),
-        "image_shape": [pre.in_channels, *pre.size], "image_dtype": "float16",
-        "label_shape": [c_out, *pre.size], "prob_dtype": "uint8", "prob_scale": 255,
-        "preprocess": cfg.to_dict()["preprocess"], "teachers": records,
-        "fusion": {"rule": cfg.fusion.rule, "weights": weights},
-    })
+    ann.write_manifest(out_dir, {**manifest, "num_cases": len(cases)})
     summary = {"cases_read": len(cases), "annotated": len(cases) - len(errors), "failed": len(errors),
                "wall_s": round(wall, 2), "images_per_s": round(len(cases) / wall, 2), "output": str(out_dir),
                "teachers": names, "fusion": cfg.fusion.rule}

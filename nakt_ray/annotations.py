@@ -68,6 +68,58 @@ def from_bytes(column: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return out
 
 
+METADATA_KEY = b"nakt.manifest"
+
+
+def arrow_schema(teachers: list[str], manifest: dict[str, Any]):
+    """The Parquet schema of an annotation set, carrying the manifest (JSON) in its metadata.
+
+    Every Parquet file then describes itself: ``pq.read_schema(f).metadata[b"nakt.manifest"]``.
+    """
+    import pyarrow as pa
+
+    fields = [("case_id", pa.string()), ("source", pa.string()), ("status", pa.string()), ("error", pa.string()),
+              ("geometry", pa.string()), ("image", pa.binary())]
+    fields += [(prob_column(t), pa.binary()) for t in teachers]
+    fields += [("soft_label", pa.binary()), ("hard_label", pa.binary()), ("agreement", pa.float32()),
+               ("entropy", pa.float32())]
+    meta = {METADATA_KEY: json.dumps({"schema_version": SCHEMA_VERSION, **manifest}).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+def fused_columns(probs_q: np.ndarray, ok: np.ndarray, rule: str,
+                  weights: list[float] | None) -> dict[str, np.ndarray]:
+    """Fuse quantised teacher maps ``[B, T, C, H, W]`` (uint8) into the fused columns of an annotation set.
+
+    Returns ``soft_label``, ``hard_label`` (bytes columns; empty for rows where ``ok`` is False), ``agreement``
+    and ``entropy`` (NaN for those rows).
+    """
+    from nakt_ray.fusion import entropy, fuse, hard_label, pairwise_dice
+
+    n = len(probs_q)
+    probs = dequantize(probs_q)
+    soft = np.zeros((n, *probs.shape[2:]), dtype=np.float32)
+    agreement = np.full(n, np.nan, dtype=np.float32)
+    ent = np.full(n, np.nan, dtype=np.float32)
+    if ok.any():
+        soft[ok] = fuse(probs[ok], rule, weights)
+        agreement[ok] = pairwise_dice(probs[ok])
+        ent[ok] = entropy(soft[ok])
+    out = {"soft_label": to_bytes(quantize(soft)), "hard_label": to_bytes(hard_label(soft)),
+           "agreement": agreement, "entropy": ent}
+    out["soft_label"][~ok] = b""
+    out["hard_label"][~ok] = b""
+    return out
+
+
+def refuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_shape: tuple[int, ...], rule: str,
+                 weights: list[float] | None) -> dict[str, np.ndarray]:
+    """Stored annotation rows -> the same rows with the fused columns recomputed by another rule / weights."""
+    ok = np.asarray(batch["status"]) == "ok"
+    probs_q = np.stack([from_bytes(batch[prob_column(t)], label_shape, "uint8") for t in teachers], axis=1)
+    return {**batch, **fused_columns(probs_q, ok, rule, weights)}
+
+
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
     path = Path(out_dir) / MANIFEST
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2))

@@ -64,6 +64,17 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from nakt_ray.config import RayConfig
+    from nakt_ray.refusion import refuse
+    from nakt_ray.runtime import init_ray
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    init_ray(RayConfig(address=args.ray_address))
+    print(json.dumps(refuse(args.annotations, args.output, args.rule, weights), indent=2))
+    return 0
+
+
 def cmd_train_student(args: argparse.Namespace) -> int:
     from nakt_ray.student import train_student
 
@@ -130,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="override annotate.output")
     p.set_defaults(fn=cmd_annotate)
 
+    p = sub.add_parser("fuse", help="re-fuse a stored annotation set with another rule/weights (no teacher runs)")
+    p.add_argument("--annotations", required=True, help="annotation set folder written by `nakt annotate`")
+    p.add_argument("--output", required=True, help="folder for the re-fused set")
+    p.add_argument("--rule", required=True, help="mean, weighted_mean, majority_vote or staple")
+    p.add_argument("--weights", help="comma-separated, one per teacher in the set's order, e.g. 2,1,1")
+    p.add_argument("--ray-address", help="join a running Ray cluster ('auto')")
+    p.set_defaults(fn=cmd_fuse)
+
     p = sub.add_parser("train-student", help="distil the annotations into a student (Ray Train), register it")
     _common(p)
     p.add_argument("--annotations", help="annotation set folder (default: <run_dir>/annotations)")
@@ -160,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, CheckpointError, TeacherError, FileExistsError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, TeacherError, FileExistsError, FileNotFoundError,
+            ValueError) as err:
         print(f"nakt {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -22,7 +22,8 @@ def decode_batch(batch: dict[str, np.ndarray], *, preprocess: PreprocessConfig, 
                  keep_mask: bool = False) -> dict[str, np.ndarray]:
     """Read and preprocess a batch of cases.
 
-    Input columns: ``case_id``, ``image_path``, ``mask_path``. Output columns: ``case_id``, ``source``,
+    Input columns: ``case_id``, ``image_path``, ``mask_path`` and optionally ``slice_index`` (-1 for 2D files).
+    Output columns: ``case_id``, ``source``,
     ``geometry`` (JSON), ``error`` ("" when ok), ``image`` float32 ``[B, C_in, H, W]``; with ``with_label`` also
     ``target`` uint8 ``[B, C, H, W]`` (one-hot x 255, the same encoding as soft labels); with ``keep_mask`` the
     original-size mask as ``mask`` (bytes) and ``mask_shape`` ``[B, 2]`` (for evaluation at full resolution).
@@ -38,15 +39,17 @@ def decode_batch(batch: dict[str, np.ndarray], *, preprocess: PreprocessConfig, 
     for i in range(n):
         errors[i], geometry[i], masks[i] = "", "", b""
         path = str(batch["image_path"][i])
+        slice_index = int(batch["slice_index"][i]) if "slice_index" in batch else -1
+        slice_index = None if slice_index < 0 else slice_index
         try:
-            image, geom = preprocess_image(read_image(path), preprocess)
+            image, geom = preprocess_image(read_image(path, slice_index), preprocess)
             images[i] = image
             geometry[i] = json.dumps(geom.to_dict())
             if with_label or keep_mask:
                 mask_path = batch["mask_path"][i]
                 if mask_path is None or mask_path == "":
                     raise ValueError(f"case {batch['case_id'][i]!r} has no mask")
-                mask = read_mask(str(mask_path), num_classes, mask_values)
+                mask = read_mask(str(mask_path), num_classes, mask_values, slice_index)
                 if mask.shape != (geom.orig_h, geom.orig_w):
                     raise ValueError(f"mask {mask_path!r} is {mask.shape[0]}x{mask.shape[1]} but its image is "
                                      f"{geom.orig_h}x{geom.orig_w}")
@@ -74,7 +77,9 @@ def cases_dataset(cases: list[Case], rows_per_block: int = 16):
     """A Ray Dataset of case references (paths only); decoding happens downstream, in parallel tasks."""
     import ray
 
-    items = [{"case_id": c.case_id, "image_path": c.image_path, "mask_path": c.mask_path or ""} for c in cases]
+    # slice_index -1 means "a 2D file" (a Ray column must have one type).
+    items = [{"case_id": c.case_id, "image_path": c.image_path, "mask_path": c.mask_path or "",
+              "slice_index": -1 if c.slice_index is None else c.slice_index} for c in cases]
     # from_items would make 200 blocks by default (PLATFORM_NOTES); one block per few batches streams well.
     return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), -(-len(items) // rows_per_block))))
 

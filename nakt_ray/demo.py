@@ -149,7 +149,7 @@ def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path
     tracking_setup(cfg)
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
     case = list_cases(cfg.data.test, require_masks=True)[0]
-    image = read_image(case.image_path)
+    image = read_image(case.image_path, case.slice_index)
     x, geom = preprocess_image(image, cfg.preprocess)
     with torch.no_grad():
         probs = model(torch.from_numpy(x)[None]).softmax(1)[0].numpy()

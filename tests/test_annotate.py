@@ -116,6 +116,11 @@ def test_annotation_set_is_self_describing(annotated):
     assert [t["name"] for t in manifest["teachers"]] == ["t1", "t2"]
     assert all(len(t["fingerprint"]) == 16 for t in manifest["teachers"])
     assert manifest["label_shape"] == [2, 32, 32] and manifest["fusion"] == {"rule": "mean", "weights": None}
+    import pyarrow.parquet as pq
+
+    for f in ann.parquet_files(cfg.annotations_dir):  # every file carries the manifest in its metadata
+        meta = json.loads(pq.read_schema(f).metadata[ann.METADATA_KEY])
+        assert meta["teachers"] == manifest["teachers"] and meta["schema_version"] == ann.SCHEMA_VERSION
     table = ann.read_table(cfg.annotations_dir).to_pydict()
     ok = [i for i, s in enumerate(table["status"]) if s == "ok"]
     p1 = ann.dequantize(ann.from_bytes([table["prob__t1"][i] for i in ok], (2, 32, 32), "uint8"))
@@ -165,3 +170,59 @@ def test_annotation_batch_called_directly():
     refused = annotation_batch(batch, image_shape=(1, 4, 4), label_shape=(2, 4, 4), teachers=["a", "b"],
                                rule="weighted_mean", weights=[0.0, 1.0])
     assert np.abs(refused["target"].astype(int) - b.astype(int)).max() <= 1
+
+
+def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
+    from nakt_ray.refusion import refuse
+
+    cfg, _, _ = annotated
+    hidden = []
+    for t in cfg.teachers:  # re-fusion must not need the teachers: hide their model files
+        path = cfg.teacher_checkpoint(t)
+        hidden.append((path, path.with_suffix(".hidden")))
+        path.rename(hidden[-1][1])
+    try:
+        same = refuse(cfg.annotations_dir, tmp_path / "same", "mean")
+        only_t2 = refuse(cfg.annotations_dir, tmp_path / "t2", "weighted_mean", [0.0, 1.0])
+        staple = refuse(cfg.annotations_dir, tmp_path / "staple", "staple")
+    finally:
+        for path, moved in hidden:
+            moved.rename(path)
+    assert same["cases"] == only_t2["cases"] == staple["cases"] == 6 and same["ok"] == 5
+
+    def by_case(folder, column):
+        t = ann.read_table(folder, columns=["case_id", column]).to_pydict()
+        return dict(zip(t["case_id"], t[column]))
+
+    assert by_case(tmp_path / "same", "soft_label") == by_case(cfg.annotations_dir, "soft_label")  # reproducible
+    stored_t2 = by_case(cfg.annotations_dir, "prob__t2")
+    for case, soft in by_case(tmp_path / "t2", "soft_label").items():
+        if soft:
+            a = ann.from_bytes([soft], (2, 32, 32), "uint8").astype(int)
+            b = ann.from_bytes([stored_t2[case]], (2, 32, 32), "uint8").astype(int)
+            assert np.abs(a - b).max() <= 1
+    manifest = ann.read_manifest(tmp_path / "staple")
+    assert manifest["fusion"] == {"rule": "staple", "weights": None}
+    assert manifest["fused_from"] == str(cfg.annotations_dir.resolve())
+    with pytest.raises(ValueError, match="3 weights given but annotation set .* holds 2 teachers"):
+        refuse(cfg.annotations_dir, tmp_path / "bad", "weighted_mean", [1.0, 1.0, 1.0])
+
+
+def test_decode_batch_reads_slices_of_a_volume(tmp_path):
+    import nibabel as nib
+
+    root = tmp_path / "vol"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    volume = np.random.default_rng(0).uniform(0, 100, (40, 48, 3)).astype(np.float32)
+    labels = np.zeros((40, 48, 3), np.uint8)
+    labels[10:20, 10:30, 1] = 1  # foreground only in slice 1
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), root / "images" / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), root / "masks" / "ct.nii.gz")
+    cases = list_cases(root, require_masks=True)
+    assert [c.case_id for c in cases] == ["ct#0000", "ct#0001", "ct#0002"]
+    batch = _batch(cases)
+    batch["slice_index"] = np.array([c.slice_index for c in cases])
+    out = decode_batch(batch, preprocess=config.PreprocessConfig(size=(32, 32)), num_classes=2, with_label=True)
+    assert list(out["error"]) == ["", "", ""]
+    assert [int(t[1].max()) for t in out["target"]] == [0, 255, 0]

@@ -96,3 +96,153 @@ def test_masks_binary_multiclass_and_mapped(tmp_path):
     assert read_mask(str(write(tmp_path / "v.png", mapped)), 3, (0, 128, 255)).tolist() == [[0, 1], [2, 1]]
     with pytest.raises(DataError, match=r"values \[7\].*3 classes"):
         read_mask(str(write(tmp_path / "w.png", np.array([[0, 7]], np.uint8))), 3)
+
+
+# --- NIfTI and DICOM -------------------------------------------------------------------------------------------
+
+def write_nifti(path, array):
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4)), str(path))
+    return path
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=16, slope=None, intercept=None):
+    """A minimal valid DICOM file: ``pixels`` is [H, W] or [F, H, W] uint16 (grey) or [H, W, 3] uint8 (RGB)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    pixels = np.asarray(pixels)
+    rgb = photometric == "RGB"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if rgb else pixels.shape[-2:]
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = photometric
+    if rgb:
+        ds.PlanarConfiguration = 0
+    if pixels.ndim == (4 if rgb else 3):
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored if not rgb else 8
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_nifti_2d_image_and_mask_round_trip(tmp_path):
+    root = tmp_path / "src"
+    image = (np.arange(12 * 7, dtype=np.float32).reshape(12, 7) - 20) * 1.5  # not symmetric: catches a transpose
+    mask = np.zeros((12, 7), np.int16)
+    mask[2:5, 1:3], mask[8:, 4:] = 1, 2
+    write_nifti(root / "images" / "a.nii.gz", image)
+    write_nifti(root / "masks" / "a.nii", mask)
+    write_nifti(root / "images" / "b.nii", image[..., None])  # (X, Y, 1) is a 2D image
+    write(root / "masks" / "b.png", (mask * 100).astype(np.uint8))  # .nii image, .png mask: paired by stem
+    cases = list_cases(root, require_masks=True)
+    assert [(c.case_id, c.slice_index) for c in cases] == [("a", None), ("b", None)]
+    assert cases[0].mask_path.endswith("masks/a.nii") and cases[1].mask_path.endswith("masks/b.png")
+    for case in cases:
+        img = read_image(case.image_path)
+        assert img.shape == (1, 12, 7) and img.dtype == np.float32
+        np.testing.assert_array_equal(img[0], image)  # rows = first stored axis, no reorientation
+    np.testing.assert_array_equal(read_mask(cases[0].mask_path, 3), mask)
+    np.testing.assert_array_equal(read_mask(cases[1].mask_path, 3, (0, 100, 200)), mask)
+
+
+def test_nifti_volume_expands_into_one_case_per_slice(tmp_path):
+    root = tmp_path / "src"
+    volume = np.stack([np.full((6, 5), 10.0 * k) + np.arange(5) for k in range(3)], axis=-1)  # (X, Y, Z)
+    labels = np.zeros((6, 5, 3), np.uint8)
+    for k in range(3):
+        labels[k, : k + 1, k] = 1
+    write_nifti(root / "images" / "vol.nii.gz", volume)
+    write_nifti(root / "masks" / "vol.nii.gz", labels)
+    cases = list_cases(root, require_masks=True)
+    assert [c.case_id for c in cases] == ["vol#0000", "vol#0001", "vol#0002"]
+    for k, case in enumerate(cases):
+        assert case.slice_index == k and case.mask_path.endswith("masks/vol.nii.gz")
+        np.testing.assert_array_equal(read_image(case.image_path, case.slice_index)[0], volume[:, :, k])
+        np.testing.assert_array_equal(read_mask(case.mask_path, 2, slice_index=case.slice_index), labels[:, :, k])
+    with pytest.raises(DataError, match=r"vol.nii.gz' is a volume of 3 slices; expected a slice index 0..2"):
+        read_image(cases[0].image_path)
+    with pytest.raises(DataError, match=r"slice index 3 is out of range .*vol.nii.gz"):
+        read_image(cases[0].image_path, 3)
+    (root / "masks" / "vol.nii.gz").unlink()
+    write(root / "masks" / "vol.png", np.zeros((6, 5), np.uint8))
+    with pytest.raises(DataError, match=r"vol.png' has 1 slice\(s\) but its image .*vol.nii.gz' has 3"):
+        list_cases(root)
+
+
+def test_nifti_mask_must_hold_whole_numbers(tmp_path):
+    path = write_nifti(tmp_path / "soft.nii", np.array([[0.0, 1.0000001], [0.5, 2.0]], np.float32))
+    with pytest.raises(DataError, match=r"soft.nii' holds non-integer values \[0.5\]"):
+        read_mask(str(path), 3)
+
+
+def test_dicom_grey_rescale_and_dicom_mask(tmp_path):
+    root = tmp_path / "src"
+    stored = (np.arange(4 * 6, dtype=np.uint16).reshape(4, 6) * 100)
+    write_dicom(root / "images" / "ct.dcm", stored, slope="2", intercept="-1024")
+    write_dicom(root / "masks" / "ct.dicom", (stored > 1000).astype(np.uint16))
+    (case,) = list_cases(root, require_masks=True)
+    assert (case.case_id, case.slice_index) == ("ct", None)
+    np.testing.assert_array_equal(read_image(case.image_path)[0], stored * 2.0 - 1024)
+    np.testing.assert_array_equal(read_mask(case.mask_path, 2), stored > 1000)
+
+
+def test_dicom_monochrome1_is_inverted_and_rgb_kept(tmp_path):
+    stored = np.array([[0, 100], [4000, 4095]], np.uint16)
+    path = str(write_dicom(tmp_path / "cr.dcm", stored, photometric="MONOCHROME1", bits_stored=12))
+    np.testing.assert_array_equal(read_image(path)[0], 4095 - stored)  # within the 12-bit stored range
+    assert read_mask(path, 4, (0, 100, 4000, 4095)).tolist() == [[0, 1], [2, 3]]  # masks are not inverted
+    rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    img = read_image(str(write_dicom(tmp_path / "photo.dcm", rgb, photometric="RGB")))
+    np.testing.assert_array_equal(img, rgb.transpose(2, 0, 1))
+
+
+def test_multiframe_dicom_expands_into_one_case_per_frame(tmp_path):
+    frames = np.stack([np.full((3, 4), 7 * k, np.uint16) + np.arange(4, dtype=np.uint16) for k in range(3)])
+    write_dicom(tmp_path / "src" / "images" / "mf.dcm", frames, slope="1", intercept="-5")
+    cases = list_cases(tmp_path / "src")
+    assert [(c.case_id, c.slice_index) for c in cases] == [("mf#0000", 0), ("mf#0001", 1), ("mf#0002", 2)]
+    for k, case in enumerate(cases):
+        np.testing.assert_array_equal(read_image(case.image_path, case.slice_index)[0], frames[k] - 5.0)
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("bad.dcm", b"this is not a DICOM file" * 10, "cannot read DICOM file .*bad.dcm.*not a valid DICOM file"),
+    ("bad.nii", b"\x00garbage" * 50, "cannot read NIfTI file .*bad.nii"),
+    ("bad.nii.gz", b"\x1f\x8b\x08 truncated gzip", "cannot read NIfTI file .*bad.nii.gz"),
+])
+def test_corrupt_medical_files_name_the_file(tmp_path, name, content, reason):
+    bad = tmp_path / "src" / "images" / name
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(content)
+    (case,) = list_cases(tmp_path / "src")  # listed as one case; the reader reports it when it is decoded
+    assert case.case_id == "bad" and case.slice_index is None
+    with pytest.raises(DataError, match=reason):
+        read_image(case.image_path)
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path):
+    from pydicom import dcmread
+
+    path = write_dicom(tmp_path / "sr.dcm", np.zeros((2, 2), np.uint16))
+    ds = dcmread(path)
+    del ds.PixelData
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DataError, match=r"sr.dcm' has no pixel data"):
+        read_image(str(path))
