@@ -284,7 +284,9 @@ class LoadedTeacher:
 
     def _check(self, raw: Any, x: torch.Tensor) -> torch.Tensor:
         """Check a raw output against the description and turn it into float32 probabilities."""
-        fail = lambda message: _fail(self.name, self.source, message)  # noqa: E731
+        def fail(message: str) -> TeacherLoadError:
+            return _fail(self.name, self.source, message)
+
         if not isinstance(raw, torch.Tensor):
             raise fail(f"the model returned {type(raw).__name__}; expected one tensor [B, K, H, W]")
         if raw.ndim != 4:
@@ -454,7 +456,9 @@ def _load_nakt(name: str, source: str, device: torch.device) -> _Loaded:
     try:
         model, spec = load_model(source, device)
     except CheckpointError as err:
-        raise _fail(name, source, str(err)) from None
+        raise _fail(name, source, f"{err} (a teacher source is a nakt model file, a TorchScript (.ts, .torchscript, "
+                                  "TorchScript .pt) or ONNX (.onnx) file with a description YAML, a teacher YAML, or "
+                                  "an MLflow URI models:/... or runs:/...)") from None
     description = TeacherDescription(labels=spec.labels, in_channels=spec.in_channels,
                                      input_size=tuple(spec.preprocess.size), outputs="logits",
                                      preprocess=spec.preprocess)

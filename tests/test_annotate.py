@@ -184,11 +184,10 @@ def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
     try:
         same = refuse(cfg.annotations_dir, tmp_path / "same", "mean")
         only_t2 = refuse(cfg.annotations_dir, tmp_path / "t2", "weighted_mean", [0.0, 1.0])
-        staple = refuse(cfg.annotations_dir, tmp_path / "staple", "staple")
     finally:
         for path, moved in hidden:
             moved.rename(path)
-    assert same["cases"] == only_t2["cases"] == staple["cases"] == 6 and same["ok"] == 5
+    assert same["cases"] == only_t2["cases"] == 6 and same["ok"] == 5
 
     def by_case(folder, column):
         t = ann.read_table(folder, columns=["case_id", column]).to_pydict()
@@ -201,8 +200,8 @@ def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
             a = ann.from_bytes([soft], (2, 32, 32), "uint8").astype(int)
             b = ann.from_bytes([stored_t2[case]], (2, 32, 32), "uint8").astype(int)
             assert np.abs(a - b).max() <= 1
-    manifest = ann.read_manifest(tmp_path / "staple")
-    assert manifest["fusion"] == {"rule": "staple", "weights": None}
+    manifest = ann.read_manifest(tmp_path / "t2")
+    assert manifest["fusion"] == {"rule": "weighted_mean", "weights": [0.0, 1.0]}
     assert manifest["fused_from"] == str(cfg.annotations_dir.resolve())
     with pytest.raises(ValueError, match="3 weights given but annotation set .* holds 2 teachers"):
         refuse(cfg.annotations_dir, tmp_path / "bad", "weighted_mean", [1.0, 1.0, 1.0])

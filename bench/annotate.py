@@ -1,0 +1,247 @@
+"""Benchmark: the nakt Ray annotation pipeline against a plain single-process PyTorch loop, side by side.
+
+    .venv/bin/python bench/annotate.py                         # 600 HC18 images, 3 teachers, 128x128, CPU
+    .venv/bin/python bench/annotate.py --size 512 --batch 16   # e.g. on a GPU machine
+    .venv/bin/python bench/annotate.py --images DIR --limit 100 --repeat 0   # any folder, no 4x memory run
+
+Cost on 2 CPU cores: ~5-8 min with defaults (both paths at 1x, the pipeline again at 4x).
+
+Both paths run the same three teachers of different architectures (unet, segresnet, attention_unet; random
+weights: throughput does not depend on them) over the same images with the same code for decoding and
+preprocessing (``datasets.decode_batch``), inference (``annotate.TeacherPredictor``), fusion
+(``annotate.fuse_batch``, mean) and the same Parquet schema. The plain loop runs them one after another in this
+process with all cores for torch; the pipeline runs ``annotate.annotate`` on a fresh local Ray instance.
+
+Printed and written as JSON (``--out``): images/s of each path, the ratio pipeline / plain, peak memory of each
+(PSS summed over the process and all its descendants, i.e. Ray's processes too, sampled every 0.5 s from
+/proc; Linux only), and the pipeline's peak memory at 1x and at ``--repeat`` x the input (images repeated through
+symbolic links), which shows whether the pipeline streams.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HC18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "hc18" / "images"
+TEACHERS = (("unet_t", "unet"), ("segresnet_t", "segresnet"), ("attention_unet_t", "attention_unet"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory: PSS of a process tree, from /proc (PSS splits shared pages, e.g. Ray's object store, fairly).
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def tree_pss_bytes(root: int) -> int:
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+        stack.extend(_children(pid))
+    return total
+
+
+class PeakMemory:
+    """Samples the PSS of this process tree in a background thread; ``peak`` in bytes."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_teachers(folder: Path, size: int) -> list[tuple[str, str]]:
+    import torch
+
+    from nakt_ray.checkpoint import ModelSpec, save_model
+    from nakt_ray.config import PreprocessConfig
+
+    out = []
+    for i, (name, arch) in enumerate(TEACHERS):
+        torch.manual_seed(i)
+        spec = ModelSpec(name=name, arch=arch, arch_args={}, labels=("background", "head"),
+                         preprocess=PreprocessConfig(size=(size, size)))
+        out.append((name, str(save_model(folder / f"{name}.pt", spec.build(), spec))))
+    return out
+
+
+def image_folder(src: Path, dst: Path, limit: int | None, repeat: int) -> Path:
+    """A folder of symbolic links to ``src``'s images, each repeated ``repeat`` times under distinct names."""
+    files = sorted(p for p in src.iterdir() if p.is_file())[:limit]
+    dst.mkdir(parents=True)
+    for r in range(repeat):
+        for p in files:
+            (dst / f"r{r}_{p.name}").symlink_to(p.resolve())
+    return dst
+
+
+def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], size: int, batch: int, actors: int):
+    from nakt_ray import config
+
+    return config.from_dict({
+        "run_dir": str(run_dir),
+        "data": {"labels": ["background", "head"], "transferal": str(images)},
+        "preprocess": {"size": [size, size]},
+        "teachers": [{"name": n, "checkpoint": p, "batch_size": batch, "actors": actors} for n, p in teachers],
+        "annotate": {"decode_batch_size": batch},
+    })
+
+
+def plain_loop(cfg, out_dir: Path) -> dict:
+    """The same work without Ray: decode -> each teacher -> fuse -> Parquet, batch by batch, in this process."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from nakt_ray import annotations as ann
+    from nakt_ray.annotate import TeacherPredictor, fuse_batch
+    from nakt_ray.datasets import decode_batch
+    from nakt_ray.sources import list_cases
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    names = [t.name for t in cfg.teachers]
+    predictors = [TeacherPredictor(str(cfg.teacher_checkpoint(t)), t.name, cfg.data.num_classes,
+                                   cfg.preprocess.in_channels, num_threads=os.cpu_count() or 1)
+                  for t in cfg.teachers]
+    cases = list_cases(cfg.data.transferal)
+    schema = ann.arrow_schema(names, {"benchmark": "plain loop"})
+    out_dir.mkdir(parents=True)
+    writer = pq.ParquetWriter(out_dir / "part-0.parquet", schema)
+    bs = cfg.annotate.decode_batch_size
+    for i in range(0, len(cases), bs):
+        chunk = cases[i:i + bs]
+        batch = decode_batch({"case_id": np.array([c.case_id for c in chunk], object),
+                              "image_path": np.array([c.image_path for c in chunk], object),
+                              "mask_path": np.array(["" for _ in chunk], object)},
+                             preprocess=cfg.preprocess, num_classes=cfg.data.num_classes)
+        for predictor in predictors:
+            batch = predictor(batch)
+        rows = fuse_batch(batch, teachers=names, rule=cfg.fusion.rule, weights=None)
+        writer.write_table(pa.Table.from_pydict({k: list(v) for k, v in rows.items()}, schema=schema))
+    writer.close()
+    wall = time.perf_counter() - t0
+    return {"images": len(cases), "wall_s": wall, "images_per_s": len(cases) / wall}
+
+
+def pipeline(cfg) -> dict:
+    import ray
+
+    from nakt_ray.annotate import annotate
+    from nakt_ray.runtime import init_ray
+
+    t0 = time.perf_counter()
+    init_ray(cfg.ray)
+    t_ray = time.perf_counter() - t0
+    summary = annotate(cfg)
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    return {"images": summary["cases_read"], "failed": summary["failed"], "wall_s": wall, "ray_init_s": t_ray,
+            "images_per_s": summary["cases_read"] / wall,
+            "images_per_s_excluding_ray_init": summary["cases_read"] / (wall - t_ray)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=Path, default=HC18, help="folder of images (default: ../shared/data/hc18)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--size", type=int, default=128, help="teachers' input size (square)")
+    p.add_argument("--batch", type=int, default=8, help="batch size of decoding and of every teacher")
+    p.add_argument("--actors", type=int, default=1, help="actors per teacher pool")
+    p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")
+    p.add_argument("--out", type=Path, default=Path("bench/results/annotate.json"))
+    args = p.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("NAKT_PROGRESS", "0")
+    if not args.images.is_dir():
+        raise SystemExit(f"image folder {args.images} not found; pass --images")
+
+    work = Path(tempfile.mkdtemp(prefix="nakt-bench-annotate-"))
+    try:
+        teachers = make_teachers(work / "teachers", args.size)
+        one = image_folder(args.images, work / "images_1x", args.limit, 1)
+        cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors)
+
+        with PeakMemory() as mem_plain:
+            plain = plain_loop(cfg, work / "plain_out")
+        plain["peak_memory_mb"] = mem_plain.peak / 2**20
+        with PeakMemory() as mem_ray:
+            ray_1x = pipeline(cfg)
+        ray_1x["peak_memory_mb"] = mem_ray.peak / 2**20
+        result = {
+            "host": platform.node(), "cpus": os.cpu_count(), "images_folder": str(args.images),
+            "teachers": [a for _, a in TEACHERS], "size": args.size, "batch": args.batch, "actors": args.actors,
+            "plain_loop": plain, "ray_pipeline": ray_1x,
+            "ratio_pipeline_over_plain": ray_1x["images_per_s"] / plain["images_per_s"],
+        }
+        if args.repeat:
+            many = image_folder(args.images, work / f"images_{args.repeat}x", args.limit, args.repeat)
+            with PeakMemory() as mem_many:
+                ray_nx = pipeline(run_config(work / f"ray_{args.repeat}x", many, teachers, args.size, args.batch,
+                                             args.actors))
+            ray_nx["peak_memory_mb"] = mem_many.peak / 2**20
+            result[f"ray_pipeline_{args.repeat}x"] = ray_nx
+            result["memory_ratio_nx_over_1x"] = ray_nx["peak_memory_mb"] / ray_1x["peak_memory_mb"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nannotation benchmark: {plain['images']} images, teachers {', '.join(result['teachers'])}, "
+          f"{args.size}x{args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
+    print(f"  plain PyTorch loop : {plain['images_per_s']:7.2f} images/s  peak {plain['peak_memory_mb']:7.0f} MB")
+    print(f"  nakt Ray pipeline  : {ray_1x['images_per_s']:7.2f} images/s  peak {ray_1x['peak_memory_mb']:7.0f} MB"
+          f"  ({ray_1x['images_per_s_excluding_ray_init']:.2f} images/s without Ray start-up)")
+    print(f"  ratio pipeline / plain: {result['ratio_pipeline_over_plain']:.3f}")
+    if args.repeat:
+        nx = result[f"ray_pipeline_{args.repeat}x"]
+        print(f"  pipeline at {args.repeat}x input: {nx['images_per_s']:.2f} images/s, peak {nx['peak_memory_mb']:.0f} MB "
+              f"-> memory {args.repeat}x / 1x = {result['memory_ratio_nx_over_1x']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"  written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

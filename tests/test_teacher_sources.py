@@ -1,0 +1,303 @@
+"""Tests for nakt_ray/teacher_sources.py: each source kind against the original model, every error path, sliding
+window and flip TTA. Tiny models are built here; MLflow uses a SQLite store under a temporary folder."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from conftest import TINY_UNET, make_teacher
+from nakt_ray import zoo
+from nakt_ray.checkpoint import fingerprint, load_model
+from nakt_ray.teacher_sources import (TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS,
+                                      InferenceOptions, TeacherLoadError, load_teacher)
+
+# Tracing a MONAI UNet warns about shape checks that become constants; harmless at a fixed input size.
+pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+              pytest.mark.filterwarnings("ignore:ONNX export mode is set to TrainingMode.EVAL:UserWarning")]
+
+SIZE = (32, 32)
+LABELS = ["background", "head"]
+
+
+class ConvNet(nn.Module):
+    """Two 3x3 convolutions, no normalisation: fully convolutional, each output pixel sees a 5x5 neighbourhood."""
+
+    def __init__(self, classes: int = 2, stride: int = 1, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, stride=stride), nn.ReLU(),
+                                  nn.Conv2d(8, classes, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Softmaxed(ConvNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).softmax(1)
+
+
+class AlwaysNaN(ConvNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) * float("nan")
+
+
+class NaNOnBrightInput(ConvNet):
+    """Finite on the load-time probe, NaN once the input exceeds 50: only the per-predict check can catch it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return torch.where(x.abs().amax() > 50, y * float("nan"), y)
+
+
+class FlipSymmetric(ConvNet):
+    """Equivariant to a width flip by construction: f(flip(x)) = flip(f(x))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.body(x) + self.body(x.flip([3])).flip([3]))
+
+
+def softmax_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).softmax(1)
+
+
+def description(**overrides) -> dict:
+    return {"labels": LABELS, "in_channels": 1, "input_size": list(SIZE), "outputs": "logits", **overrides}
+
+
+def write_scripted(folder: Path, model: nn.Module, desc: dict | None, file: str = "model.ts") -> Path:
+    """Save ``model`` as TorchScript with its description YAML beside it (none if ``desc`` is None)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file
+    torch.jit.script(model.eval()).save(str(path))
+    if desc is not None:
+        (folder / f"{file}.yaml").write_text(yaml.safe_dump(desc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def unet() -> nn.Module:
+    torch.manual_seed(0)
+    return zoo.create_model("unet", 1, 2, SIZE, **TINY_UNET).eval()
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.randn(3, 1, *SIZE, generator=torch.Generator().manual_seed(1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Each source gives the original model's probabilities
+
+
+def test_nakt_model_file(tmp_path, batch):
+    path = make_teacher(tmp_path / "a.pt", "a")
+    model, spec = load_model(path)
+    teacher = load_teacher("a", str(path))
+    assert (teacher.kind, teacher.labels, teacher.input_size, teacher.outputs) == ("nakt", spec.labels, SIZE, "logits")
+    assert teacher.preprocess == spec.preprocess and teacher.fingerprint == fingerprint(path)
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(model, batch), atol=1e-4, rtol=0)
+    record = json.loads(json.dumps(teacher.describe()))
+    assert record["name"] == "a" and record["details"]["arch"] == "unet" and record["input_size"] == [32, 32]
+
+
+@pytest.mark.parametrize("form", ["ts_with_sidecar", "pt_archive", "teacher_yaml"])
+def test_torchscript(tmp_path, unet, batch, form):
+    path = tmp_path / ("model.pt" if form == "pt_archive" else "model.ts")
+    torch.jit.trace(unet, torch.zeros(1, 1, *SIZE)).save(str(path))
+    if form == "teacher_yaml":
+        source = tmp_path / "teacher.yaml"
+        source.write_text(yaml.safe_dump(description(file=path.name, preprocess={"normalize": "minmax"})))
+    else:
+        source = path
+        Path(f"{path}.yaml").write_text(yaml.safe_dump(description()))
+    teacher = load_teacher("ts", str(source))
+    assert teacher.kind == "torchscript" and teacher.labels == tuple(LABELS) and len(teacher.fingerprint) == 16
+    if form == "teacher_yaml":  # size and channels of the preprocessing come from the description
+        assert (teacher.preprocess.size, teacher.preprocess.normalize, teacher.preprocess.in_channels) == \
+            (SIZE, "minmax", 1)
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-4, rtol=0)
+
+
+def test_onnx_dynamic_batch(tmp_path, unet, batch):
+    path = tmp_path / "model.onnx"
+    # The TorchScript-based exporter takes ~0.4 s here; dynamo=True works as well but takes ~6 s.
+    torch.onnx.export(unet, (torch.zeros(1, 1, *SIZE),), str(path), input_names=["image"], output_names=["logits"],
+                      opset_version=17, dynamo=False, dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    Path(f"{path}.yaml").write_text(yaml.safe_dump(description()))
+    teacher = load_teacher("onnx", str(path))
+    assert teacher.kind == "onnx" and teacher.details["input_name"] == "image"
+    assert teacher.details["fixed_batch"] is None
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-3, rtol=0)
+
+
+def test_logits_declared_as_logits_and_probabilities_declared_as_probabilities(tmp_path, batch):
+    model = Softmaxed()
+    teacher = load_teacher("p", str(write_scripted(tmp_path, model, description(outputs="probabilities"))))
+    with torch.no_grad():  # no second softmax on a model that already returns probabilities
+        torch.testing.assert_close(teacher.predict(batch), model(batch), atol=1e-5, rtol=0)
+
+
+def test_logits_declared_but_output_sums_to_one_warns(tmp_path):
+    with pytest.warns(UserWarning, match="teacher 'p'.*may be probabilities"):
+        load_teacher("p", str(write_scripted(tmp_path, Softmaxed(), description())))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLflow: a registered version described by its tags, and a run described by run tags plus the signature
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory, unet):
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlflow")
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
+    exp = mlflow.create_experiment("teachers", artifact_location=str(root / "artifacts"))
+    example = np.zeros((1, 1, *SIZE), dtype=np.float32)
+    with torch.no_grad():
+        signature = infer_signature(example, unet(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(experiment_id=exp) as described:
+        mlflow.pytorch.log_model(unet, name="model", serialization_format="pickle", pip_requirements=["torch"],
+                                 registered_model_name="t", signature=signature)
+        mlflow.set_tags({TAG_LABELS: json.dumps(["bg", "fg"]), TAG_OUTPUTS: "logits"})  # size: the signature
+    with mlflow.start_run(experiment_id=exp) as bare:  # no tags, no signature: nothing gives the input size
+        mlflow.pytorch.log_model(unet, name="model", serialization_format="pickle", pip_requirements=["torch"])
+    client = MlflowClient()
+    client.set_registered_model_alias("t", "champion", "1")
+    for tag, value in {TAG_LABELS: json.dumps(LABELS), TAG_IN_CHANNELS: "1", TAG_INPUT_SIZE: json.dumps(SIZE),
+                       TAG_OUTPUTS: "logits", TAG_PREPROCESS: json.dumps({"normalize": "zscore"})}.items():
+        client.set_model_version_tag("t", "1", tag, value)
+    yield {"described": described.info.run_id, "bare": bare.info.run_id}
+    mlflow.set_tracking_uri(before[0])
+    mlflow.set_registry_uri(before[1])
+
+
+@pytest.mark.parametrize("uri", ["models:/t@champion", "models:/t/1"])
+def test_mlflow_registered_version(mlflow_store, unet, batch, uri):
+    teacher = load_teacher("reg", uri)
+    assert teacher.kind == "mlflow" and teacher.labels == tuple(LABELS) and teacher.details["version"] == "1"
+    assert teacher.details["inferred"] == [] and teacher.preprocess.size == SIZE
+    assert teacher.details["run_id"] == mlflow_store["described"] and len(teacher.fingerprint) == 16
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-4, rtol=0)
+
+
+def test_mlflow_run_uses_run_tags_and_signature(mlflow_store, unet, batch):
+    teacher = load_teacher("run", f"runs:/{mlflow_store['described']}/model")
+    assert teacher.labels == ("bg", "fg") and teacher.input_size == SIZE and teacher.in_channels == 1
+    assert teacher.details["inferred"] == ["input_size", "in_channels"] and teacher.preprocess is None
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-4, rtol=0)
+
+
+def test_mlflow_without_input_size_names_the_tags(mlflow_store):
+    with pytest.raises(TeacherLoadError, match=rf"teacher 'bare'.*{TAG_INPUT_SIZE}"):
+        load_teacher("bare", f"runs:/{mlflow_store['bare']}/model")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors: each names the teacher
+
+
+def _scripted(model: nn.Module, **desc) -> Callable[[Path], Path]:
+    return lambda folder: write_scripted(folder, model, description(**desc))
+
+
+def _yaml_source(file: str, **extra) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        write_scripted(folder, ConvNet(), None)
+        (folder / "teacher.yaml").write_text(yaml.safe_dump(description(file=file, **extra)))
+        return folder / "teacher.yaml"
+    return make
+
+
+def _junk(path: Path) -> Path:
+    path.write_bytes(b"not a model")
+    return path
+
+
+ERRORS = [
+    ("wrong_class_count", _scripted(ConvNet(), labels=["background", "a", "b"]),
+     r"returns 2 classes but its labels declare 3"),
+    ("downsampling_model", _scripted(ConvNet(stride=2)), r"spatial size \(16, 16\) for an input of \(32, 32\)"),
+    ("logits_declared_probabilities", _scripted(ConvNet(), outputs="probabilities"),
+     r"declared probabilities but the output looks like logits"),
+    ("nan_output", _scripted(AlwaysNaN()), r"NaN or infinite"),
+    ("unknown_yaml_key", _scripted(ConvNet(), colour="blue"), r"unknown config key 'colour'"),
+    ("bad_yaml_value", _scripted(ConvNet(), outputs="softmax"), r"'outputs'.*'softmax'"),
+    ("missing_yaml", lambda folder: write_scripted(folder, ConvNet(), None), r"no description file"),
+    ("missing_model_file", lambda folder: folder / "nowhere.pt", r"'.*nowhere.pt' does not exist"),
+    ("yaml_names_missing_file", _yaml_source("gone.ts"), r"gone.ts' does not exist"),
+    ("not_a_model", lambda folder: _junk(folder / "junk.pt"),
+     r"(?s)cannot be read as a nakt model.*a teacher source is"),
+]
+
+
+@pytest.mark.parametrize("make, match", [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS])
+def test_errors_name_the_teacher(tmp_path, make, match):
+    source = make(tmp_path)
+    with pytest.raises(TeacherLoadError, match=r"^teacher 'bad' \(") as err:
+        load_teacher("bad", str(source))
+    assert str(source) in str(err.value)
+    assert err.match(match)
+
+
+def test_output_is_checked_on_every_predict(tmp_path, batch):
+    teacher = load_teacher("late", str(write_scripted(tmp_path, NaNOnBrightInput(), description())))
+    teacher.predict(batch)
+    with pytest.raises(TeacherLoadError, match="teacher 'late'.*NaN"):
+        teacher.predict(batch + 100)
+
+
+@pytest.mark.parametrize("kwargs", [{"overlap": 1.0}, {"tta_flips": (0,)}, {"tta_flips": (-1, -1)},
+                                    {"blend": "mean"}, {"amp": "fp8"}, {"sw_batch_size": 0}])
+def test_inference_options_are_validated(kwargs):
+    with pytest.raises(ValueError, match=f"InferenceOptions.{next(iter(kwargs))}"):
+        InferenceOptions(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sliding window and test-time augmentation
+
+
+def test_sliding_window_matches_full_size_prediction_in_the_interior(tmp_path):
+    model = ConvNet()
+    source = str(write_scripted(tmp_path, model, description()))
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))  # 2x the teacher's input size
+    options = InferenceOptions(sliding_window=True, overlap=0.5)
+    windowed = load_teacher("sw", source, options=options).predict(x)
+    assert windowed.shape == (2, 2, 64, 64)
+    direct = softmax_of(model, x)
+    # Window borders see zero padding instead of neighbours; the Gaussian blend keeps their weight small.
+    diff = (windowed - direct)[..., 2:-2, 2:-2].abs()
+    assert diff.mean() < 1e-3 and diff.max() < 0.05
+    resampled = load_teacher("rs", source).predict(x)  # without sliding window: resampled to 32x32 and back
+    assert resampled.shape == (2, 2, 64, 64) and (resampled - direct).abs().mean() > 10 * diff.mean()
+    small = load_teacher("sw", source, options=options).predict(x[..., :24, :20])  # padded to the window
+    assert small.shape == (2, 2, 24, 20)
+    torch.testing.assert_close(small.sum(1), torch.ones(2, 24, 20), atol=1e-4, rtol=0)
+
+
+def test_flip_tta(tmp_path, batch):
+    assert InferenceOptions(tta_flips=(-1, -2)).flip_sets() == [(), (-1,), (-2,), (-1, -2)]
+    tta = InferenceOptions(tta_flips=(-1,))
+    symmetric = str(write_scripted(tmp_path / "sym", FlipSymmetric(), description()))
+    torch.testing.assert_close(load_teacher("s", symmetric, options=tta).predict(batch),
+                               load_teacher("s", symmetric).predict(batch), atol=1e-5, rtol=0)
+    plain_model = ConvNet()
+    plain = str(write_scripted(tmp_path / "plain", plain_model, description()))
+    augmented = load_teacher("p", plain, options=tta).predict(batch)
+    expected = 0.5 * (softmax_of(plain_model, batch) + softmax_of(plain_model, batch.flip(-1)).flip(-1))
+    torch.testing.assert_close(augmented, expected, atol=1e-5, rtol=0)
+    assert (augmented - load_teacher("p", plain).predict(batch)).abs().max() > 1e-3
