@@ -18,67 +18,70 @@ import numpy as np
 import torch
 
 from nakt_ray import annotations as ann
-from nakt_ray.checkpoint import load_model, read_spec
+from nakt_ray.teacher_sources import InferenceOptions, LoadedTeacher, TeacherLoadError, load_teacher
 
 # Shared with the student / evaluation pipelines: columns the teachers read and add.
 TEACHER_INPUT = "image"
 
 
-class TeacherError(ValueError):
-    """A teacher whose output or configuration does not fit the run; the message names the teacher."""
+# A teacher whose output or configuration does not fit; the message names the teacher and its source.
+TeacherError = TeacherLoadError
 
 
 class TeacherPredictor:
     """Ray Data actor UDF: hosts one teacher on its device and adds its probabilities to each batch.
 
-    Adds column ``prob__<name>``: uint8 ``[B, C, H, W]`` (probabilities x 255) at the batch's image size. Rows
-    with an ``error`` are passed through with zeros. A teacher whose own input size differs from the run's gets
-    its input resampled to its size and its output resampled back.
+    The teacher can come from anywhere ``teacher_sources.load_teacher`` reads (a nakt model file, TorchScript or
+    ONNX with a description YAML, an MLflow model URI). Adds column ``prob__<name>``: uint8 ``[B, C, H, W]``
+    (probabilities x 255) at the batch's image size; a teacher with another input size gets its input resampled
+    (or tiled, with sliding-window inference) and its output mapped back. Rows with an ``error`` pass through
+    with zeros.
     """
 
-    def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1):
+    def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1,
+                 options: InferenceOptions | None = None, tracking_uri: str | None = None):
         torch.set_num_threads(num_threads)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.spec = load_model(checkpoint, self.device)
+        _use_tracking_uri(checkpoint, tracking_uri)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.teacher = load_teacher(name, checkpoint, device, options)
+        check_fits(self.teacher, num_classes, in_channels)
         self.name = name
-        if self.spec.num_classes != num_classes:
-            raise TeacherError(f"teacher {name!r} ({checkpoint}) predicts {self.spec.num_classes} classes "
-                               f"{list(self.spec.labels)}; the run expects {num_classes}")
-        if self.spec.in_channels != in_channels:
-            raise TeacherError(f"teacher {name!r} ({checkpoint}) takes {self.spec.in_channels} input channels; "
-                               f"the run's preprocessing gives {in_channels}")
         self.column = ann.prob_column(name)
-        self.amp = self.device.type == "cuda"
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Images ``[B, C_in, H, W]`` float32 -> probabilities ``[B, C, H, W]`` float32."""
-        x = torch.from_numpy(images).to(self.device, non_blocking=True)
-        size = tuple(x.shape[-2:])
-        own = tuple(self.spec.preprocess.size)
-        if own != size:
-            x = torch.nn.functional.interpolate(x, size=own, mode="bilinear", align_corners=False)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(x)
-        logits = logits.float()
-        if logits.ndim != 4 or logits.shape[:2] != (x.shape[0], self.spec.num_classes) or tuple(logits.shape[-2:]) != own:
-            raise TeacherError(f"teacher {self.name!r} returned shape {tuple(logits.shape)}; expected "
-                               f"({x.shape[0]}, {self.spec.num_classes}, {own[0]}, {own[1]})")
-        probs = logits.softmax(1)
-        if own != size:
-            probs = torch.nn.functional.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-        if not torch.isfinite(probs).all():
-            raise TeacherError(f"teacher {self.name!r} produced NaN or infinite values")
-        return probs.cpu().numpy()
+        x = torch.from_numpy(images)
+        if self.teacher.device.type == "cuda":
+            x = x.pin_memory().to(self.teacher.device, non_blocking=True)
+        return self.teacher.predict(x).cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""
         images = batch[TEACHER_INPUT]
-        out = np.zeros((len(images), self.spec.num_classes, *images.shape[-2:]), dtype=np.uint8)
+        out = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), dtype=np.uint8)
         if ok.any():
             out[ok] = ann.quantize(self.predict(np.ascontiguousarray(images[ok], dtype=np.float32)))
         batch[self.column] = out
         return batch
+
+
+def _use_tracking_uri(source: str, uri: str | None) -> None:
+    """MLflow teachers (``models:/``, ``runs:/``) are resolved against ``uri`` (set in this process)."""
+    if uri and str(source).startswith(("models:/", "runs:/")):
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+
+
+def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int) -> None:
+    """Raise :data:`TeacherError` when a loaded teacher's classes or input channels do not fit the run."""
+    if teacher.num_classes != num_classes:
+        raise TeacherError(f"teacher {teacher.name!r} ({teacher.source}) predicts {teacher.num_classes} classes "
+                           f"{list(teacher.labels)}, but the run (and the other teachers) use {num_classes}")
+    if teacher.in_channels != in_channels:
+        raise TeacherError(f"teacher {teacher.name!r} ({teacher.source}) takes {teacher.in_channels} input "
+                           f"channels; the run's preprocessing gives {in_channels}")
 
 
 def fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], rule: str,
@@ -113,6 +116,7 @@ class TeacherRef:
     batch_size: int = 8
     num_cpus: float = 0.5
     num_gpus: float | None = None
+    options: InferenceOptions | None = None
 
 
 # CPUs kept free of actor pools for the decode and fuse tasks: actors that hold every CPU starve the tasks that
@@ -139,8 +143,17 @@ def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
     return room / wanted
 
 
-def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int) -> Any:
-    """Append one actor pool per teacher to ``ds`` (the ``image``/``error`` columns of :func:`decode_batch`)."""
+# A teacher actor that dies (OOM, a crashed GPU, a killed process) is restarted and its batch retried this many
+# times; beyond that the run fails loudly instead of looping on a batch that kills every actor.
+ACTOR_RESTARTS = 3
+
+
+def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int,
+                      tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor) -> Any:
+    """Append one actor pool per teacher to ``ds`` (the ``image``/``error`` columns of :func:`decode_batch`).
+
+    ``predictor_cls`` is the actor class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection).
+    """
     from ray.data import ActorPoolStrategy
 
     from nakt_ray.runtime import cluster_has_gpus
@@ -150,40 +163,80 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
     for t in teachers:
         num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
         ds = ds.map_batches(
-            TeacherPredictor,
+            predictor_cls,
             fn_constructor_kwargs=dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes,
-                                       in_channels=in_channels, num_threads=max(1, int(t.num_cpus))),
+                                       in_channels=in_channels, num_threads=max(1, int(t.num_cpus)),
+                                       options=t.options, tracking_uri=tracking_uri),
             compute=ActorPoolStrategy(size=t.actors),
             batch_size=t.batch_size,
             num_cpus=t.num_cpus * scale,
             num_gpus=num_gpus,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS,
         )
     return ds
 
 
-def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: int) -> list[dict[str, Any]]:
-    """Open every teacher's model file in the driver before any actor starts; returns their lineage records."""
-    from nakt_ray.checkpoint import fingerprint
-
+def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: int,
+                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Load and probe every teacher once in the driver (on CPU) before any actor starts: a teacher that does not
+    fit fails here, by name, not inside an actor. Returns their lineage records (``LoadedTeacher.describe``)."""
     records = []
     for t in teachers:
-        spec = read_spec(t.checkpoint)
-        if spec.num_classes != num_classes:
-            raise TeacherError(f"teacher {t.name!r} ({t.checkpoint}) predicts {spec.num_classes} classes "
-                               f"{list(spec.labels)}, but the run (and the other teachers) use {num_classes}")
-        if spec.in_channels != in_channels:
-            raise TeacherError(f"teacher {t.name!r} ({t.checkpoint}) takes {spec.in_channels} input channels; "
-                               f"the run's preprocessing gives {in_channels}")
-        records.append({"name": t.name, "checkpoint": str(Path(t.checkpoint).resolve()), "arch": spec.arch,
-                        "arch_args": spec.arch_args, "labels": list(spec.labels),
-                        "fingerprint": fingerprint(t.checkpoint), "input_size": list(spec.preprocess.size)})
+        _use_tracking_uri(t.checkpoint, tracking_uri)
+        teacher = load_teacher(t.name, t.checkpoint, "cpu", t.options)
+        check_fits(teacher, num_classes, in_channels)
+        record = teacher.describe()
+        record.pop("device")
+        record["arch"] = teacher.details.get("arch", teacher.kind)
+        records.append(record)
     return records
 
 
-def annotate(cfg: Any, transferal: str | None = None, output: str | None = None) -> dict[str, Any]:
+def inference_options(teacher: Any) -> InferenceOptions:
+    """The inference options of a ``config.TeacherConfig``."""
+    return InferenceOptions(sliding_window=teacher.sliding_window, overlap=teacher.overlap,
+                            tta_flips=tuple(teacher.tta_flips), amp=teacher.amp)
+
+
+def resume_state(out_dir: Path, manifest: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """What an interrupted run left in ``out_dir``: the case ids in its readable Parquet files.
+
+    A file that cannot be read (cut off when the run was killed) is deleted, so its cases are annotated again.
+    Files written with other teachers, fusion or preprocessing are refused: mixing them would corrupt the set.
+    Returns ``(case ids done, names of the files discarded)``.
+    """
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    discarded = []
+    for f in ann.parquet_files(out_dir):
+        try:
+            meta = json.loads(pq.read_schema(f).metadata[ann.METADATA_KEY])
+            ids = pq.read_table(f, columns=["case_id"]).column("case_id").to_pylist()
+        except Exception:  # noqa: BLE001 - a truncated or empty file: redo its cases
+            Path(f).unlink()
+            discarded.append(Path(f).name)
+            continue
+        for key in ("teachers", "fusion", "preprocess", "labels"):
+            ours = json.loads(json.dumps(manifest[key]))
+            if meta.get(key) != ours:
+                raise ValueError(f"cannot resume into {str(out_dir)!r}: {Path(f).name} was written with other "
+                                 f"{key} ({meta.get(key)!r}; this run: {ours!r})")
+        repeated = done.intersection(ids)
+        if repeated:
+            raise RuntimeError(f"{str(out_dir)!r}: cases {sorted(repeated)[:5]} appear in more than one file")
+        done.update(ids)
+    return done, discarded
+
+
+def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
+             predictor_cls: type = TeacherPredictor, resume: bool = False) -> dict[str, Any]:
     """Run the annotation pipeline for ``cfg`` (a RunConfig); returns the summary (also saved as JSON).
 
-    Raises if the written set does not account for every input case exactly once.
+    With ``resume``, the cases already written to the output by an interrupted run are skipped (see
+    :func:`resume_state`); the finished set is the same as that of an uninterrupted run. Raises if the written
+    set does not account for every input case exactly once.
     """
     import ray
 
@@ -194,13 +247,17 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None)
     if not source:
         raise ValueError("no transferal data: set data.transferal in the config or pass --transferal")
     out_dir = Path(output) if output else cfg.annotations_dir
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"annotation output {str(out_dir)!r} is not empty; remove it or choose another")
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise FileExistsError(f"annotation output {str(out_dir)!r} is not empty; remove it, choose another, or "
+                              "pass --resume to finish an interrupted run")
     out_dir.mkdir(parents=True, exist_ok=True)
-    teachers = [TeacherRef(t.name, str(cfg.teacher_checkpoint(t)), t.actors, t.batch_size, t.num_cpus, t.num_gpus)
-                for t in cfg.teachers]
+    teachers = [TeacherRef(t.name, str(cfg.teacher_checkpoint(t)), t.actors, t.batch_size, t.num_cpus, t.num_gpus,
+                           inference_options(t)) for t in cfg.teachers]
     pre = cfg.preprocess
-    records = check_teachers(teachers, cfg.data.num_classes, pre.in_channels)
+    from nakt_ray.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    records = check_teachers(teachers, cfg.data.num_classes, pre.in_channels, uri)
     cases = list_cases(source)
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
     manifest = {
@@ -210,18 +267,21 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None)
         "preprocess": cfg.to_dict()["preprocess"], "teachers": records,
         "fusion": {"rule": cfg.fusion.rule, "weights": weights},
     }
+    done, discarded = resume_state(out_dir, manifest) if resume else (set(), [])
+    todo = [c for c in cases if c.case_id not in done]
     t0 = time.perf_counter()
 
     # 1. Decode and preprocess in CPU tasks; 2. one actor pool per teacher; 3. fuse in tasks; 4. write Parquet.
-    ds = cases_dataset(cases, rows_per_block=cfg.annotate.decode_batch_size)
-    ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
-                        fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
-    ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels)
     names = [t.name for t in teachers]
-    ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
-                        fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
-    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=cfg.annotate.rows_per_file,
-                     schema=ann.arrow_schema(names, manifest))
+    if todo:
+        ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
+        ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
+                            fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
+        ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls)
+        ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
+                            fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
+        ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=cfg.annotate.rows_per_file,
+                         schema=ann.arrow_schema(names, manifest))
     wall = time.perf_counter() - t0
 
     # 5. Account for every case, write the manifest, the summary and the errors table.
@@ -235,7 +295,8 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None)
               for c, s, e in zip(table["case_id"], table["status"], table["error"]) if s != "ok"]
     ann.write_manifest(out_dir, {**manifest, "num_cases": len(cases)})
     summary = {"cases_read": len(cases), "annotated": len(cases) - len(errors), "failed": len(errors),
-               "wall_s": round(wall, 2), "images_per_s": round(len(cases) / wall, 2), "output": str(out_dir),
+               "wall_s": round(wall, 2), "images_per_s": round(len(todo) / wall, 2), "output": str(out_dir),
+               "resumed_cases": len(done), "discarded_files": discarded,
                "teachers": names, "fusion": cfg.fusion.rule}
     (out_dir / ann.SUMMARY).write_text(json.dumps(summary, indent=2))
     (out_dir / "errors.json").write_text(json.dumps(errors, indent=2))

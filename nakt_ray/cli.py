@@ -54,7 +54,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     with tracking.stage_run(cfg, "annotate") as run:
         import mlflow
 
-        summary = annotate(cfg, transferal=args.transferal, output=args.output)
+        summary = annotate(cfg, transferal=args.transferal, output=args.output, resume=args.resume)
         mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s", "images_per_s")})
         out = Path(summary["output"])
         for name in ("manifest.json", "summary.json", "errors.json"):
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--transferal", help="override data.transferal (a folder of images)")
     p.add_argument("--output", help="override annotate.output")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run: skip the cases already written to the output")
     p.set_defaults(fn=cmd_annotate)
 
     p = sub.add_parser("fuse", help="re-fuse a stored annotation set with another rule/weights (no teacher runs)")

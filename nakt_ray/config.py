@@ -149,9 +149,14 @@ class TrainingConfig:
 class TeacherConfig:
     """One teacher: how it is trained (``arch``, ``train_data``) and how it annotates (``checkpoint``, pool).
 
-    ``checkpoint`` defaults to ``<run_dir>/teachers/<name>/model.pt``, where ``nakt train-teacher`` writes it.
-    ``actors``, ``batch_size``, ``num_cpus`` and ``num_gpus`` size this teacher's Ray Data actor pool;
-    ``num_gpus`` null means 1 when the cluster has GPUs and 0 otherwise (fractions share a GPU).
+    ``checkpoint`` is where the teacher comes from: a nakt model file (default
+    ``<run_dir>/teachers/<name>/model.pt``, where ``nakt train-teacher`` writes it), a TorchScript or ONNX file with
+    a description YAML beside it (``<file>.yaml``), a teacher YAML, or an MLflow model URI (``models:/name@alias``,
+    ``runs:/<id>/model``); see ``nakt_ray/teacher_sources.py``. ``actors``, ``batch_size``, ``num_cpus`` and
+    ``num_gpus`` size this teacher's Ray Data actor pool; ``num_gpus`` null means 1 when the cluster has GPUs and
+    0 otherwise (fractions share a GPU). ``sliding_window`` runs MONAI sliding-window inference with the
+    teacher's input size as window (``overlap``, gaussian blending) instead of resampling the image;
+    ``tta_flips`` averages over flips of these axes (-1 width, -2 height); ``amp`` is the autocast type on GPU.
     """
 
     name: str
@@ -164,11 +169,19 @@ class TeacherConfig:
     batch_size: int = 8
     num_cpus: float = 0.5
     num_gpus: float | None = None
+    sliding_window: bool = False
+    overlap: float = 0.25
+    tta_flips: tuple[int, ...] = ()
+    amp: Literal["none", "bf16", "fp16"] = "bf16"
 
     def _validate(self, p: str) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
             _fail(f"{p}name", self.name, "a non-empty name of letters, digits, '_', '-' or '.'")
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
+        if not 0 <= self.overlap < 1:
+            _fail(f"{p}overlap", self.overlap, "a number in [0, 1)")
+        if any(a not in (-1, -2) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
+            _fail(f"{p}tta_flips", list(self.tta_flips), "distinct axes among -1 (width) and -2 (height), e.g. [-1]")
         if self.actors < 1:
             _fail(f"{p}actors", self.actors, "an integer >= 1")
         if self.batch_size < 1:

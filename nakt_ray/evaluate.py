@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from nakt_ray import annotations as ann
-from nakt_ray.annotate import TeacherRef, add_teacher_pools
-from nakt_ray.checkpoint import read_spec
+from nakt_ray.annotate import TeacherRef, add_teacher_pools, check_teachers
 
 ENSEMBLE = "teachers_ensemble"
 
@@ -50,7 +49,7 @@ def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: li
 
 def evaluate(cfg: Any, models: dict[str, str], data: str, out_dir: str | Path, ensemble: list[str] | None = None,
              batch_size: int = 8) -> dict[str, Any]:
-    """Score ``models`` (name -> model file) on the labeled folder ``data``; writes ``evaluation.{md,json,csv}``.
+    """Score ``models`` (name -> any teacher source: model file or MLflow URI) on the labeled folder ``data``; writes ``evaluation.{md,json,csv}``.
 
     Returns ``{"models": {name: {"dice", "dice_ci", "iou", "n"}}, "failed": [...], "table": markdown}``.
     """
@@ -60,18 +59,17 @@ def evaluate(cfg: Any, models: dict[str, str], data: str, out_dir: str | Path, e
 
     pre = cfg.preprocess
     num_classes = cfg.data.num_classes
-    for name, path in models.items():
-        spec = read_spec(path)
-        if spec.num_classes != num_classes:
-            raise ValueError(f"model {name!r} ({path}) predicts {spec.num_classes} classes; the labeled set "
-                             f"has {num_classes} ({list(cfg.data.labels)})")
+    refs = [TeacherRef(name, path, batch_size=batch_size) for name, path in models.items()]
+    from nakt_ray.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    check_teachers(refs, num_classes, pre.in_channels, uri)  # fail fast, by name, before any actor starts
     cases = list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix)
     ds = cases_dataset(cases, rows_per_block=batch_size)
     ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.25,
                         fn_kwargs=dict(preprocess=pre, num_classes=num_classes, mask_values=cfg.data.mask_values,
                                        keep_mask=True))
-    refs = [TeacherRef(name, path, batch_size=batch_size) for name, path in models.items()]
-    ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels)
+    ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri)
     ds = ds.map_batches(score_batch, batch_size=batch_size, num_cpus=0.25,
                         fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes))
     rows = ds.take_all()

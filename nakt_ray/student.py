@@ -23,7 +23,7 @@ def lineage_tags(manifest: dict[str, Any], annotations_dir: str | Path, rule: st
     teachers = manifest["teachers"]
     return {
         "nakt.teachers": ",".join(t["name"] for t in teachers),
-        "nakt.teacher_archs": ",".join(t["arch"] for t in teachers),
+        "nakt.teacher_archs": ",".join(t.get("arch", t.get("kind", "?")) for t in teachers),
         "nakt.teacher_fingerprints": ",".join(t["fingerprint"] for t in teachers),
         "nakt.transferal": manifest["transferal"],
         "nakt.annotations": str(Path(annotations_dir).resolve()),

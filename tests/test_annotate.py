@@ -56,14 +56,16 @@ def test_teacher_with_other_input_size_is_resampled(tmp_path):
 
 def test_teacher_errors_name_the_teacher(tmp_path):
     path = make_teacher(tmp_path / "t.pt", "three", num_classes=3)
-    with pytest.raises(TeacherError, match="teacher 'three'.*predicts 3 classes.*expects 2"):
+    with pytest.raises(TeacherError, match="teacher 'three'.*predicts 3 classes.*use 2"):
         TeacherPredictor(str(path), "three", num_classes=2, in_channels=1)
+    with pytest.raises(TeacherError, match="teacher 'three'.*takes 1 input channels.*gives 3"):
+        TeacherPredictor(str(path), "three", num_classes=3, in_channels=3)
     predictor = TeacherPredictor(str(path), "three", num_classes=3, in_channels=1)
-    predictor.model = lambda x: x.new_full((x.shape[0], 3, 32, 32), float("nan"))
-    with pytest.raises(TeacherError, match="teacher 'three' produced NaN"):
+    predictor.teacher._forward = lambda x: x.new_full((x.shape[0], 3, 32, 32), float("nan"))
+    with pytest.raises(TeacherError, match="teacher 'three'.*NaN"):
         predictor.predict(np.zeros((1, 1, 32, 32), np.float32))
-    predictor.model = lambda x: x.new_zeros((x.shape[0], 2, 32, 32))
-    with pytest.raises(TeacherError, match=r"teacher 'three' returned shape \(1, 2, 32, 32\); expected \(1, 3"):
+    predictor.teacher._forward = lambda x: x.new_zeros((x.shape[0], 2, 32, 32))
+    with pytest.raises(TeacherError, match="teacher 'three'.*returns 2 classes but its labels declare 3"):
         predictor.predict(np.zeros((1, 1, 32, 32), np.float32))
 
 
@@ -138,7 +140,7 @@ def test_refused_output_and_mismatched_teachers(annotated, tmp_path):
     raw = cfg.to_dict()
     raw["teachers"][1]["checkpoint"] = str(make_teacher(tmp_path / "t3.pt", "t3", num_classes=3))
     raw["annotate"]["output"] = str(tmp_path / "out")
-    with pytest.raises(TeacherError, match="teacher 't2'.*predicts 3 classes.*use 2"):
+    with pytest.raises(TeacherError, match="teacher 't2'.*predicts 3 classes.*use 2"):  # before any actor
         annotate(config.from_dict(raw))
 
 
@@ -225,3 +227,116 @@ def test_decode_batch_reads_slices_of_a_volume(tmp_path):
     out = decode_batch(batch, preprocess=config.PreprocessConfig(size=(32, 32)), num_classes=2, with_label=True)
     assert list(out["error"]) == ["", "", ""]
     assert [int(t[1].max()) for t in out["target"]] == [0, 255, 0]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning")
+def test_annotate_with_teachers_from_all_four_sources(ray_session, tmp_path, synthetic_dirs):
+    """The same weights as a nakt file, TorchScript, ONNX and an MLflow model: four teachers, one pipeline run,
+    and (up to export precision and uint8 quantisation) four identical probability maps."""
+    import mlflow
+    import torch
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from nakt_ray.checkpoint import load_model
+    from nakt_ray.teacher_sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS
+
+    nakt_file = make_teacher(tmp_path / "nakt.pt", "n", seed=5)
+    model, _ = load_model(nakt_file)
+    description = {"labels": ["background", "head"], "in_channels": 1, "input_size": [32, 32], "outputs": "logits"}
+    example = torch.zeros(1, 1, 32, 32)
+    torch.jit.trace(model, example).save(str(tmp_path / "model.ts"))
+    (tmp_path / "model.ts.yaml").write_text(yaml.safe_dump(description))
+    torch.onnx.export(model, (example,), str(tmp_path / "model.onnx"), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    (tmp_path / "model.onnx.yaml").write_text(yaml.safe_dump(description))
+    raw = tiny_raw_config(tmp_path, teachers=[
+        {"name": "as_nakt", "checkpoint": str(nakt_file)},
+        {"name": "as_torchscript", "checkpoint": str(tmp_path / "model.ts")},
+        {"name": "as_onnx", "checkpoint": str(tmp_path / "model.onnx")},
+        {"name": "as_mlflow", "checkpoint": "models:/foreign-teacher@prod"}])
+    raw["data"]["transferal"] = str(synthetic_dirs["mixed"])
+    cfg = config.from_dict(raw)
+    from nakt_ray import tracking
+
+    tracking.setup(cfg)
+    with mlflow.start_run():
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", pip_requirements=["torch"],
+                                 registered_model_name="foreign-teacher")
+    client = MlflowClient()
+    client.set_registered_model_alias("foreign-teacher", "prod", "1")
+    for tag, value in ((TAG_LABELS, '["background", "head"]'), (TAG_IN_CHANNELS, "1"), (TAG_INPUT_SIZE, "[32, 32]"),
+                       (TAG_OUTPUTS, "logits")):
+        client.set_model_version_tag("foreign-teacher", "1", tag, value)
+
+    summary = annotate(cfg)
+    assert (summary["annotated"], summary["failed"]) == (6, 0)
+    manifest = ann.read_manifest(cfg.annotations_dir)
+    assert [t["kind"] for t in manifest["teachers"]] == ["nakt", "torchscript", "onnx", "mlflow"]
+    table = ann.read_table(cfg.annotations_dir).to_pydict()
+    maps = {t: ann.from_bytes(table[ann.prob_column(t)], (2, 32, 32), "uint8").astype(int)
+            for t in ("as_nakt", "as_torchscript", "as_onnx", "as_mlflow")}
+    for name, probs in maps.items():
+        assert np.abs(probs - maps["as_nakt"]).max() <= 1, name
+    assert min(table["agreement"]) == pytest.approx(1.0)
+
+
+def test_a_teacher_actor_that_dies_is_restarted_and_its_batch_retried(annotated, tmp_path):
+    import os
+    import sys
+
+    import cloudpickle
+
+    cfg, _, _ = annotated
+
+    class DiesOnce(TeacherPredictor):
+        marker = str(tmp_path / "died")
+
+        def __call__(self, batch):
+            if self.name == "t2" and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+                os._exit(1)  # the actor process dies mid-run, holding a batch
+            return super().__call__(batch)
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the class by value
+    try:
+        summary = annotate(cfg, output=str(tmp_path / "ann"), predictor_cls=DiesOnce)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert os.path.exists(DiesOnce.marker)  # the actor did die
+    assert (summary["cases_read"], summary["annotated"], summary["failed"]) == (6, 5, 1)
+
+    def rows(folder):
+        t = ann.read_table(folder, columns=["case_id", "status", "soft_label"]).to_pydict()
+        return sorted(zip(t["case_id"], t["status"], t["soft_label"]))
+
+    assert rows(tmp_path / "ann") == rows(cfg.annotations_dir)  # every case once, same result as without a death
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(annotated, tmp_path):
+    cfg, _, _ = annotated
+    # What a killed run leaves: some complete files, one cut off mid-write, no manifest or summary.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    import pyarrow.parquet as pq
+
+    table = ann.read_table(cfg.annotations_dir)  # keeps the schema metadata (the manifest)
+    pq.write_table(table.slice(0, 2), partial / "complete.parquet")
+    pq.write_table(table.slice(2, 2), tmp_path / "cut.parquet")
+    data = (tmp_path / "cut.parquet").read_bytes()
+    (partial / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FileExistsError, match="--resume"):
+        annotate(cfg, output=str(partial))
+    summary = annotate(cfg, output=str(partial), resume=True)
+    assert summary["discarded_files"] == ["cut.parquet"]
+    assert summary["resumed_cases"] == 2
+    assert (summary["cases_read"], summary["annotated"], summary["failed"]) == (6, 5, 1)
+
+    def rows(folder):
+        t = ann.read_table(folder, columns=["case_id", "status", "soft_label", "prob__t1"]).to_pydict()
+        return sorted(zip(t["case_id"], t["status"], t["soft_label"], t["prob__t1"]))
+
+    assert rows(partial) == rows(cfg.annotations_dir)
+    # Resuming a finished set does nothing and still accounts for every case.
+    again = annotate(cfg, output=str(partial), resume=True)
+    assert again["resumed_cases"] == 6 and rows(partial) == rows(cfg.annotations_dir)
