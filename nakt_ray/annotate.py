@@ -32,14 +32,15 @@ class TeacherPredictor:
     """Ray Data actor UDF: hosts one teacher on its device and adds its probabilities to each batch.
 
     The teacher can come from anywhere ``teacher_sources.load_teacher`` reads (a nakt model file, TorchScript or
-    ONNX with a description YAML, an MLflow model URI). Adds column ``prob__<name>``: uint8 ``[B, C, H, W]``
-    (probabilities x 255) at the batch's image size; a teacher with another input size gets its input resampled
+    ONNX with a description YAML, an MLflow model URI). Adds column ``prob__<name>``: probabilities
+    ``[B, C, H, W]`` (uint8 x 255, or float16) at the batch's image size; a teacher with another input size gets its input resampled
     (or tiled, with sliding-window inference) and its output mapped back. Rows with an ``error`` pass through
     with zeros.
     """
 
     def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1,
-                 options: InferenceOptions | None = None, tracking_uri: str | None = None):
+                 options: InferenceOptions | None = None, tracking_uri: str | None = None,
+                 prob_dtype: str = "uint8"):
         torch.set_num_threads(num_threads)
         _use_tracking_uri(checkpoint, tracking_uri)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,6 +48,7 @@ class TeacherPredictor:
         check_fits(self.teacher, num_classes, in_channels)
         self.name = name
         self.column = ann.prob_column(name)
+        self.prob_dtype = prob_dtype
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Images ``[B, C_in, H, W]`` float32 -> probabilities ``[B, C, H, W]`` float32."""
@@ -58,9 +60,9 @@ class TeacherPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch["error"] == ""
         images = batch[TEACHER_INPUT]
-        out = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), dtype=np.uint8)
+        out = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), dtype=self.prob_dtype)
         if ok.any():
-            out[ok] = ann.quantize(self.predict(np.ascontiguousarray(images[ok], dtype=np.float32)))
+            out[ok] = ann.quantize(self.predict(np.ascontiguousarray(images[ok], dtype=np.float32)), self.prob_dtype)
         batch[self.column] = out
         return batch
 
@@ -149,7 +151,8 @@ ACTOR_RESTARTS = 3
 
 
 def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int,
-                      tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor) -> Any:
+                      tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor,
+                      prob_dtype: str = "uint8") -> Any:
     """Append one actor pool per teacher to ``ds`` (the ``image``/``error`` columns of :func:`decode_batch`).
 
     ``predictor_cls`` is the actor class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection).
@@ -166,7 +169,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
             predictor_cls,
             fn_constructor_kwargs=dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes,
                                        in_channels=in_channels, num_threads=max(1, int(t.num_cpus)),
-                                       options=t.options, tracking_uri=tracking_uri),
+                                       options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype),
             compute=ActorPoolStrategy(size=t.actors),
             batch_size=t.batch_size,
             num_cpus=t.num_cpus * scale,
@@ -218,7 +221,7 @@ def resume_state(out_dir: Path, manifest: dict[str, Any]) -> tuple[set[str], lis
             Path(f).unlink()
             discarded.append(Path(f).name)
             continue
-        for key in ("teachers", "fusion", "preprocess", "labels"):
+        for key in ("teachers", "fusion", "preprocess", "labels", "prob_dtype"):
             ours = json.loads(json.dumps(manifest[key]))
             if meta.get(key) != ours:
                 raise ValueError(f"cannot resume into {str(out_dir)!r}: {Path(f).name} was written with other "
@@ -263,7 +266,8 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     manifest = {
         "transferal": str(Path(source).resolve()), "labels": list(cfg.data.labels),
         "image_shape": [pre.in_channels, *pre.size], "image_dtype": "float16",
-        "label_shape": [cfg.data.num_classes, *pre.size], "prob_dtype": "uint8", "prob_scale": 255,
+        "label_shape": [cfg.data.num_classes, *pre.size], "prob_dtype": cfg.annotate.prob_dtype,
+        "prob_scale": 255 if cfg.annotate.prob_dtype == "uint8" else 1,
         "preprocess": cfg.to_dict()["preprocess"], "teachers": records,
         "fusion": {"rule": cfg.fusion.rule, "weights": weights},
     }
@@ -277,7 +281,8 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
         ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
         ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
                             fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
-        ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls)
+        ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
+                               cfg.annotate.prob_dtype)
         ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
         ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=cfg.annotate.rows_per_file,

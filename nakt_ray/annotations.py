@@ -8,8 +8,8 @@ One row per transferal case (documented in ``docs/annotations.md``)::
     error        string   why the case failed ("" when ok); stage and reason
     geometry     string   JSON of preprocess.Geometry (maps predictions back to the original image)
     image        binary   preprocessed model input, float16 [C_in, H, W], C order
-    prob__<t>    binary   teacher t's probabilities, uint8 [C, H, W] (p * 255, rounded)
-    soft_label   binary   fused probabilities, uint8 [C, H, W]
+    prob__<t>    binary   teacher t's probabilities [C, H, W]: uint8 (p * 255, rounded; default) or float16
+    soft_label   binary   fused probabilities [C, H, W], same dtype
     hard_label   binary   argmax of soft_label, uint8 [H, W]
     agreement    float    teachers' mean pairwise foreground Dice (1.0 for one teacher)
     entropy      float    mean per-pixel entropy of the fused label
@@ -36,14 +36,21 @@ def prob_column(teacher: str) -> str:
     return f"{PROB_PREFIX}{teacher}"
 
 
-def quantize(probs: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> uint8 (p * 255 rounded)."""
+PROB_DTYPES = ("uint8", "float16")
+
+
+def quantize(probs: np.ndarray, dtype: str = "uint8") -> np.ndarray:
+    """Probabilities in [0, 1] -> stored form: uint8 (p * 255 rounded; the default) or float16."""
+    if dtype == "float16":
+        return probs.astype(np.float16)
     return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
 
 
 def dequantize(q: np.ndarray, axis: int = -3) -> np.ndarray:
-    """uint8 probabilities -> float32 renormalised to sum to 1 over the class ``axis``."""
-    p = q.astype(np.float32) / 255.0
+    """Stored probabilities (uint8 or float16) -> float32 renormalised to sum to 1 over the class ``axis``."""
+    p = q.astype(np.float32)
+    if q.dtype == np.uint8:
+        p /= 255.0
     return p / np.clip(p.sum(axis=axis, keepdims=True), 1e-6, None)
 
 
@@ -97,7 +104,7 @@ def fused_columns(probs_q: np.ndarray, ok: np.ndarray, rule: str,
     from nakt_ray.fusion import entropy, fuse, hard_label, pairwise_dice
 
     n = len(probs_q)
-    probs = dequantize(probs_q)
+    probs = dequantize(probs_q)  # the soft label is stored in the teachers' maps' dtype
     soft = np.zeros((n, *probs.shape[2:]), dtype=np.float32)
     agreement = np.full(n, np.nan, dtype=np.float32)
     ent = np.full(n, np.nan, dtype=np.float32)
@@ -105,7 +112,7 @@ def fused_columns(probs_q: np.ndarray, ok: np.ndarray, rule: str,
         soft[ok] = fuse(probs[ok], rule, weights)
         agreement[ok] = pairwise_dice(probs[ok])
         ent[ok] = entropy(soft[ok])
-    out = {"soft_label": to_bytes(quantize(soft)), "hard_label": to_bytes(hard_label(soft)),
+    out = {"soft_label": to_bytes(quantize(soft, probs_q.dtype.name)), "hard_label": to_bytes(hard_label(soft)),
            "agreement": agreement, "entropy": ent}
     out["soft_label"][~ok] = b""
     out["hard_label"][~ok] = b""
@@ -113,10 +120,10 @@ def fused_columns(probs_q: np.ndarray, ok: np.ndarray, rule: str,
 
 
 def refuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_shape: tuple[int, ...], rule: str,
-                 weights: list[float] | None) -> dict[str, np.ndarray]:
+                 weights: list[float] | None, prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
     """Stored annotation rows -> the same rows with the fused columns recomputed by another rule / weights."""
     ok = np.asarray(batch["status"]) == "ok"
-    probs_q = np.stack([from_bytes(batch[prob_column(t)], label_shape, "uint8") for t in teachers], axis=1)
+    probs_q = np.stack([from_bytes(batch[prob_column(t)], label_shape, prob_dtype) for t in teachers], axis=1)
     return {**batch, **fused_columns(probs_q, ok, rule, weights)}
 
 

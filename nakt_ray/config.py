@@ -223,9 +223,11 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class AnnotateConfig:
-    """The annotation run. ``output`` defaults to ``<run_dir>/annotations``."""
+    """The annotation run. ``output`` defaults to ``<run_dir>/annotations``. ``prob_dtype``: how probability
+    maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16."""
 
     output: str | None = None
+    prob_dtype: Literal["uint8", "float16"] = "uint8"
     decode_batch_size: int = 16
     rows_per_file: int = 256
 

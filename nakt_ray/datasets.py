@@ -109,21 +109,22 @@ def split_errors(ds) -> tuple[Any, list[dict[str, str]]]:
 
 def annotation_batch(batch: dict[str, np.ndarray], *, image_shape: tuple[int, ...], label_shape: tuple[int, ...],
                      teachers: list[str] | None = None, rule: str | None = None,
-                     weights: list[float] | None = None) -> dict[str, np.ndarray]:
-    """Parquet annotation rows -> training columns ``image`` float32 and ``target`` uint8 ``[B, C, H, W]``.
+                     weights: list[float] | None = None, prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
+    """Parquet annotation rows -> training columns ``image`` float32 and ``target`` ``[B, C, H, W]`` (probabilities
+    in the set's stored dtype, uint8 x 255 or float16; the training loop renormalises either).
 
     With ``rule`` the target is re-fused from the stored per-teacher maps (no teacher runs again); otherwise the
     stored ``soft_label`` is used.
     """
     out = {"image": ann.from_bytes(batch["image"], image_shape, "float16").astype(np.float32)}
     if rule is None:
-        out["target"] = ann.from_bytes(batch["soft_label"], label_shape, "uint8")
+        out["target"] = ann.from_bytes(batch["soft_label"], label_shape, prob_dtype)
     else:
         from nakt_ray.fusion import fuse
 
-        probs = np.stack([ann.dequantize(ann.from_bytes(batch[ann.prob_column(t)], label_shape, "uint8"))
+        probs = np.stack([ann.dequantize(ann.from_bytes(batch[ann.prob_column(t)], label_shape, prob_dtype))
                           for t in teachers], axis=1)  # [B, T, C, H, W]
-        out["target"] = ann.quantize(fuse(probs, rule, weights))
+        out["target"] = ann.quantize(fuse(probs, rule, weights), prob_dtype)
     return out
 
 
@@ -142,4 +143,4 @@ def annotation_dataset(annotations_dir: str, rule: str | None = None, weights: l
     return ds.map_batches(annotation_batch, batch_size=batch_size, num_cpus=0.5,
                           fn_kwargs=dict(image_shape=tuple(manifest["image_shape"]),
                                          label_shape=tuple(manifest["label_shape"]), teachers=teachers,
-                                         rule=rule, weights=weights))
+                                         rule=rule, weights=weights, prob_dtype=manifest["prob_dtype"]))

@@ -38,7 +38,7 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     ds = ray.data.read_parquet(ann.parquet_files(src))
     ds = ds.map_batches(ann.refuse_batch, batch_size=batch_size, num_cpus=0.5,
                         fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
-                                       weights=weights))
+                                       weights=weights, prob_dtype=manifest["prob_dtype"]))
     ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256,
                      schema=ann.arrow_schema(teachers, new_manifest))
     wall = time.perf_counter() - t0

@@ -340,3 +340,30 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(annotated, 
     # Resuming a finished set does nothing and still accounts for every case.
     again = annotate(cfg, output=str(partial), resume=True)
     assert again["resumed_cases"] == 6 and rows(partial) == rows(cfg.annotations_dir)
+
+
+def test_float16_storage_option(annotated, tmp_path):
+    from nakt_ray.datasets import annotation_dataset
+    from nakt_ray.refusion import refuse
+
+    cfg, _, _ = annotated
+    raw = cfg.to_dict()
+    raw["annotate"].update(prob_dtype="float16", output=str(tmp_path / "f16"))
+    f16 = config.from_dict(raw)
+    annotate(f16)
+    manifest = ann.read_manifest(f16.annotations_dir)
+    assert (manifest["prob_dtype"], manifest["prob_scale"]) == ("float16", 1)
+
+    def maps(folder, dtype):
+        t = ann.read_table(folder, columns=["case_id", "status", "prob__t1", "soft_label"]).to_pydict()
+        ok = sorted(i for i, s in enumerate(t["status"]) if s == "ok")
+        order = sorted(ok, key=lambda i: t["case_id"][i])
+        return {c: ann.dequantize(ann.from_bytes([t[c][i] for i in order], (2, 32, 32), dtype))
+                for c in ("prob__t1", "soft_label")}
+
+    half, byte = maps(f16.annotations_dir, "float16"), maps(cfg.annotations_dir, "uint8")
+    for column in half:
+        assert np.abs(half[column] - byte[column]).max() <= 1.5 / 255
+    rows = annotation_dataset(str(f16.annotations_dir), rule="majority_vote").take_all()
+    assert len(rows) == 5 and rows[0]["target"].dtype == np.float16
+    assert refuse(f16.annotations_dir, tmp_path / "f16_staple", "staple")["ok"] == 5
