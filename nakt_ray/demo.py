@@ -8,7 +8,7 @@
 5. evaluate every teacher, the teachers' ensemble and the student on the test set; load the registered
    student back from the Model Registry and segment a test image with it.
 
-Full: ~6-8 min on 2 CPU cores (96x96 model input, 10 epochs per model). ``--smoke``: the same path with tiny data and one epoch (< 2 min).
+Full: ~8 min on 2 CPU cores (96x96 model input, 8 epochs per model). ``--smoke``: the same path with tiny data and one epoch (< 2 min).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ STUDENT_ARCH = "timm_unet"
 
 def demo_config(run_dir: str, smoke: bool) -> tuple[config.RunConfig, dict[str, int]]:
     """The demo's run config and data sizes (cases per teacher site, transferal, test)."""
-    sizes = dict(site=12, transferal=16, test=8) if smoke else dict(site=64, transferal=200, test=60)
+    sizes = dict(site=12, transferal=16, test=8) if smoke else dict(site=64, transferal=160, test=60)
     data = Path(run_dir) / "data"
     raw = {
         "run_dir": run_dir,
@@ -40,9 +40,9 @@ def demo_config(run_dir: str, smoke: bool) -> tuple[config.RunConfig, dict[str, 
         "student": {"name": "student", "arch": STUDENT_ARCH, "arch_args": {"encoder": "resnet18"}},
         # Smoke: the training loop runs in the driver (num_workers=0: same TorchTrainer, same loop and dataset
         # shards, without ~20 s of worker start-up per run); the full demo uses a real Ray Train worker.
-        "teacher_training": {"epochs": 1 if smoke else 10, "batch_size": 8, "lr": 2e-3,
+        "teacher_training": {"epochs": 1 if smoke else 8, "batch_size": 8, "lr": 2e-3,
                              "num_workers": 0 if smoke else 1},
-        "training": {"epochs": 1 if smoke else 10, "batch_size": 8, "lr": 1e-3, "num_workers": 0 if smoke else 1},
+        "training": {"epochs": 1 if smoke else 8, "batch_size": 8, "lr": 1e-3, "num_workers": 0 if smoke else 1},
         "tracking": {"experiment": "nakt-demo", "registered_model": "nakt-demo-student", "alias": "candidate"},
         "ray": {"num_cpus": 2},
     }
