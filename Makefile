@@ -24,7 +24,7 @@ smoke: setup
 	$(VENV)/bin/nakt demo --smoke
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 clean:
 	rm -rf runs .pytest_cache

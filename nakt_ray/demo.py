@@ -142,11 +142,11 @@ def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path
     import torch
     from PIL import Image
 
+    from nakt_ray import tracking
     from nakt_ray.preprocess import preprocess_image, restore
     from nakt_ray.sources import list_cases, read_image
 
-    tracking_setup = __import__("nakt_ray.tracking", fromlist=["setup"]).setup
-    tracking_setup(cfg)
+    tracking.setup(cfg)
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
     case = list_cases(cfg.data.test, require_masks=True)[0]
     image = read_image(case.image_path, case.slice_index)
