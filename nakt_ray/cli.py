@@ -118,6 +118,51 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_tracking_uri(uri: str | None) -> None:
+    """Point MLflow (tracking and registry) at ``uri`` for models:/ and runs:/ sources; None keeps MLflow's default."""
+    if uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nakt_ray.export import export
+
+    _use_tracking_uri(args.tracking_uri)
+    report = export(args.model, args.out, args.formats)
+    for fmt, f in report["files"].items():
+        print(f"{fmt}: {f['model']} (+ {Path(f['description']).name}); max |difference| to the torch model "
+              f"{f['max_abs_diff']:.2g} (tolerance {f['tolerance']:g})")
+    inferred = report["lineage"].get("inferred")
+    if inferred:
+        print(f"nakt export: note: the model does not declare its {', '.join(inferred)}; the descriptions hold what "
+              "was inferred (edit the YAMLs, or set the nakt.* MLflow tags and export again)", file=sys.stderr)
+    print(f"written: {Path(args.out) / 'export.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nakt_ray.predict import predict_folder
+
+    def progress(done: int, total: int, failed: int) -> None:
+        print(f"nakt predict: {done}/{total} cases" + (f" ({failed} failed)" if failed else ""), file=sys.stderr,
+              flush=True)
+
+    _use_tracking_uri(args.tracking_uri)
+    report = predict_folder(args.model, args.images, args.out, batch_size=args.batch_size, overlays=args.overlays,
+                            device=args.device, progress=progress)
+    if report["model"]["inferred"]:
+        print(f"nakt predict: note: the model does not declare its {', '.join(report['model']['inferred'])}; "
+              "used what was inferred (preprocess: resize to its input size, z-score); declare them in its "
+              "description YAML or nakt.* MLflow tags", file=sys.stderr)
+    counts = report["counts"]
+    print(f"{counts['ok']} of {counts['cases']} cases segmented into {args.out} ({counts['failed']} failed; "
+          f"per-case status and reasons: {Path(args.out) / 'predictions.json'})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from nakt_ray.demo import run_demo
 
@@ -164,6 +209,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model file to score (repeatable; default: teachers, their ensemble, the student)")
     p.add_argument("--output", help="output folder (default: <run_dir>/evaluation)")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a model to TorchScript and ONNX (parity-checked, with descriptions)")
+    p.add_argument("--model", required=True, help="nakt model file or MLflow URI (models:/NAME@ALIAS, runs:/ID/model)")
+    p.add_argument("--out", required=True, help="output folder (model.ts, model.onnx, their YAMLs, export.json)")
+    p.add_argument("--formats", default="torchscript,onnx", help="comma-separated: torchscript, onnx")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ sources")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("predict", help="segment a folder of images: mask and overlay PNGs at the original size")
+    p.add_argument("--model", required=True,
+                   help="nakt model file, TorchScript/ONNX file with its YAML, or MLflow URI")
+    p.add_argument("--images", required=True, help="folder of images (or a folder with images/)")
+    p.add_argument("--out", required=True, help="output folder (<case>_mask.png, <case>_overlay.png, predictions.json)")
+    p.add_argument("--overlays", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write overlay PNGs (default: yes)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ sources")
+    p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("demo", help="the whole flow on synthetic data (about 10 min on 2 CPU cores)")
     p.add_argument("--run-dir", default=None, help="where everything goes (default: runs/demo or runs/smoke)")

@@ -138,11 +138,11 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
 def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path) -> Path:
     """Load ``model_uri`` with ``mlflow.pytorch.load_model``, segment the first test image, write an overlay."""
     import mlflow
-    import numpy as np
     import torch
     from PIL import Image
 
     from nakt_ray import tracking
+    from nakt_ray.predict import overlay
     from nakt_ray.preprocess import preprocess_image, restore
     from nakt_ray.sources import list_cases, read_image
 
@@ -154,10 +154,6 @@ def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path
     with torch.no_grad():
         probs = model(torch.from_numpy(x)[None]).softmax(1)[0].numpy()
     label = restore(probs, geom).argmax(0)
-    grey = image.mean(0)
-    grey = (255 * (grey - grey.min()) / max(float(np.ptp(grey)), 1e-6)).astype(np.uint8)
-    rgb = np.stack([grey] * 3, -1).astype(np.float32)
-    rgb[label > 0] = 0.6 * rgb[label > 0] + 0.4 * np.array([255, 64, 0], dtype=np.float32)
     out = out_dir / f"registered_student_{case.case_id.replace('/', '_')}.png"
-    Image.fromarray(rgb.astype(np.uint8)).save(out)
+    Image.fromarray(overlay(image, label)).save(out)
     return out

@@ -230,6 +230,12 @@ class LoadedTeacher:
         self._autocast = (loaded.autocast and device.type == "cuda" and options.amp != "none")
         self._amp_dtype = torch.bfloat16 if options.amp == "bf16" else torch.float16
 
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The raw model as a torch module (nakt, TorchScript and MLflow teachers; returns what ``outputs`` says),
+        for export; None for ONNX, which runs outside torch."""
+        return self._forward if isinstance(self._forward, torch.nn.Module) else None
+
     def __repr__(self) -> str:
         return (f"LoadedTeacher(name={self.name!r}, kind={self.kind!r}, source={self.source!r}, "
                 f"labels={list(self.labels)}, input_size={self.input_size}, outputs={self.outputs!r})")

@@ -1,0 +1,200 @@
+"""``nakt predict``: segment a folder of images with any model and write masks and overlays at the original size.
+
+The model is loaded with :func:`nakt_ray.teacher_sources.load_teacher`, so any source works: a nakt model file, an
+exported TorchScript / ONNX file with its description YAML, or an MLflow URI. Cases come from
+:func:`nakt_ray.sources.list_cases` (a folder with ``images/`` or a bare folder of images; a volume gives one case
+per slice) and are decoded and preprocessed by :func:`nakt_ray.datasets.decode_batch`; probabilities are mapped
+back to the original image size with :func:`nakt_ray.preprocess.restore` (as in evaluation) and arg-maxed.
+
+Outputs under ``out_dir`` (a ``case_id`` with folders, ``site/a``, keeps them; slices are ``case#0012``)::
+
+    <case_id>_mask.png      8-bit grey, pixel = class index x mask_scale, mask_scale = 255 // (K - 1):
+                            0/255 for a binary model (like HC18 masks), 0/127/254 for three classes
+    <case_id>_overlay.png   the image in grey with each foreground class in colour (40 % fill, solid contour)
+    predictions.json        the model, the mask encoding, counts, and per case: status, files or the reason
+
+A case that cannot be read or predicted is recorded with its reason and the run goes on. Plain PyTorch in one
+process (no Ray): predicting a folder is one model on one device.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Colours of foreground classes 1, 2, ... (RGB), reused cyclically beyond eight classes.
+PALETTE = np.array([(255, 64, 0), (0, 160, 255), (255, 215, 0), (0, 220, 90), (220, 0, 220), (0, 230, 230),
+                    (255, 128, 160), (150, 100, 255)], dtype=np.float32)
+FILL_ALPHA = 0.4
+
+
+def mask_scale(num_classes: int) -> int:
+    """The factor between a class index and its grey value in a mask PNG (255 for binary)."""
+    if not 2 <= num_classes <= 256:
+        raise ValueError(f"a model with {num_classes} classes cannot be written as an 8-bit mask PNG; expected "
+                         "2 to 256 classes")
+    return max(1, 255 // (num_classes - 1))
+
+
+def _contour(region: np.ndarray) -> np.ndarray:
+    """Pixels of boolean ``region`` ``[H, W]`` with a 4-neighbour outside it (or on the image border)."""
+    padded = np.pad(region, 1, constant_values=False)
+    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return region & ~interior
+
+
+def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Image ``[C, H, W]`` (any intensities) + class map ``[H, W]`` -> RGB uint8 ``[H, W, 3]`` for people.
+
+    The image is shown in grey (channel mean, stretched to 0-255); each foreground class is filled with its
+    :data:`PALETTE` colour at :data:`FILL_ALPHA` and outlined in it.
+    """
+    grey = image.astype(np.float32).mean(0)
+    grey = 255 * (grey - grey.min()) / max(float(np.ptp(grey)), 1e-6)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for cls in np.unique(label):
+        if cls == 0:
+            continue
+        region = label == cls
+        colour = PALETTE[(int(cls) - 1) % len(PALETTE)]
+        rgb[region] = (1 - FILL_ALPHA) * rgb[region] + FILL_ALPHA * colour
+        rgb[_contour(region)] = colour
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: got {device!r}; expected 'cpu' or 'cuda' (or 'cuda:N')") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: got {device!r}; expected 'cpu' or 'cuda' (or 'cuda:N')")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: got {device!r}, but CUDA is not available here; use 'cpu'")
+    return str(dev)
+
+
+def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Path, batch_size: int = 8,
+                   overlays: bool = True, device: str = "cpu",
+                   progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+    """Segment every case under ``images_dir`` with the model at ``source``; write masks, overlays and a report.
+
+    Args:
+        source: any teacher source (nakt model file, TorchScript / ONNX file with description YAML, MLflow URI).
+        images_dir: a folder source (``images/`` inside, or image files directly; sub-folders are searched).
+        out_dir: where ``<case_id>_mask.png``, ``<case_id>_overlay.png`` and ``predictions.json`` go.
+        batch_size: images per forward pass.
+        overlays: also write the overlay PNGs.
+        device: ``cpu`` or ``cuda``.
+        progress: called after each batch with (cases done, cases in total, cases failed so far).
+
+    Returns:
+        The ``predictions.json`` content: ``{"model", "images", "output", "mask_encoding", "preprocess",
+        "preprocess_assumed", "counts": {"cases", "ok", "failed"}, "wall_s", "cases": [...]}``; ``model.inferred``
+        lists what the source did not declare. Each case has ``case_id``, ``source``, ``status`` (``ok`` /
+        ``failed``) and either ``mask``, ``overlay`` (or None), ``size`` ``[H, W]`` and ``classes`` (pixels per
+        class), or ``reason``.
+
+    Raises:
+        ValueError: a bad ``batch_size`` or ``device``; TeacherLoadError: a model that cannot be loaded;
+        DataError: a missing or empty images folder.
+    """
+    import torch
+    from PIL import Image
+
+    from nakt_ray.config import PreprocessConfig
+    from nakt_ray.datasets import decode_batch, geometry_of
+    from nakt_ray.preprocess import restore
+    from nakt_ray.sources import list_cases, read_image
+    from nakt_ray.teacher_sources import load_teacher
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: got {batch_size!r}; expected an integer >= 1")
+    device = _check_device(device)
+    t0 = time.perf_counter()
+    # 1. The model, and how to feed it: its own preprocessing, else a resize to its input size with z-score.
+    teacher = load_teacher("model", str(source), device)
+    pre = teacher.preprocess
+    assumed = pre is None
+    if pre is None:
+        pre = PreprocessConfig(size=teacher.input_size, in_channels=teacher.in_channels)
+    scale = mask_scale(teacher.num_classes)
+    cases = list_cases(images_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    records: list[dict[str, Any]] = []
+    failed = 0
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start:start + batch_size]
+        # 2. Decode and preprocess; a case that cannot be read keeps its row with the reason.
+        batch = {"case_id": np.array([c.case_id for c in chunk], dtype=object),
+                 "image_path": np.array([c.image_path for c in chunk], dtype=object),
+                 "mask_path": np.array([""] * len(chunk), dtype=object),
+                 "slice_index": np.array([-1 if c.slice_index is None else c.slice_index for c in chunk])}
+        decoded = decode_batch(batch, preprocess=pre, num_classes=teacher.num_classes)
+        reasons = [str(e) for e in decoded["error"]]
+        ok = [i for i, r in enumerate(reasons) if not r]
+        # 3. Predict the readable ones at the model's size.
+        probs: np.ndarray | None = None
+        if ok:
+            try:
+                probs = teacher.predict(torch.from_numpy(decoded["image"][ok])).cpu().numpy()
+            except Exception as err:  # noqa: BLE001 - e.g. NaN output: record the batch's cases, go on
+                for i in ok:
+                    reasons[i] = f"predict: {type(err).__name__}: {err}"
+        # 4. Back to the original size; write the mask and the overlay.
+        for i, case in enumerate(chunk):
+            record: dict[str, Any] = {"case_id": case.case_id, "source": case.image_path}
+            if case.slice_index is not None:
+                record["slice_index"] = case.slice_index
+            if not reasons[i] and probs is not None:
+                try:
+                    geom = geometry_of(decoded["geometry"][i])
+                    label = restore(probs[ok.index(i)], geom).argmax(0).astype(np.uint8)
+                    mask_path = out / f"{case.case_id}_mask.png"
+                    mask_path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(label * np.uint8(scale)).save(mask_path)
+                    overlay_path = None
+                    if overlays:
+                        overlay_path = out / f"{case.case_id}_overlay.png"
+                        Image.fromarray(overlay(read_image(case.image_path, case.slice_index), label)).save(
+                            overlay_path)
+                    counts = np.bincount(label.ravel(), minlength=teacher.num_classes)
+                    record.update(status="ok", mask=str(mask_path),
+                                  overlay=str(overlay_path) if overlay_path else None,
+                                  size=[geom.orig_h, geom.orig_w],
+                                  classes={name: int(n) for name, n in zip(teacher.labels, counts)})
+                except Exception as err:  # noqa: BLE001 - one unwritable case must not stop the folder
+                    reasons[i] = f"write: {type(err).__name__}: {err}"
+            if reasons[i]:
+                failed += 1
+                record.update(status="failed", reason=reasons[i])
+            records.append(record)
+        if progress is not None:
+            progress(len(records), len(cases), failed)
+
+    described = teacher.describe()
+    # What the source did not declare (MLflow models without nakt.* tags, descriptions without preprocess).
+    inferred = list(teacher.details.get("inferred", [])) + (["preprocess"] if assumed else [])
+    report = {
+        "model": {**{k: described[k] for k in ("source", "kind", "fingerprint", "labels", "input_size", "outputs",
+                                               "device")}, "inferred": inferred},
+        "images": str(images_dir), "output": str(out),
+        "mask_encoding": {"scale": scale, "values": {name: k * scale for k, name in enumerate(teacher.labels)},
+                          "note": "pixel = class index x scale; read back with mask_values = the values above"},
+        "preprocess": {"size": list(pre.size), "mode": pre.mode, "normalize": pre.normalize,
+                       "in_channels": pre.in_channels},
+        "preprocess_assumed": assumed,
+        "counts": {"cases": len(records), "ok": len(records) - failed, "failed": failed},
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "cases": records,
+    }
+    (out / "predictions.json").write_text(json.dumps(report, indent=2))
+    return report
