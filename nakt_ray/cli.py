@@ -79,7 +79,16 @@ def cmd_train_student(args: argparse.Namespace) -> int:
     from nakt_ray.student import train_student
 
     cfg = _load(args)
-    result = train_student(cfg, annotations_dir=args.annotations)
+    result = train_student(cfg, annotations_dir=args.annotations, resume=args.resume)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from nakt_ray.student import finetune_student
+
+    cfg = _load(args)
+    result = finetune_student(cfg, start="scratch" if args.from_scratch else "distilled", resume=args.resume)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -200,7 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--annotations", help="annotation set folder (default: <run_dir>/annotations)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run from its last checkpoint, in the same MLflow run")
     p.set_defaults(fn=cmd_train_student, epochs_key="training.epochs")
+
+    p = sub.add_parser("finetune", help="fine-tune the distilled student on the small labeled set data.finetune")
+    _common(p)
+    p.add_argument("--from-scratch", action="store_true",
+                   help="the 'labeled set only' baseline: the student's architecture from random weights")
+    p.add_argument("--epochs", type=int, help="override finetune.epochs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run from its last checkpoint, in the same MLflow run")
+    p.set_defaults(fn=cmd_finetune, epochs_key="finetune.epochs")
 
     p = sub.add_parser("evaluate", help="Dice/IoU of models and the teachers' ensemble on a labeled set")
     _common(p)

@@ -81,6 +81,7 @@ class DataConfig:
     transferal: str | None = None
     val: str | None = None
     test: str | None = None
+    finetune: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -105,6 +106,18 @@ class TrainingConfig:
     process, useful for debugging). ``cpus_per_worker`` may be fractional: on a 2-core machine a worker must not
     hold a whole core or the Ray Data task that feeds it never runs. ``use_gpu`` null means "if the cluster has
     GPUs". ``torch_threads`` null means the cluster's CPUs divided by the number of workers (at least 1).
+
+    Loss: ``dice_weight`` x soft Dice + ``ce_weight`` x soft cross-entropy + ``kl_weight`` x KL at
+    ``temperature`` against the (fused) soft target, plus ``hard_weight`` x (Dice + CE) against its arg-max.
+    ``agreement_weighting`` weights the per-pixel terms by the teachers' agreement: ``case`` by each case's mean
+    pairwise Dice, ``pixel`` by the share of teachers whose label equals the fused label at that pixel (students
+    only; teachers' hard labels carry no agreement). ``augment_strength`` scales the random affine (rotation up
+    to 15 degrees, scale up to 10 %) and intensity changes; flips are on whenever ``augment`` is.
+
+    Validation (when a labeled validation set is given) computes Dice and IoU every epoch, plus ``val_metrics``
+    (``hd95``, ``nsd``; slow, opt-in; NSD at ``nsd_tolerance`` pixels). The best epoch by Dice is kept;
+    ``patience`` stops after that many epochs without improvement. ``max_failures``: how often a run whose
+    worker died is restarted from its last checkpoint (Ray Train ``FailureConfig``).
     """
 
     epochs: int = 10
@@ -119,7 +132,14 @@ class TrainingConfig:
     ce_weight: float = 1.0
     kl_weight: float = 0.0
     temperature: float = 1.0
+    hard_weight: float = 0.0
+    agreement_weighting: Literal["none", "case", "pixel"] = "none"
     augment: bool = True
+    augment_strength: float = 1.0
+    val_metrics: tuple[Literal["hd95", "nsd"], ...] = ()
+    nsd_tolerance: float = 2.0
+    patience: int | None = None
+    max_failures: int = 2
     seed: int = 0
 
     def _validate(self, p: str) -> None:
@@ -136,11 +156,21 @@ class TrainingConfig:
             _fail(f"{p}cpus_per_worker", self.cpus_per_worker, "a number in (0, 256]; fractions are allowed")
         if self.torch_threads is not None and self.torch_threads < 1:
             _fail(f"{p}torch_threads", self.torch_threads, "an integer >= 1 or null")
-        for key in ("dice_weight", "ce_weight", "kl_weight"):
+        for key in ("dice_weight", "ce_weight", "kl_weight", "hard_weight"):
             if getattr(self, key) < 0:
                 _fail(f"{p}{key}", getattr(self, key), "a number >= 0")
-        if self.dice_weight + self.ce_weight + self.kl_weight <= 0:
-            _fail(f"{p}dice_weight", self.dice_weight, "loss weights (dice, ce, kl) whose sum is > 0")
+        if self.dice_weight + self.ce_weight + self.kl_weight + self.hard_weight <= 0:
+            _fail(f"{p}dice_weight", self.dice_weight, "loss weights (dice, ce, kl, hard) whose sum is > 0")
+        if not 0 <= self.augment_strength <= 3:
+            _fail(f"{p}augment_strength", self.augment_strength, "a number in [0, 3] (1 is the default strength)")
+        if len(set(self.val_metrics)) != len(self.val_metrics):
+            _fail(f"{p}val_metrics", list(self.val_metrics), "distinct names among hd95, nsd")
+        if self.nsd_tolerance <= 0:
+            _fail(f"{p}nsd_tolerance", self.nsd_tolerance, "a tolerance in pixels > 0")
+        if self.patience is not None and self.patience < 1:
+            _fail(f"{p}patience", self.patience, "an integer >= 1 or null (no early stopping)")
+        if self.max_failures < -1:
+            _fail(f"{p}max_failures", self.max_failures, "an integer >= 0, or -1 for unlimited restarts")
         if self.temperature <= 0:
             _fail(f"{p}temperature", self.temperature, "a number > 0")
 
@@ -194,12 +224,17 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """The student: any zoo architecture. Its checkpoint goes to ``<run_dir>/student/<name>/model.pt``."""
+    """The student: any zoo architecture. Its checkpoint goes to ``<run_dir>/student/<name>/model.pt``.
+
+    ``init``: a nakt model file whose weights the student starts from (same architecture); null starts from
+    scratch. ``nakt finetune`` starts from the distilled student unless told otherwise.
+    """
 
     name: str = "student"
     arch: str = "basic_unet"
     arch_args: dict[str, Any] = field(default_factory=dict)
     annotations: str | None = None
+    init: str | None = None
 
     def _validate(self, p: str) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
@@ -284,6 +319,7 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher_training: TrainingConfig = field(default_factory=TrainingConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    finetune: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10, lr=5e-4))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 

@@ -109,38 +109,83 @@ def split_errors(ds) -> tuple[Any, list[dict[str, str]]]:
 
 def annotation_batch(batch: dict[str, np.ndarray], *, image_shape: tuple[int, ...], label_shape: tuple[int, ...],
                      teachers: list[str] | None = None, rule: str | None = None,
-                     weights: list[float] | None = None, prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
+                     weights: list[float] | None = None, prob_dtype: str = "uint8",
+                     agreement: str = "none") -> dict[str, np.ndarray]:
     """Parquet annotation rows -> training columns ``image`` float32 and ``target`` ``[B, C, H, W]`` (probabilities
     in the set's stored dtype, uint8 x 255 or float16; the training loop renormalises either).
 
     With ``rule`` the target is re-fused from the stored per-teacher maps (no teacher runs again); otherwise the
-    stored ``soft_label`` is used.
+    stored ``soft_label`` is used. ``agreement`` adds a per-pixel loss weight ``weight`` ``[B, H, W]`` (uint8 x
+    255): ``case``, the case's stored mean pairwise Dice of the teachers, everywhere; ``pixel``, the share of
+    teachers whose arg-max equals the target's at that pixel.
     """
     out = {"image": ann.from_bytes(batch["image"], image_shape, "float16").astype(np.float32)}
+    probs = None
+    if rule is not None or agreement == "pixel":
+        probs = np.stack([ann.from_bytes(batch[ann.prob_column(t)], label_shape, prob_dtype) for t in teachers],
+                         axis=1)  # [B, T, C, H, W]
     if rule is None:
         out["target"] = ann.from_bytes(batch["soft_label"], label_shape, prob_dtype)
     else:
         from nakt_ray.fusion import fuse
 
-        probs = np.stack([ann.dequantize(ann.from_bytes(batch[ann.prob_column(t)], label_shape, prob_dtype))
-                          for t in teachers], axis=1)  # [B, T, C, H, W]
-        out["target"] = ann.quantize(fuse(probs, rule, weights), prob_dtype)
+        out["target"] = ann.quantize(fuse(ann.dequantize(probs), rule, weights), prob_dtype)
+    if agreement == "case":
+        agree = np.nan_to_num(np.asarray(batch["agreement"], dtype=np.float32), nan=1.0)
+        out["weight"] = np.broadcast_to((np.clip(agree, 0, 1) * 255).round().astype(np.uint8)[:, None, None],
+                                        (len(agree), *label_shape[1:])).copy()
+    elif agreement == "pixel":
+        fused = out["target"].argmax(1)  # [B, H, W]
+        share = (probs.argmax(2) == fused[:, None]).mean(1)  # [B, H, W]
+        out["weight"] = (share * 255).round().astype(np.uint8)
     return out
 
 
-def annotation_dataset(annotations_dir: str, rule: str | None = None, weights: list[float] | None = None,
-                       batch_size: int = 32):
-    """The ``ok`` rows of an annotation set as a Ray Dataset with ``image`` and ``target`` columns."""
+def read_parquet(paths: list[str], **kwargs: Any):
+    """``ray.data.read_parquet`` with fractional-CPU read tasks.
+
+    Ray 2.60's default Parquet path (DataSourceV2) lists files in a task that always asks for a whole CPU; beside
+    Ray Train workers on a 2-core machine it waits minutes for one (measured: 1 min 44 s stalled). The V1 path
+    honours ``num_cpus``, so reads use it, at 0.25 CPU per task.
+    """
     import ray
 
-    manifest = ann.read_manifest(annotations_dir)
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, num_cpus=0.25, **kwargs)
+    finally:
+        ctx.use_datasource_v2 = v2
+
+
+def annotation_columns(manifest: dict[str, Any], rule: str | None, agreement: str = "none") -> list[str]:
+    """The Parquet columns :func:`annotation_batch` needs."""
     teachers = [t["name"] for t in manifest["teachers"]]
-    columns = ["status", "image"] + ([ann.prob_column(t) for t in teachers] if rule else ["soft_label"])
-    ds = ray.data.read_parquet(ann.parquet_files(annotations_dir), columns=columns)
+    columns = ["status", "image"] + ([ann.prob_column(t) for t in teachers] if rule or agreement == "pixel" else [])
+    if rule is None:
+        columns.append("soft_label")
+    if agreement == "case":
+        columns.append("agreement")
+    return columns
+
+
+def annotation_dataset(annotations_dir: str, rule: str | None = None, weights: list[float] | None = None,
+                       batch_size: int = 32, agreement: str = "none", shuffle: bool = False):
+    """The ``ok`` rows of an annotation set as a streaming Ray Dataset with ``image`` and ``target`` columns
+    (and ``weight`` with ``agreement``), read from its Parquet files; ``shuffle`` randomises the file order
+    (with a local shuffle buffer in the consumer, a cheap per-epoch shuffle)."""
+    import ray
     from ray.data.expressions import col
 
+    manifest = ann.read_manifest(annotations_dir)
+    if agreement not in ("none", "case", "pixel"):
+        raise ValueError(f"agreement weighting {agreement!r}: expected none, case or pixel")
+    ds = read_parquet(ann.parquet_files(annotations_dir), columns=annotation_columns(manifest, rule, agreement),
+                      shuffle="files" if shuffle else None)
     ds = ds.filter(expr=col("status") == "ok")
-    return ds.map_batches(annotation_batch, batch_size=batch_size, num_cpus=0.5,
+    return ds.map_batches(annotation_batch, batch_size=batch_size, num_cpus=0.25,
                           fn_kwargs=dict(image_shape=tuple(manifest["image_shape"]),
-                                         label_shape=tuple(manifest["label_shape"]), teachers=teachers,
-                                         rule=rule, weights=weights, prob_dtype=manifest["prob_dtype"]))
+                                         label_shape=tuple(manifest["label_shape"]),
+                                         teachers=[t["name"] for t in manifest["teachers"]],
+                                         rule=rule, weights=weights, prob_dtype=manifest["prob_dtype"],
+                                         agreement=agreement))

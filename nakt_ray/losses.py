@@ -5,7 +5,7 @@ Shapes: ``logits`` are the student's raw outputs ``[B, C, H, W]`` (class axis 1,
 ``pixel_weight`` is an optional ``[B, H, W]`` non-negative weight per pixel (e.g. teacher agreement).
 
 :func:`segmentation_loss` combines the parts and returns a dict of named tensors (``loss``, ``dice``, ``ce``,
-``kl``) that go straight to the metrics logger.
+``kl``, ``hard``) that go straight to the metrics logger.
 """
 from __future__ import annotations
 
@@ -147,29 +147,34 @@ def segmentation_loss(
     kl_weight: float = 0.0,
     temperature: float = 1.0,
     pixel_weight: torch.Tensor | None = None,
+    hard_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Weighted sum of soft Dice, soft cross-entropy and KL distillation, with every part returned.
+    """Weighted sum of soft Dice, soft cross-entropy, KL distillation and hard-label Dice + CE, every part returned.
 
-    ``loss = dice_weight * dice + ce_weight * ce + kl_weight * kl``. All three parts are computed and returned
-    even when their weight is 0, so they can be logged. ``pixel_weight`` applies to the per-pixel terms (ce and
+    ``loss = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard``, where ``hard`` is Dice
+    plus cross-entropy against the one-hot arg-max of ``target`` (the fused hard label). All parts are computed
+    and returned even when their weight is 0, so they can be logged. ``pixel_weight`` applies to the per-pixel terms (ce and
     kl); Dice is a region overlap and ignores it. Dice excludes the background class.
 
     Args:
         logits: ``[B, C, H, W]`` raw student outputs.
         target: ``[B, C, H, W]`` class probabilities.
-        dice_weight, ce_weight, kl_weight: non-negative weights of the parts.
+        dice_weight, ce_weight, kl_weight, hard_weight: non-negative weights of the parts.
         temperature: T > 0 for the KL part (see :func:`kl_distillation`).
         pixel_weight: optional ``[B, H, W]`` non-negative per-pixel weights.
 
     Returns:
-        ``{"loss": total, "dice": ..., "ce": ..., "kl": ...}``, each a scalar tensor (``loss`` carries the
-        gradient; the parts are not detached).
+        ``{"loss": total, "dice": ..., "ce": ..., "kl": ..., "hard": ...}``, each a scalar tensor (``loss``
+        carries the gradient; the parts are not detached).
     """
-    for name, value in (("dice_weight", dice_weight), ("ce_weight", ce_weight), ("kl_weight", kl_weight)):
+    for name, value in (("dice_weight", dice_weight), ("ce_weight", ce_weight), ("kl_weight", kl_weight),
+                        ("hard_weight", hard_weight)):
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0; got {value!r}")
     dice = soft_dice_loss(logits, target)
     ce = soft_cross_entropy(logits, target, pixel_weight=pixel_weight)
     kl = kl_distillation(logits, target, temperature, pixel_weight=pixel_weight)
-    total = dice_weight * dice + ce_weight * ce + kl_weight * kl
-    return {"loss": total, "dice": dice, "ce": ce, "kl": kl}
+    hard_target = F.one_hot(target.argmax(1), target.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    hard = soft_dice_loss(logits, hard_target) + soft_cross_entropy(logits, hard_target, pixel_weight=pixel_weight)
+    total = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard
+    return {"loss": total, "dice": dice, "ce": ce, "kl": kl, "hard": hard}

@@ -19,6 +19,7 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     """Write ``output``: the set in ``annotations_dir`` fused by ``rule``/``weights``. Returns a summary."""
     import ray
 
+    from nakt_ray.datasets import read_parquet
     from nakt_ray.fusion import FUSION_RULES
 
     src, out_dir = Path(annotations_dir), Path(output)
@@ -35,7 +36,7 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     new_manifest = {k: v for k, v in manifest.items() if k != "schema_version"}
     new_manifest.update(fusion={"rule": rule, "weights": weights}, fused_from=str(src.resolve()))
     t0 = time.perf_counter()
-    ds = ray.data.read_parquet(ann.parquet_files(src))
+    ds = read_parquet(ann.parquet_files(src))
     ds = ds.map_batches(ann.refuse_batch, batch_size=batch_size, num_cpus=0.5,
                         fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
                                        weights=weights, prob_dtype=manifest["prob_dtype"]))

@@ -33,20 +33,83 @@ def lineage_tags(manifest: dict[str, Any], annotations_dir: str | Path, rule: st
     }
 
 
-def train_student(cfg: RunConfig, annotations_dir: str | None = None) -> dict[str, Any]:
-    """Train the configured student on an annotation set; register it. Returns paths, metrics and the model URI.
+def _ok_rows(annotations_dir: str | Path) -> int:
+    table = ann.read_table(annotations_dir, columns=["status"])
+    return int(sum(1 for s in table.column("status").to_pylist() if s == "ok"))
 
-    The fusion used for the targets is ``cfg.fusion``: when it differs from the one the set was annotated with,
-    targets are re-fused from the stored per-teacher maps on the fly (no teacher runs again).
+
+def _run_state_file(out_path: Path) -> Path:
+    return out_path.parent / "train_run.json"
+
+
+def _start_or_resume(out_path: Path, resume: bool, ray_name: str) -> dict[str, Any]:
+    """The identity of a training run, persisted beside its model: Ray Train run name and MLflow run id.
+
+    ``resume`` reuses the last run's identity (its checkpoints and its MLflow run); otherwise a new one starts.
     """
+    from nakt_ray.training import new_run_name
+
+    f = _run_state_file(out_path)
+    if resume:
+        if not f.exists():
+            raise FileNotFoundError(f"cannot resume: {str(f)!r} does not exist (no earlier run of this model to "
+                                    "resume); run without --resume")
+        state = json.loads(f.read_text())
+        if state.get("finished"):
+            raise ValueError(f"cannot resume: the run recorded in {str(f)!r} finished; run without --resume")
+        return state
+    return {"ray_train_name": new_run_name(ray_name), "mlflow_run_id": None, "finished": False}
+
+
+def _save_run_state(out_path: Path, state: dict[str, Any]) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _run_state_file(out_path).write_text(json.dumps(state, indent=2))
+
+
+def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, train_ds: Any, val_ds: Any,
+                      training: Any, out_path: Path, tags: dict[str, str], params: dict[str, Any], resume: bool,
+                      alias: str | None, init_state: Any = None) -> dict[str, Any]:
+    """One student training: MLflow run (resumed with its id when ``resume``), Ray Train fit, registration."""
     import mlflow
 
     from nakt_ray import tracking
     from nakt_ray.checkpoint import load_model
+    from nakt_ray.training import fit
+
+    state = _start_or_resume(out_path, resume, label)
+    with tracking.stage_run(cfg, stage, run_name=label, params=params, tags=tags,
+                            run_id=state["mlflow_run_id"]) as run:
+        state["mlflow_run_id"] = run.info.run_id
+        _save_run_state(out_path, state)
+        logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
+        result = fit(spec, train_ds, training, out_path=out_path, storage=Path(cfg.run_dir) / "ray_train",
+                     name=label, val_ds=val_ds, logger=logger, run_name=state["ray_train_name"],
+                     init_state=init_state)
+        mlflow.log_metric("train_wall_s", result.wall_s)
+        mlflow.log_artifact(str(out_path), artifact_path="student")
+        uri = version = None
+        if alias:
+            model, _ = load_model(out_path)
+            uri, version = tracking.log_and_register_model(
+                model, spec, cfg.tracking.registered_model, alias,
+                {**tags, "nakt.arch": spec.arch, "nakt.arch_args": json.dumps(spec.arch_args)})
+        state["finished"] = True
+        _save_run_state(out_path, state)
+    return {"model_path": str(out_path), "model_uri": uri, "version": version, "run_id": run.info.run_id,
+            "ray_train_name": state["ray_train_name"], "metrics": result.metrics, "wall_s": result.wall_s}
+
+
+def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train the configured student on an annotation set; register it. Returns paths, metrics and the model URI.
+
+    The fusion used for the targets is ``cfg.fusion``: when it differs from the one the set was annotated with,
+    targets are re-fused from the stored per-teacher maps on the fly (no teacher runs again). The annotations
+    stream from Parquet into the Ray Train workers' shards. ``resume`` continues an interrupted run from its last
+    checkpoint, in the same MLflow run.
+    """
     from nakt_ray.datasets import annotation_dataset
     from nakt_ray.runtime import init_ray
     from nakt_ray.teachers import labeled_split, model_spec
-    from nakt_ray.training import fit
 
     src = Path(annotations_dir or cfg.student.annotations or cfg.annotations_dir)
     manifest = ann.read_manifest(src)
@@ -62,22 +125,72 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None) -> dict[st
     init_ray(cfg.ray)
     tc = cfg.training
     train_ds = annotation_dataset(str(src), rule=rule if refuse else None, weights=weights,
-                                  batch_size=tc.batch_size).materialize()
+                                  batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True)
     val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0] if cfg.data.val else None
     tags = lineage_tags(manifest, src, rule, weights)
     spec = model_spec(cfg, cfg.student.name, cfg.student.arch, cfg.student.arch_args, "student", tags)
-    out_path = cfg.student_checkpoint
-    with tracking.stage_run(cfg, "train-student", run_name=f"student-{cfg.student.name}",
-                            params={"student.cases": train_ds.count()}, tags=tags) as run:
-        logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
-        result = fit(spec, train_ds, tc, out_path=out_path, storage=Path(cfg.run_dir) / "ray_train",
-                     name=f"student-{cfg.student.name}", val_ds=val_ds, logger=logger)
-        mlflow.log_metric("train_wall_s", result.wall_s)
-        mlflow.log_artifact(str(out_path), artifact_path="student")
-        model, _ = load_model(out_path)
-        uri, version = tracking.log_and_register_model(
-            model, spec, cfg.tracking.registered_model, cfg.tracking.alias,
-            {**tags, "nakt.arch": spec.arch, "nakt.arch_args": json.dumps(spec.arch_args)})
-        run_id = run.info.run_id
-    return {"model_path": str(out_path), "model_uri": uri, "version": version, "run_id": run_id,
-            "metrics": result.metrics, "wall_s": result.wall_s}
+    init_state = _init_state(cfg.student.init, spec) if cfg.student.init else None
+    return _fit_and_register(cfg, stage="train-student", label=f"student-{cfg.student.name}", spec=spec,
+                             train_ds=train_ds, val_ds=val_ds, training=tc, out_path=cfg.student_checkpoint,
+                             tags=tags, params={"student.cases": _ok_rows(src)}, resume=resume,
+                             alias=cfg.tracking.alias, init_state=init_state)
+
+
+def _init_state(path: str | Path, spec: Any) -> dict[str, Any]:
+    """The weights of the nakt model file ``path``, checked to fit ``spec``'s architecture."""
+    from nakt_ray.checkpoint import read_spec
+    import torch
+
+    other = read_spec(path)
+    if (other.arch, other.arch_args, other.num_classes, other.in_channels) != (
+            spec.arch, spec.arch_args, spec.num_classes, spec.in_channels):
+        raise ValueError(f"cannot start {spec.name!r} ({spec.arch} {spec.arch_args}, {spec.num_classes} classes) from "
+                         f"{str(path)!r}: it holds {other.arch} {other.arch_args} with {other.num_classes} classes")
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+FINETUNE_VARIANTS = ("distilled", "scratch")
+
+
+def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = False) -> dict[str, Any]:
+    """Fine-tune on the small labeled set ``data.finetune`` (the paper's second study), with ``cfg.finetune``.
+
+    ``start``: ``distilled`` starts from the distilled student (``<run_dir>/student/<name>/model.pt``, or
+    ``student.init``) and writes ``<name>-finetuned``; ``scratch`` is the "labeled set only" baseline, the same
+    architecture from random weights, written as ``<name>-scratch``. With the distilled student itself these
+    are the three variants to compare on one test set (``nakt evaluate``). Only the fine-tuned student is
+    registered (alias ``<tracking.alias>-finetuned``).
+    """
+    from nakt_ray.runtime import init_ray
+    from nakt_ray.teachers import labeled_split, model_spec
+
+    if start not in FINETUNE_VARIANTS:
+        raise ValueError(f"fine-tuning start {start!r}: expected one of {FINETUNE_VARIANTS}")
+    if not cfg.data.finetune:
+        raise ValueError("no labeled fine-tuning set: set data.finetune to a folder with images/ and masks/")
+    init_ray(cfg.ray)
+    tc = cfg.finetune
+    train_ds, failed, n = labeled_split(cfg, cfg.data.finetune, tc.batch_size)
+    val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0] if cfg.data.val else None
+    tags = {"nakt.finetune_data": str(Path(cfg.data.finetune).resolve()), "nakt.finetune_cases": str(n - len(failed)),
+            "nakt.start": start}
+    init_state = None
+    if start == "distilled":
+        source = Path(cfg.student.init or cfg.student_checkpoint)
+        if not source.exists():
+            raise FileNotFoundError(f"no distilled student at {str(source)!r}: run `nakt train-student` first "
+                                    "or set student.init")
+        from nakt_ray.checkpoint import read_spec
+
+        tags = {**{k: str(v) for k, v in read_spec(source).lineage.items()}, **tags, "nakt.init": str(source)}
+    suffix = "finetuned" if start == "distilled" else "scratch"
+    name = f"{cfg.student.name}-{suffix}"
+    spec = model_spec(cfg, name, cfg.student.arch, cfg.student.arch_args, "student", tags)
+    if start == "distilled":
+        init_state = _init_state(source, spec)
+    return _fit_and_register(cfg, stage=f"finetune-{suffix}", label=f"student-{name}", spec=spec,
+                             train_ds=train_ds, val_ds=val_ds, training=tc,
+                             out_path=Path(cfg.run_dir) / "student" / name / "model.pt", tags=tags,
+                             params={"finetune.cases": n - len(failed), "finetune.failed_cases": len(failed)},
+                             resume=resume, alias=f"{cfg.tracking.alias}-finetuned" if start == "distilled" else None,
+                             init_state=init_state)

@@ -49,11 +49,19 @@ def setup(cfg: RunConfig) -> str:
 
 @contextlib.contextmanager
 def stage_run(cfg: RunConfig, stage: str, run_name: str | None = None, params: dict[str, Any] | None = None,
-              tags: dict[str, str] | None = None) -> Iterator[Any]:
-    """An MLflow run for one stage, with the whole config as parameters and ``nakt.stage`` as a tag."""
+              tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run for one stage, with the whole config as parameters and ``nakt.stage`` as a tag.
+
+    ``run_id`` reopens an existing run (a resumed training logs into the run it started).
+    """
     import mlflow
 
     exp_id = setup(cfg)
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            mlflow.set_tag("nakt.resumed", "true")
+            yield run
+        return
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage) as run:
         mlflow.set_tags({"nakt.stage": stage, "nakt.run_dir": str(Path(cfg.run_dir).resolve()), **(tags or {})})
         mlflow.log_params({k: _param(v) for k, v in flatten(cfg.to_dict()).items()})
@@ -96,6 +104,19 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
+def description_tags(spec: Any) -> dict[str, str]:
+    """The ``nakt.*`` tags that let any loader (``teacher_sources``, ``nakt predict``/``export``) use the
+    registered model without its nakt file: labels, input channels and size, output kind, preprocessing."""
+    import json
+    from dataclasses import asdict
+
+    from nakt_ray.teacher_sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS
+
+    return {TAG_LABELS: json.dumps(list(spec.labels)), TAG_IN_CHANNELS: json.dumps(spec.in_channels),
+            TAG_INPUT_SIZE: json.dumps(list(spec.preprocess.size)), TAG_OUTPUTS: "logits",
+            TAG_PREPROCESS: json.dumps(asdict(spec.preprocess))}
+
+
 def log_and_register_model(model: Any, spec: Any, registered_name: str, alias: str,
                            tags: dict[str, str]) -> tuple[str, str]:
     """Log ``model`` to the active run, register it, point ``alias`` at the new version, tag it with lineage.
@@ -119,6 +140,6 @@ def log_and_register_model(model: Any, spec: Any, registered_name: str, alias: s
     client = MlflowClient()
     version = str(info.registered_model_version)
     client.set_registered_model_alias(registered_name, alias, version)
-    for k, v in tags.items():
+    for k, v in {**description_tags(spec), **tags}.items():
         client.set_model_version_tag(registered_name, version, k, str(v))
     return f"models:/{registered_name}@{alias}", version

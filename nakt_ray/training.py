@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nakt_ray.augment import Augmenter
 from nakt_ray.checkpoint import ModelSpec, cpu_state_dict, save_model
 from nakt_ray.config import TrainingConfig, build
 from nakt_ray.tracking import RunLogger
@@ -25,113 +26,149 @@ BEST_FILE = "best_model.pt"  # the best model so far by validation Dice (when th
 STATE_FILE = "train_state.pt"
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random left-right flip (image and target alike) and intensity scale/shift (image only).
-
-    Args:
-        x: images ``[B, C_in, H, W]``; y: targets ``[B, C, H, W]``.
-    """
-    b = x.shape[0]
-    flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
-    x = torch.where(flip, x.flip(-1), x)
-    y = torch.where(flip, y.flip(-1), y)
-    scale = (1 + 0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)).to(x.device)
-    shift = (0.2 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)).to(x.device)
-    return x * scale + shift, y
-
-
-def foreground_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-case mean foreground Dice of label maps ``[B, H, W]`` -> ``[B]`` (both empty counts as 1)."""
-    scores = []
-    for c in range(1, num_classes):
-        p, t = pred == c, label == c
-        inter = (p & t).sum((-2, -1)).float()
-        denom = (p.sum((-2, -1)) + t.sum((-2, -1))).float()
-        scores.append(torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom)))
-    return torch.stack(scores, 0).mean(0)
-
-
-def _targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    y = batch["target"].float()
+def _targets(y: torch.Tensor) -> torch.Tensor:
+    """Stored targets (uint8 x 255 or float16 probabilities) -> float distributions over classes."""
+    y = y.float()
     return y / y.sum(1, keepdim=True).clamp_min(1e-6)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               tc: TrainingConfig, augmenter: Augmenter | None = None, amp_dtype: torch.dtype | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One optimisation step on a batch (``image``, ``target``, optional ``weight``; on the model's device).
+
+    Shared by the Ray Train loop and the plain-PyTorch benchmark, so both do exactly the same work.
+    Returns the loss parts as floats.
+    """
+    from nakt_ray.losses import segmentation_loss
+
+    x, y = batch["image"].float(), _targets(batch["target"])
+    w = batch["weight"].float() / 255 if "weight" in batch else None
+    if augmenter is not None:
+        x, y, w = augmenter(x, y, w)
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = model(x)
+    parts = segmentation_loss(logits.float(), y, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight,
+                              kl_weight=tc.kl_weight, temperature=tc.temperature, pixel_weight=w,
+                              hard_weight=tc.hard_weight)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(parts["loss"]).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        parts["loss"].backward()
+        opt.step()
+    return {k: float(v.detach()) for k, v in parts.items()}
+
+
+def validate(model: torch.nn.Module, batches: Any, num_classes: int, tc: TrainingConfig,
+             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Mean per-case ``val_dice``, ``val_iou`` (and ``val_hd95``, ``val_nsd`` if configured) over ``batches``."""
+    from nakt_ray.metrics import case_scores
+
+    model.eval()
+    scores: dict[str, list[np.ndarray]] = {}
+    with torch.no_grad():
+        for batch in batches:
+            x = batch["image"].float()
+            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                pred = model(x).argmax(1).cpu().numpy()
+            label = batch["target"].argmax(1).cpu().numpy()
+            for k, v in case_scores(pred, label, num_classes, tc.val_metrics, tc.nsd_tolerance).items():
+                scores.setdefault(k, []).append(v)
+    model.train()
+    return {f"val_{k}": float(np.nanmean(np.concatenate(v))) if v else float("nan") for k, v in scores.items()}
+
+
+def _restore(model: torch.nn.Module, opt: Any, sched: Any) -> tuple[int, dict[str, Any], Any]:
+    """Load Ray Train's latest checkpoint, if any: ``(next epoch, state, best state dict)``."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, {"best": -1.0, "best_epoch": -1}, None
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        model_state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
+        best_state = None
+        if (Path(d) / BEST_FILE).exists():
+            best_state = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)["state_dict"]
+    getattr(model, "module", model).load_state_dict(model_state)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    return state["epoch"] + 1, state, best_state
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """The Ray Train worker function (also run in the driver when ``num_workers`` is 0)."""
+    import ray
     import ray.train
     import ray.train.torch
-
-    from nakt_ray.losses import segmentation_loss
 
     # 1. Typed config back from Ray's plain dict.
     spec = ModelSpec.from_dict(config["spec"])
     tc: TrainingConfig = build(TrainingConfig, config["training"], "training")
     ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["torch_threads"])
     torch.manual_seed(tc.seed + rank)
-    gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)
     logger = RunLogger(**config["mlflow"]) if config.get("mlflow") and rank == 0 else None
 
-    # 2. Model, optimiser, schedule; resume from the last checkpoint if Ray Train hands one over.
+    # 2. Model (from given initial weights, e.g. a distilled student to fine-tune), optimiser, schedule; then
+    #    resume from the last checkpoint if Ray Train hands one over (a restarted worker group or a resumed run).
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(spec.build())
+    net = spec.build()
+    if config.get("init_state") is not None:
+        net.load_state_dict(ray.get(config["init_state"]))
+    model = ray.train.torch.prepare_model(net)
+    bare = getattr(model, "module", model)  # rank-0-only work must bypass DDP (its forward is collective)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs, eta_min=tc.lr * 0.05)
-    start_epoch, best, best_state = 0, -1.0, None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            model_state = torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
-            if (Path(d) / BEST_FILE).exists():
-                best_state = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)["state_dict"]
-        getattr(model, "module", model).load_state_dict(model_state)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    start_epoch, state, best_state = _restore(model, opt, sched)
+    best, best_epoch = state["best"], state.get("best_epoch", -1)
+    amp_dtype = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    augmenter = Augmenter(tc.augment_strength, seed=tc.seed + 1000 * rank + 7 * start_epoch) if tc.augment else None
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
     for epoch in range(start_epoch, tc.epochs):
-        # 3. One pass over this worker's shard.
+        # 3. One pass over this worker's shard (a local shuffle buffer reshuffles rows every epoch).
         model.train()
         t0, sums, steps, samples = time.perf_counter(), {}, 0, 0
-        for batch in train_shard.iter_torch_batches(batch_size=tc.batch_size, device=device, drop_last=False):
-            x, y = batch["image"], _targets(batch)
-            if tc.augment:
-                x, y = augment(x, y, gen)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
-            parts = segmentation_loss(logits.float(), y, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight,
-                                      kl_weight=tc.kl_weight, temperature=tc.temperature)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            steps, samples = steps + 1, samples + x.shape[0]
+        for batch in train_shard.iter_torch_batches(batch_size=tc.batch_size, device=device,
+                                                    local_shuffle_buffer_size=4 * tc.batch_size):
+            for k, v in train_step(model, opt, batch, tc, augmenter, amp_dtype, scaler).items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps, samples = steps + 1, samples + batch["image"].shape[0]
         sched.step()
+        epoch_s = time.perf_counter() - t0
         metrics: dict[str, float] = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
-        metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"],
-                       samples_per_s=samples / max(time.perf_counter() - t0, 1e-9))
+        metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"], epoch_s=epoch_s,
+                       samples_per_s=samples * world / max(epoch_s, 1e-9))
 
-        # 4. Validation on rank 0 (the val set is not split across workers).
+        # 4. Validation on rank 0 (the val set is not split across workers); early stopping by patience.
+        stop = False
         if val_shard is not None and rank == 0:
-            model.eval()
-            dices = []
-            with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                for batch in val_shard.iter_torch_batches(batch_size=tc.batch_size, device=device):
-                    pred = model(batch["image"]).argmax(1)
-                    dices.append(foreground_dice(pred, batch["target"].argmax(1), spec.num_classes).cpu())
-            metrics["val_dice"] = float(torch.cat(dices).mean()) if dices else float("nan")
+            metrics.update(validate(bare, val_shard.iter_torch_batches(batch_size=tc.batch_size, device=device),
+                                    spec.num_classes, tc, amp_dtype))
             if metrics["val_dice"] > best:
-                best, best_state = metrics["val_dice"], cpu_state_dict(model)
-            metrics["best_val_dice"] = best
+                best, best_epoch, best_state = metrics["val_dice"], epoch, cpu_state_dict(bare)
+            metrics.update(best_val_dice=best, best_epoch=best_epoch)
+            stop = tc.patience is not None and epoch - best_epoch >= tc.patience
+        if world > 1:  # every worker must leave the loop together
+            flag = torch.tensor([int(stop)], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item())
+        metrics["stopped_early"] = float(stop)
 
-        # 5. Report with a checkpoint (rank 0 writes it); log to MLflow from rank 0.
+        # 5. Log to MLflow from rank 0, then report with a checkpoint (rank 0 writes it). Logging first means a
+        # checkpointed epoch is always logged; an epoch logged but not checkpointed is redone (and logged again).
+        if logger is not None:
+            logger.log_metrics(metrics, step=epoch)
         # Ray Train copies a reported checkpoint to storage, except in local mode (num_workers=0), where the
         # checkpoint is the directory itself: then it is written straight into the run's storage folder.
         local_dir = config.get("local_checkpoint_dir")
@@ -140,15 +177,15 @@ def train_loop(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 d.mkdir(parents=True, exist_ok=True)
-                save_model(d / MODEL_FILE, model, spec)
+                save_model(d / MODEL_FILE, bare, spec)
                 if best_state is not None:
                     save_model(d / BEST_FILE, best_state, spec)
                 torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                            "best": best}, d / STATE_FILE)
+                            "best": best, "best_epoch": best_epoch}, d / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(str(d))
             ray.train.report(metrics, checkpoint=checkpoint)
-        if logger is not None:
-            logger.log_metrics(metrics, step=epoch)
+        if stop:
+            break
 
 
 def torch_threads(training: TrainingConfig) -> int:
@@ -164,6 +201,10 @@ def torch_threads(training: TrainingConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, training.num_workers)))
 
 
+def new_run_name(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 @dataclass(frozen=True)
 class FitResult:
     model_path: Path
@@ -172,14 +213,21 @@ class FitResult:
 
 
 def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: str | Path, storage: str | Path,
-        name: str, val_ds: Any = None, logger: RunLogger | None = None) -> FitResult:
+        name: str, val_ds: Any = None, logger: RunLogger | None = None, run_name: str | None = None,
+        init_state: dict[str, torch.Tensor] | None = None) -> FitResult:
     """Train ``spec``'s model on ``train_ds`` with Ray Train and copy the chosen model file to ``out_path``.
 
     The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's. The last
     checkpoint carries both (``model.pt``, ``best_model.pt``), so only the latest checkpoints need keeping.
+
+    ``run_name`` names the Ray Train run under ``storage`` (default: ``name`` plus a timestamp). Giving the name
+    of an interrupted run resumes it from its latest checkpoint (Ray Train V2 restores runs by storage path and
+    name). A worker that dies mid-run restarts the worker group from the latest checkpoint, up to
+    ``training.max_failures`` times. ``init_state`` is a state dict the model starts from (fine-tuning).
     """
     import shutil
 
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -188,19 +236,21 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     use_gpu = training.use_gpu if training.use_gpu is not None else cluster_has_gpus()
     resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     datasets = {"train": train_ds, **({"val": val_ds} if val_ds is not None else {})}
-    run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name or new_run_name(name)
     local_dir = str(Path(storage).resolve() / run_name / "local") if training.num_workers == 0 else None
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.to_dict(), "training": asdict(training), "has_val": val_ds is not None,
                            "torch_threads": torch_threads(training),
-                           "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir},
+                           "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir,
+                           "init_state": ray.put(init_state) if init_state is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(Path(storage).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -95,3 +95,23 @@ def corrupt_copy(src: Path, dst: Path, corrupt: list[str]) -> Path:
     for name in corrupt:
         (dst / "images" / name).write_bytes(b"this is not a png" + np.arange(10, dtype=np.uint8).tobytes())
     return dst
+
+
+@pytest.fixture(scope="session")
+def annotated(ray_session, tmp_path_factory, synthetic_dirs):
+    """A real annotate() run (shared by the annotation and student tests): two TorchScript teachers (one with
+    two actors), six cases of which one is corrupt."""
+    from nakt_ray import config
+    from nakt_ray.annotate import annotate
+
+    tmp = tmp_path_factory.mktemp("annotate")
+    src = corrupt_copy(synthetic_dirs["mixed"], tmp / "transferal", [])
+    victim = sorted((src / "images").iterdir())[3]
+    victim.write_bytes(b"corrupt")
+    raw = tiny_raw_config(tmp, teachers=[
+        {"name": "t1", "checkpoint": str(make_scripted_teacher(tmp / "t1.ts", "t1", seed=1)), "batch_size": 2},
+        {"name": "t2", "checkpoint": str(make_scripted_teacher(tmp / "t2.ts", "t2", seed=2)), "actors": 2}])
+    raw["data"]["transferal"] = str(src)
+    raw["annotate"] = {"decode_batch_size": 2, "rows_per_file": 2}
+    cfg = config.from_dict(raw)
+    return cfg, annotate(cfg), victim.stem

@@ -85,22 +85,6 @@ def test_fuse_batch_rows_are_parquet_ready():
     assert ann.from_bytes(weighted["hard_label"], (4, 4), "uint8").max() == 0
 
 
-@pytest.fixture(scope="module")
-def annotated(ray_session, tmp_path_factory, synthetic_dirs):
-    """A real annotate() run: two TorchScript teachers (one with two actors), six cases of which one is corrupt."""
-    tmp = tmp_path_factory.mktemp("annotate")
-    src = corrupt_copy(synthetic_dirs["mixed"], tmp / "transferal", [])
-    victim = sorted((src / "images").iterdir())[3]
-    victim.write_bytes(b"corrupt")
-    raw = tiny_raw_config(tmp, teachers=[
-        {"name": "t1", "checkpoint": str(make_scripted_teacher(tmp / "t1.ts", "t1", seed=1)), "batch_size": 2},
-        {"name": "t2", "checkpoint": str(make_scripted_teacher(tmp / "t2.ts", "t2", seed=2)), "actors": 2}])
-    raw["data"]["transferal"] = str(src)
-    raw["annotate"] = {"decode_batch_size": 2, "rows_per_file": 2}
-    cfg = config.from_dict(raw)
-    return cfg, annotate(cfg), victim.stem
-
-
 def test_annotate_accounts_for_every_case(annotated):
     cfg, summary, victim = annotated
     assert summary["cases_read"] == 6 and summary["annotated"] == 5 and summary["failed"] == 1

@@ -106,7 +106,7 @@ def test_gradient_flows_through_every_part() -> None:
     parts["loss"].backward(retain_graph=True)
     assert logits.grad is not None
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    for name in ("dice", "ce", "kl"):
+    for name in ("dice", "ce", "kl", "hard"):
         (grad,) = torch.autograd.grad(parts[name], logits, retain_graph=True)
         assert grad.abs().sum() > 0, name
 
@@ -114,7 +114,7 @@ def test_gradient_flows_through_every_part() -> None:
 def test_segmentation_loss_parts_and_total() -> None:
     target, logits = random_soft(3), torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(4))
     parts = segmentation_loss(logits, target, dice_weight=0.5, ce_weight=2.0, kl_weight=0.0, temperature=3.0)
-    assert set(parts) == {"loss", "dice", "ce", "kl"}
+    assert set(parts) == {"loss", "dice", "ce", "kl", "hard"}
     assert all(p.ndim == 0 for p in parts.values())
     assert parts["dice"].item() == pytest.approx(soft_dice_loss(logits, target).item())
     assert parts["ce"].item() == pytest.approx(soft_cross_entropy(logits, target).item())
@@ -124,6 +124,18 @@ def test_segmentation_loss_parts_and_total() -> None:
     assert parts["loss"].item() == pytest.approx(0.5 * parts["dice"].item() + 2.0 * parts["ce"].item(), rel=1e-6)
     with_kl = segmentation_loss(logits, target, dice_weight=0.5, ce_weight=2.0, kl_weight=1.0, temperature=3.0)
     assert with_kl["loss"].item() == pytest.approx(parts["loss"].item() + parts["kl"].item(), rel=1e-6)
+
+
+def test_hard_part_is_dice_plus_ce_against_the_argmax() -> None:
+    target, logits = random_soft(3), torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(5))
+    hard_target = one_hot(target.argmax(1), 3)
+    parts = segmentation_loss(logits, target, hard_weight=0.7)
+    expected = soft_dice_loss(logits, hard_target) + soft_cross_entropy(logits, hard_target)
+    assert parts["hard"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # a soft target is not its own arg-max: the hard part differs from the soft parts
+    assert parts["hard"].item() != pytest.approx((parts["dice"] + parts["ce"]).item(), rel=1e-3)
+    base = segmentation_loss(logits, target)
+    assert parts["loss"].item() == pytest.approx(base["loss"].item() + 0.7 * expected.item(), rel=1e-6)
 
 
 def test_pixel_weights_change_the_loss() -> None:

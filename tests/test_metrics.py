@@ -151,3 +151,21 @@ def test_bootstrap_single_case_is_degenerate() -> None:
 def test_bootstrap_errors(values: list, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         bootstrap_ci(values, **kwargs)
+
+
+def test_surface_scores_on_hand_made_discs() -> None:
+    from nakt_ray.metrics import case_scores, surface_scores
+
+    yy, xx = np.mgrid[:40, :40]
+    disc = lambda cy, cx, r: ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.int64)  # noqa: E731
+    target = np.stack([disc(20, 20, 8), disc(20, 20, 8), disc(20, 20, 8)])
+    pred = np.stack([disc(20, 20, 8), disc(20, 23, 8), np.zeros((40, 40), np.int64)])  # same, shifted 3 px, empty
+    s = surface_scores(pred, target, 2, ["hd95", "nsd"], nsd_tolerance=1.0)
+    assert s["hd95"][0] == 0 and 2.0 <= s["hd95"][1] <= 3.0 and np.isnan(s["hd95"][2])
+    assert s["nsd"][0] == 1.0 and 0.0 < s["nsd"][1] < 1.0 and s["nsd"][2] == 0.0
+    wide = surface_scores(pred, target, 2, ["nsd"], nsd_tolerance=3.0)["nsd"][1]
+    assert wide > s["nsd"][1]  # a wider tolerance forgives the shift
+    all_scores = case_scores(pred, target, 2, ["hd95"])
+    assert set(all_scores) == {"dice", "iou", "hd95"} and all_scores["dice"][0] == 1.0
+    with pytest.raises(ValueError, match="unknown surface metrics"):
+        surface_scores(pred, target, 2, ["hd100"])

@@ -1,0 +1,169 @@
+"""Student training on a real annotation set: losses and agreement weights, validation metrics, early stopping,
+fine-tuning variants, a worker killed mid-run, and an interrupted run resumed into the same MLflow run."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nakt_ray import config
+
+from conftest import TINY_UNET, corrupt_copy
+
+
+def _student_cfg(annotated, tmp_path: Path, synthetic_dirs, training: dict | None = None, **extra):
+    cfg, summary, _ = annotated
+    raw = cfg.to_dict()
+    raw["run_dir"] = str(tmp_path / "run")
+    raw["student"] = {"name": "s", "arch": "unet", "arch_args": TINY_UNET, "annotations": summary["output"]}
+    raw["data"]["val"] = str(synthetic_dirs["mixed"])
+    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, **(training or {})}
+    raw.update(extra)
+    return config.from_dict(raw)
+
+
+def _mlflow_client(cfg):
+    from mlflow.tracking import MlflowClient
+
+    from nakt_ray.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri(cfg))
+
+
+def test_agreement_weights_from_the_stored_maps(annotated):
+    from nakt_ray.datasets import annotation_dataset
+
+    cfg, _, _ = annotated
+    rows = annotation_dataset(str(cfg.annotations_dir), agreement="pixel").take_all()
+    assert len(rows) == 5 and rows[0]["weight"].shape == (32, 32)
+    # two teachers: at each pixel one or both agree with the fused label -> weights 1/2 or 1 (x 255)
+    values = set(np.unique(np.stack([r["weight"] for r in rows])).tolist())
+    assert values <= {128, 255} and 255 in values
+    case = annotation_dataset(str(cfg.annotations_dir), agreement="case").take_all()
+    table = {r["case_id"]: r["agreement"] for r in _ok_rows(cfg)}
+    assert sorted(r["weight"][0, 0] for r in case) == sorted(round(255 * a) for a in table.values())
+
+
+def _ok_rows(cfg):
+    from nakt_ray import annotations as ann
+
+    t = ann.read_table(cfg.annotations_dir, columns=["case_id", "status", "agreement"]).to_pylist()
+    return [r for r in t if r["status"] == "ok"]
+
+
+def test_student_with_every_loss_part_validation_metrics_and_early_stopping(annotated, tmp_path, synthetic_dirs):
+    from nakt_ray.student import train_student
+
+    # lr so small that validation cannot improve after epoch 0: patience 1 stops after epoch 1 of 5
+    cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
+        epochs=5, lr=1e-9, hard_weight=0.5, kl_weight=0.5, agreement_weighting="pixel", val_metrics=["hd95", "nsd"],
+        patience=1))
+    result = train_student(cfg)
+    m = result["metrics"]
+    assert m["epoch"] == 1 and m["stopped_early"] == 1.0 and m["best_epoch"] == 0
+    assert {"val_dice", "val_iou", "val_hd95", "val_nsd", "train_hard", "train_kl"} <= set(m)
+    assert 0 <= m["val_nsd"] <= 1 and m["val_hd95"] >= 0
+    client = _mlflow_client(cfg)
+    history = client.get_metric_history(result["run_id"], "val_hd95")
+    assert [h.step for h in history] == [0, 1]
+    version = client.get_model_version_by_alias(cfg.tracking.registered_model, cfg.tracking.alias)
+    assert version.tags["nakt.fusion_rule"] == "mean" and version.tags["nakt.teachers"] == "t1,t2"
+
+
+def test_finetuning_starts_from_the_distilled_student_and_scratch_does_not(annotated, tmp_path, synthetic_dirs):
+    from nakt_ray.checkpoint import load_model
+    from nakt_ray.student import finetune_student, train_student
+
+    labeled = corrupt_copy(synthetic_dirs["site_a"], tmp_path / "few", ["site_a_0002.png"])
+    cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(epochs=1),
+                       finetune={"epochs": 1, "batch_size": 4, "num_workers": 0, "lr": 1e-9, "augment": False})
+    cfg = config.from_dict(config.apply_overrides(cfg.to_dict(), [f"data.finetune={labeled}"]))
+    distilled = train_student(cfg)
+    tuned = finetune_student(cfg, "distilled")
+    scratch = finetune_student(cfg, "scratch")
+    w = {k: load_model(r["model_path"])[0].state_dict() for k, r in
+         (("distilled", distilled), ("tuned", tuned), ("scratch", scratch))}
+    key = next(k for k in w["distilled"] if k.endswith("weight"))
+    assert torch.allclose(w["tuned"][key], w["distilled"][key], atol=1e-6)  # lr ~0: still the distilled weights
+    assert not torch.allclose(w["scratch"][key], w["distilled"][key], atol=1e-3)
+    assert Path(tuned["model_path"]).parent.name == "s-finetuned" and scratch["model_uri"] is None
+    client = _mlflow_client(cfg)
+    version = client.get_model_version_by_alias(cfg.tracking.registered_model, f"{cfg.tracking.alias}-finetuned")
+    assert version.tags["nakt.finetune_cases"] == "5"  # 6 labeled cases, one corrupt
+    assert version.tags["nakt.teachers"] == "t1,t2"  # the distilled student's lineage carries over
+    with pytest.raises(ValueError, match="data.finetune"):
+        finetune_student(config.from_dict(config.apply_overrides(cfg.to_dict(), ["data.finetune=null"])))
+
+
+def _kill_when(predicate, action, timeout: float = 240.0) -> threading.Thread:
+    def run():
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                action()
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _checkpoints(storage: Path) -> list[Path]:
+    return sorted(storage.glob("*/checkpoint_*")) if storage.exists() else []
+
+
+def _actor_pids(class_name: str) -> list[int]:
+    """PIDs of live Ray actor processes of ``class_name`` started by this test process's Ray instance (their
+    process title is ``ray::<Class>...``; the state API needs the dashboard, which the tests do not start)."""
+    import os
+
+    parent, title = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                title[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return sorted(pid for pid, t in title.items() if t.startswith(f"ray::{class_name}") and ours(pid))
+
+
+@pytest.mark.slow
+def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_path, synthetic_dirs):
+    import os
+    import signal
+
+    from nakt_ray.student import train_student
+
+    cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
+        epochs=3, num_workers=2, cpus_per_worker=0.5, torch_threads=1, max_failures=2))
+    killed = []
+
+    def kill_a_worker():
+        workers = _actor_pids("RayTrainWorker")
+        if workers:
+            os.kill(workers[-1], signal.SIGKILL)
+            killed.append(workers[-1])
+
+    storage = Path(cfg.run_dir) / "ray_train"
+    _kill_when(lambda: len(_checkpoints(storage)) >= 1, kill_a_worker)
+    result = train_student(cfg)
+    assert killed, "the test did not kill a worker"
+    assert result["metrics"]["epoch"] == 2 and result["model_uri"].endswith(f"@{cfg.tracking.alias}")
+    # every epoch logged; the restarted group went on from the last registered checkpoint, so at most the epoch
+    # in flight when the worker died was done (and logged) twice
+    steps = [h.step for h in _mlflow_client(cfg).get_metric_history(result["run_id"], "train_loss")]
+    assert set(steps) == {0, 1, 2} and len(steps) <= 4
