@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nakt-installed
 
-.PHONY: setup demo smoke test bench clean
+.PHONY: setup demo smoke test test-faults bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ smoke: setup
 
 test: setup
 	$(PY) -m pytest -q --durations=10 tests
+
+# Fault injection (workers and drivers killed, runs resumed): real multi-process runs, ~6 min on 2 cores.
+test-faults: setup
+	$(PY) -m pytest -q --durations=10 -m fault tests
 
 clean:
 	rm -rf runs .pytest_cache

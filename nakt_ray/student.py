@@ -68,7 +68,8 @@ def _save_run_state(out_path: Path, state: dict[str, Any]) -> None:
 
 def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, train_ds: Any, val_ds: Any,
                       training: Any, out_path: Path, tags: dict[str, str], params: dict[str, Any], resume: bool,
-                      alias: str | None, init_state: Any = None) -> dict[str, Any]:
+                      alias: str | None, init_state: Any = None, state: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
     """One student training: MLflow run (resumed with its id when ``resume``), Ray Train fit, registration."""
     import mlflow
 
@@ -76,7 +77,7 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
     from nakt_ray.checkpoint import load_model
     from nakt_ray.training import fit
 
-    state = _start_or_resume(out_path, resume, label)
+    state = state or _start_or_resume(out_path, resume, label)
     with tracking.stage_run(cfg, stage, run_name=label, params=params, tags=tags,
                             run_id=state["mlflow_run_id"]) as run:
         state["mlflow_run_id"] = run.info.run_id
@@ -122,6 +123,8 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
         raise ValueError(f"fusion.weights has {len(weights)} values but annotation set {str(src)!r} holds "
                          f"{len(manifest['teachers'])} teachers")
     refuse = manifest["fusion"] != {"rule": rule, "weights": weights}
+    label = f"student-{cfg.student.name}"
+    state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
     init_ray(cfg.ray)
     tc = cfg.training
     train_ds = annotation_dataset(str(src), rule=rule if refuse else None, weights=weights,
@@ -130,10 +133,10 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     tags = lineage_tags(manifest, src, rule, weights)
     spec = model_spec(cfg, cfg.student.name, cfg.student.arch, cfg.student.arch_args, "student", tags)
     init_state = _init_state(cfg.student.init, spec) if cfg.student.init else None
-    return _fit_and_register(cfg, stage="train-student", label=f"student-{cfg.student.name}", spec=spec,
+    return _fit_and_register(cfg, stage="train-student", label=label, spec=spec,
                              train_ds=train_ds, val_ds=val_ds, training=tc, out_path=cfg.student_checkpoint,
                              tags=tags, params={"student.cases": _ok_rows(src)}, resume=resume,
-                             alias=cfg.tracking.alias, init_state=init_state)
+                             alias=cfg.tracking.alias, init_state=init_state, state=state)
 
 
 def _init_state(path: str | Path, spec: Any) -> dict[str, Any]:

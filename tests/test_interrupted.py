@@ -16,7 +16,7 @@ import yaml
 
 from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.fault
 NAKT = [sys.executable, "-m", "nakt_ray.cli"]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
 

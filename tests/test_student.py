@@ -141,7 +141,7 @@ def _actor_pids(class_name: str) -> list[int]:
     return sorted(pid for pid, t in title.items() if t.startswith(f"ray::{class_name}") and ours(pid))
 
 
-@pytest.mark.slow
+@pytest.mark.fault
 def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_path, synthetic_dirs):
     import os
     import signal
