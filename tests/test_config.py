@@ -100,3 +100,10 @@ def test_flatten_for_mlflow_params():
     assert flat["training.epochs"] == 10
     assert flat["teachers.1.arch"] == "segresnet"
     assert flat["preprocess.size"] == [128, 128]
+
+
+def test_docs_key_table_is_current():
+    from nakt_ray import _docs
+
+    assert _docs.DOC.read_text() == _docs.render(_docs.DOC.read_text()), (
+        "docs/config.md's key table is out of date: run `.venv/bin/python -m nakt_ray._docs`")

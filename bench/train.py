@@ -1,0 +1,291 @@
+"""Benchmark: student training with Ray Train streaming from Parquet against a plain PyTorch loop, side by side.
+
+    .venv/bin/python bench/train.py                      # HC18 annotations (made on first use), unet, 128x128
+    .venv/bin/python bench/train.py --annotations DIR    # any annotation set written by `nakt annotate`
+    .venv/bin/python bench/train.py --kill-worker        # also: 2-worker run on HC18, one worker killed mid-run
+
+Cost on 2 CPU cores: ~8-10 min with defaults (annotating HC18 the first time adds ~2 min; cached in
+runs/bench/hc18-annotations-<size>).
+
+Same model (``--arch``, seed 0), same data (every ``ok`` row of the annotation set), same batch size, same number
+of epochs and steps, same step function (``training.train_step``: MONAI augmentation, loss, AdamW):
+  (a) ``training.fit``: a Ray Train V2 ``TorchTrainer`` with 1 worker reading its shard of the Parquet set as a
+      streaming Ray Dataset (``datasets.annotation_dataset``), torch on all cores;
+  (b) a plain PyTorch loop: a ``torch.utils.data.DataLoader`` over the same Parquet rows (decoded by the same
+      ``datasets.annotation_batch``, one loader worker process), torch on all cores, in this process;
+  (c) ``training.fit`` with 2 workers (DDP over gloo, each with half the cores).
+Steady-state samples/s is measured over epochs 2..N (epoch 1 carries warm-up); start-up (for Ray: trainer and
+worker start, dataset set-up; everything in the wall time that is not an epoch) is reported separately.
+Per-epoch figures of the Ray runs come from the training loop's own MLflow metrics (``epoch_s``).
+
+``--kill-worker``: a 2-worker ``train_student`` run on the same annotations with 40 labeled HC18 images as
+validation set; once the first checkpoint is written one Train worker process is killed (SIGKILL); the run must
+recover from the checkpoint (``FailureConfig``), finish and register the student. Reports the time lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+HC18 = ROOT.parent / "shared" / "data" / "hc18"
+
+
+def hc18_annotations(size: int) -> Path:
+    """The HC18 images annotated by three random teachers of different architectures (cached)."""
+    out = ROOT / "runs" / "bench" / f"hc18-annotations-{size}"
+    if (out / "manifest.json").exists():
+        return out
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from annotate import make_teachers, run_config  # bench/annotate.py
+
+    from nakt_ray.annotate import annotate
+
+    teachers = make_teachers(out.parent / f"teachers-{size}", size)
+    cfg = run_config(out.parent / f"annotate-{size}", HC18 / "images", teachers, size, 8, 1)
+    annotate(cfg, output=str(out))
+    return out
+
+
+def training_config(args, num_workers: int, threads: int):
+    from nakt_ray.config import TrainingConfig
+
+    return TrainingConfig(epochs=args.epochs, batch_size=args.batch, lr=1e-3, num_workers=num_workers,
+                          cpus_per_worker=0.5, torch_threads=threads, augment=True, max_failures=0)
+
+
+def spec_for(manifest: dict, arch: str):
+    from nakt_ray.checkpoint import ModelSpec
+    from nakt_ray.config import PreprocessConfig
+
+    return ModelSpec(name="bench", arch=arch, arch_args={}, labels=tuple(manifest["labels"]),
+                     preprocess=PreprocessConfig(**{**manifest["preprocess"],
+                                                    "size": tuple(manifest["preprocess"]["size"])}))
+
+
+def ray_fit(args, annotations: Path, num_workers: int, work: Path) -> dict:
+    """(a) / (c): training.fit on the streaming Parquet dataset; per-epoch times from its MLflow metrics."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from nakt_ray import annotations as ann
+    from nakt_ray.datasets import annotation_dataset
+    from nakt_ray.tracking import RunLogger
+    from nakt_ray.training import fit
+
+    cpus = os.cpu_count() or 1
+    tc = training_config(args, num_workers, max(1, cpus // num_workers))
+    uri = f"sqlite:///{work / f'mlflow-{num_workers}.db'}"
+    mlflow.set_tracking_uri(uri)
+    run = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment(f"bench-{num_workers}"))
+    manifest = ann.read_manifest(annotations)
+    ds = annotation_dataset(str(annotations), batch_size=args.batch, shuffle=True)
+    torch_seed()
+    t0 = time.perf_counter()
+    result = fit(spec_for(manifest, args.arch), ds, tc, out_path=work / f"model-{num_workers}.pt",
+                 storage=work / "ray_train", name=f"bench-{num_workers}w", logger=RunLogger(uri, run.info.run_id))
+    wall = time.perf_counter() - t0
+    epochs = [m.value for m in sorted(MlflowClient(uri).get_metric_history(run.info.run_id, "epoch_s"),
+                                      key=lambda m: m.step)]
+    return summarise(epochs, wall, rows(annotations), args)
+
+
+def rows(annotations: Path) -> int:
+    from nakt_ray import annotations as ann
+
+    status = ann.read_table(annotations, columns=["status"]).column("status").to_pylist()
+    return sum(s == "ok" for s in status)
+
+
+def summarise(epoch_s: list[float], wall: float, n: int, args) -> dict:
+    steady = epoch_s[1:] or epoch_s
+    return {"samples_per_epoch": n, "epochs": len(epoch_s), "epoch_s": [round(e, 2) for e in epoch_s],
+            "wall_s": round(wall, 2), "startup_s": round(wall - sum(epoch_s), 2),
+            "steady_samples_per_s": n * len(steady) / sum(steady)}
+
+
+def torch_seed() -> None:
+    import torch
+
+    torch.manual_seed(0)
+
+
+class ParquetRows:
+    """A map-style torch Dataset over the ``ok`` rows of an annotation set, decoded like the Ray path."""
+
+    def __init__(self, annotations: Path):
+        from nakt_ray import annotations as ann
+
+        self.manifest = ann.read_manifest(annotations)
+        table = ann.read_table(annotations, columns=["status", "image", "soft_label"])
+        keep = np.array(table.column("status").to_pylist()) == "ok"
+        self.image = [b for b, k in zip(table.column("image").to_pylist(), keep) if k]
+        self.label = [b for b, k in zip(table.column("soft_label").to_pylist(), keep) if k]
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def __getitem__(self, i: int) -> dict:
+        from nakt_ray.datasets import annotation_batch
+
+        m = self.manifest
+        out = annotation_batch({"image": [self.image[i]], "soft_label": [self.label[i]]},
+                               image_shape=tuple(m["image_shape"]), label_shape=tuple(m["label_shape"]),
+                               prob_dtype=m["prob_dtype"])
+        return {k: v[0] for k, v in out.items()}
+
+
+def plain_loop(args, annotations: Path) -> dict:
+    """(b): the same steps in this process with a DataLoader over the same Parquet rows."""
+    import torch
+
+    from nakt_ray.augment import Augmenter
+    from nakt_ray.training import train_step
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    data = ParquetRows(annotations)
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch, shuffle=True, num_workers=1,
+                                         persistent_workers=True)
+    torch_seed()
+    tc = training_config(args, 1, os.cpu_count() or 1)
+    model = spec_for(data.manifest, args.arch).build()
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    augmenter = Augmenter(tc.augment_strength, seed=0)
+    epochs = []
+    for _ in range(args.epochs):
+        e0 = time.perf_counter()
+        model.train()
+        for batch in loader:
+            train_step(model, opt, batch, tc, augmenter)
+        epochs.append(time.perf_counter() - e0)
+    return summarise(epochs, time.perf_counter() - t0, len(data), args)
+
+
+def kill_worker_check(args, annotations: Path, work: Path) -> dict:
+    """A 2-worker student run on HC18 annotations; one Train worker SIGKILLed after the first checkpoint."""
+    from nakt_ray import config
+    from nakt_ray.student import train_student
+
+    val = work / "hc18_val"
+    for sub in ("images", "masks"):
+        (val / sub).mkdir(parents=True)
+        for p in sorted((HC18 / sub).iterdir())[-40:]:
+            (val / sub / p.name).symlink_to(p.resolve())
+    manifest = json.loads((annotations / "manifest.json").read_text())
+    cfg = config.from_dict({
+        "run_dir": str(work / "fault_run"), "data": {"labels": manifest["labels"], "val": str(val)},
+        "preprocess": {**manifest["preprocess"]},
+        "teachers": [{"name": t["name"], "checkpoint": t["source"]} for t in manifest["teachers"]],
+        "student": {"name": "hc18-fault", "arch": args.arch, "annotations": str(annotations)},
+        "training": {"epochs": 4, "batch_size": args.batch, "num_workers": 2, "cpus_per_worker": 0.5,
+                     "torch_threads": 1, "max_failures": 2},
+        "tracking": {"experiment": "bench-fault", "registered_model": "bench-fault-student"},
+    })
+    storage = Path(cfg.run_dir) / "ray_train"
+    killed: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+
+    def watch() -> None:
+        while not killed:
+            if storage.exists() and any(storage.glob("*/checkpoint_*")):
+                pids = train_worker_pids()
+                if pids:
+                    os.kill(pids[-1], signal.SIGKILL)
+                    killed.append((pids[-1], time.perf_counter() - t0))
+                    return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    result = train_student(cfg)
+    return {"killed_worker_pid": killed[0][0] if killed else None,
+            "killed_at_s": round(killed[0][1], 1) if killed else None,
+            "wall_s": round(time.perf_counter() - t0, 1), "final_epoch": result["metrics"].get("epoch"),
+            "val_dice": result["metrics"].get("val_dice"), "model_uri": result["model_uri"],
+            "registered_version": result["version"]}
+
+
+def train_worker_pids() -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return sorted(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--annotations", type=Path, help="annotation set (default: HC18, annotated on first use)")
+    p.add_argument("--size", type=int, default=128, help="image size when annotating HC18")
+    p.add_argument("--arch", default="unet", help="student architecture (zoo name, default arguments)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--no-two-workers", action="store_true", help="skip (c)")
+    p.add_argument("--kill-worker", action="store_true", help="also run the worker-kill check")
+    p.add_argument("--out", type=Path, default=Path("bench/results/train.json"))
+    args = p.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("NAKT_PROGRESS", "0")
+
+    from nakt_ray.config import RayConfig
+    from nakt_ray.runtime import init_ray
+
+    init_ray(RayConfig())
+    annotations = args.annotations or hc18_annotations(args.size)
+    work = Path(tempfile.mkdtemp(prefix="nakt-bench-train-"))
+    result = {"host": platform.node(), "cpus": os.cpu_count(), "annotations": str(annotations), "arch": args.arch,
+              "batch": args.batch, "epochs": args.epochs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every phase, so a failure later keeps what was measured
+        args.out.write_text(json.dumps(result, indent=2))
+
+    result["plain_loop"] = plain_loop(args, annotations)
+    save()
+    result["ray_1_worker"] = ray_fit(args, annotations, 1, work)
+    result["ratio_ray_over_plain"] = (result["ray_1_worker"]["steady_samples_per_s"]
+                                      / result["plain_loop"]["steady_samples_per_s"])
+    save()
+    if not args.no_two_workers:
+        result["ray_2_workers"] = ray_fit(args, annotations, 2, work)
+        result["ratio_2_over_1_workers"] = (result["ray_2_workers"]["steady_samples_per_s"]
+                                            / result["ray_1_worker"]["steady_samples_per_s"])
+        save()
+    if args.kill_worker:
+        result["kill_worker"] = kill_worker_check(args, annotations, work)
+        save()
+
+    n = result["plain_loop"]["samples_per_epoch"]
+    print(f"\ntraining benchmark: {n} samples/epoch, {args.arch}, batch {args.batch}, {args.epochs} epochs, "
+          f"{os.cpu_count()} CPUs")
+    for key, label in (("plain_loop", "plain PyTorch + DataLoader"), ("ray_1_worker", "Ray Train, 1 worker"),
+                       ("ray_2_workers", "Ray Train, 2 workers")):
+        if key in result:
+            r = result[key]
+            print(f"  {label:28s}: {r['steady_samples_per_s']:7.2f} samples/s steady, start-up {r['startup_s']:.1f} s,"
+                  f" epochs {r['epoch_s']}")
+    print(f"  ratio Ray 1 worker / plain (steady state): {result['ratio_ray_over_plain']:.3f}")
+    if "ratio_2_over_1_workers" in result:
+        print(f"  ratio 2 workers / 1 worker: {result['ratio_2_over_1_workers']:.3f}")
+    if "kill_worker" in result:
+        print(f"  worker killed: {json.dumps(result['kill_worker'])}")
+    print(f"  written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
