@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nakt_ray import annotations as ann
+from nakt_ray import storage
 from nakt_ray.teacher_sources import InferenceOptions, LoadedTeacher, TeacherLoadError, load_teacher
 
 # Shared with the student / evaluation pipelines: columns the teachers read and add.
@@ -145,8 +146,12 @@ def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
     return room / wanted
 
 
-# A teacher actor that dies (OOM, a crashed GPU, a killed process) is restarted and its batch retried this many
-# times; beyond that the run fails loudly instead of looping on a batch that kills every actor.
+# A teacher actor that dies (OOM, a crashed GPU, a killed process, a lost node) is restarted this many times;
+# beyond that the run fails loudly instead of looping on a batch that kills every actor. The batch itself is
+# retried without a count of its own (max_task_retries=-1), so the restart bound is the only one: a bounded retry
+# count is used up within seconds while the cluster has not yet noticed that a node is gone (every retry meets
+# "actor temporarily unavailable"), which failed the whole run when a worker node was lost (measured, Ray 2.60;
+# tests/test_jobs_cluster.py).
 ACTOR_RESTARTS = 3
 
 
@@ -175,7 +180,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
             num_cpus=t.num_cpus * scale,
             num_gpus=num_gpus,
             max_restarts=ACTOR_RESTARTS,
-            max_task_retries=ACTOR_RESTARTS,
+            max_task_retries=-1,
         )
     return ds
 
@@ -202,29 +207,33 @@ def inference_options(teacher: Any) -> InferenceOptions:
                             tta_flips=tuple(teacher.tta_flips), amp=teacher.amp)
 
 
-def resume_state(out_dir: Path, manifest: dict[str, Any]) -> tuple[set[str], list[str]]:
+def resume_state(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[set[str], list[str]]:
     """What an interrupted run left in ``out_dir``: the case ids in its readable Parquet files.
 
     A file that cannot be read (cut off when the run was killed) is deleted, so its cases are annotated again.
     Files written with other teachers, fusion or preprocessing are refused: mixing them would corrupt the set.
     Returns ``(case ids done, names of the files discarded)``.
     """
+    import posixpath
+
     import pyarrow.parquet as pq
 
     done: set[str] = set()
     discarded = []
-    for f in ann.parquet_files(out_dir):
+    fs, files = storage.listing(out_dir, ".parquet")  # local or object storage alike
+    for f in files:
+        name = posixpath.basename(f)
         try:
-            meta = json.loads(pq.read_schema(f).metadata[ann.METADATA_KEY])
-            ids = pq.read_table(f, columns=["case_id"]).column("case_id").to_pylist()
+            meta = json.loads(pq.read_schema(f, filesystem=fs).metadata[ann.METADATA_KEY])
+            ids = pq.read_table(f, columns=["case_id"], filesystem=fs).column("case_id").to_pylist()
         except Exception:  # noqa: BLE001 - a truncated or empty file: redo its cases
-            Path(f).unlink()
-            discarded.append(Path(f).name)
+            fs.delete_file(f)
+            discarded.append(name)
             continue
         for key in ("teachers", "fusion", "preprocess", "labels", "prob_dtype"):
             ours = json.loads(json.dumps(manifest[key]))
             if meta.get(key) != ours:
-                raise ValueError(f"cannot resume into {str(out_dir)!r}: {Path(f).name} was written with other "
+                raise ValueError(f"cannot resume into {str(out_dir)!r}: {name} was written with other "
                                  f"{key} ({meta.get(key)!r}; this run: {ours!r})")
         repeated = done.intersection(ids)
         if repeated:
@@ -249,11 +258,12 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     source = transferal or cfg.data.transferal
     if not source:
         raise ValueError("no transferal data: set data.transferal in the config or pass --transferal")
-    out_dir = Path(output) if output else cfg.annotations_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise FileExistsError(f"annotation output {str(out_dir)!r} is not empty; remove it, choose another, or "
+    # A local path or an object-store URI (s3://, gs://, file://): written by Ray Data, read back through pyarrow.
+    out_dir = str(output or cfg.annotations_dir)
+    if not storage.is_empty(out_dir) and not resume:
+        raise FileExistsError(f"annotation output {out_dir!r} is not empty; remove it, choose another, or "
                               "pass --resume to finish an interrupted run")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(out_dir)
     teachers = [TeacherRef(t.name, str(cfg.teacher_checkpoint(t)), t.actors, t.batch_size, t.num_cpus, t.num_gpus,
                            inference_options(t)) for t in cfg.teachers]
     pre = cfg.preprocess
@@ -285,7 +295,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
                                cfg.annotate.prob_dtype)
         ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
-        ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=cfg.annotate.rows_per_file,
+        ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
                          schema=ann.arrow_schema(names, manifest))
     wall = time.perf_counter() - t0
 
@@ -303,6 +313,6 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
                "wall_s": round(wall, 2), "images_per_s": round(len(todo) / wall, 2), "output": str(out_dir),
                "resumed_cases": len(done), "discarded_files": discarded,
                "teachers": names, "fusion": cfg.fusion.rule}
-    (out_dir / ann.SUMMARY).write_text(json.dumps(summary, indent=2))
-    (out_dir / "errors.json").write_text(json.dumps(errors, indent=2))
+    storage.write_text(storage.join(out_dir, ann.SUMMARY), json.dumps(summary, indent=2))
+    storage.write_text(storage.join(out_dir, "errors.json"), json.dumps(errors, indent=2))
     return summary

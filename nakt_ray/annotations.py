@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from nakt_ray import storage
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -127,18 +129,19 @@ def refuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_sha
     return {**batch, **fused_columns(probs_q, ok, rule, weights)}
 
 
-def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    path = Path(out_dir) / MANIFEST
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2))
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> str:
+    """Write ``manifest.json`` into the annotation set at ``out_dir`` (a path or a URI, see ``storage``)."""
+    path = storage.join(out_dir, MANIFEST)
+    storage.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2))
     return path
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
+    path = storage.join(out_dir, MANIFEST)
+    if not storage.exists(path):
         raise FileNotFoundError(f"annotation set {str(out_dir)!r} has no {MANIFEST}; was it written by "
                                 "`nakt annotate`?")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(storage.read_text(path))
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"annotation set {str(out_dir)!r} has schema version {manifest.get('schema_version')}; "
                          f"this nakt-ray reads version {SCHEMA_VERSION}")
@@ -146,14 +149,15 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
 
 
 def parquet_files(out_dir: str | Path) -> list[str]:
-    return sorted(str(p) for p in Path(out_dir).glob("*.parquet"))
+    """The set's Parquet files, as paths or URIs like ``out_dir`` (Ray Data reads either)."""
+    return storage.list_files(out_dir, ".parquet")
 
 
 def read_table(out_dir: str | Path, columns: list[str] | None = None):
     """The annotation set as one pyarrow Table (driver-side use: summaries, tests, small sets)."""
     import pyarrow.parquet as pq
 
-    files = parquet_files(out_dir)
+    fs, files = storage.listing(out_dir, ".parquet")
     if not files:
         raise FileNotFoundError(f"annotation set {str(out_dir)!r} holds no Parquet files")
-    return pq.ParquetDataset(files).read(columns=columns)
+    return pq.ParquetDataset(files, filesystem=fs).read(columns=columns)

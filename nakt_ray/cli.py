@@ -45,7 +45,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from nakt_ray import tracking
+    from nakt_ray import storage, tracking
     from nakt_ray.annotate import annotate
     from nakt_ray.runtime import init_ray
 
@@ -56,9 +56,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
         summary = annotate(cfg, transferal=args.transferal, output=args.output, resume=args.resume)
         mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s", "images_per_s")})
-        out = Path(summary["output"])
-        for name in ("manifest.json", "summary.json", "errors.json"):
-            mlflow.log_artifact(str(out / name), artifact_path="annotations")
+        for name in ("manifest.json", "summary.json", "errors.json"):  # the output may be a URI (s3://...)
+            mlflow.log_text(storage.read_text(storage.join(summary["output"], name)), f"annotations/{name}")
         summary["mlflow_run_id"] = run.info.run_id
     print(json.dumps(summary, indent=2))
     return 0
@@ -261,12 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     from nakt_ray.checkpoint import CheckpointError
     from nakt_ray.config import ConfigError
     from nakt_ray.sources import DataError
+    from nakt_ray.tracking import TrackingUnreachable
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (ConfigError, DataError, CheckpointError, TeacherError, FileExistsError, FileNotFoundError,
-            ValueError) as err:
+            ValueError, TrackingUnreachable) as err:
         print(f"nakt {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -258,8 +258,9 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class AnnotateConfig:
-    """The annotation run. ``output`` defaults to ``<run_dir>/annotations``. ``prob_dtype``: how probability
-    maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16."""
+    """The annotation run. ``output`` defaults to ``<run_dir>/annotations``; it may be an object-store URI
+    (``s3://bucket/prefix``, ``gs://...``, ``file:///...``; see ``nakt_ray/storage.py``). ``prob_dtype``: how
+    probability maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16."""
 
     output: str | None = None
     prob_dtype: Literal["uint8", "float16"] = "uint8"
@@ -293,13 +294,22 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Where Ray runs. ``address`` null starts a local instance (``auto`` joins a running cluster)."""
+    """Where Ray runs. ``address`` null starts a local instance (``auto`` joins a running cluster).
+
+    ``storage_path``: Ray Train's storage (checkpoints and run state of every training), a path every node sees
+    or an object-store URI (``s3://bucket/prefix``, ``gs://...``); null means ``<run_dir>/ray_train``. Training
+    with ``num_workers: 0`` runs in the driver, where Ray Train does not use it: checkpoints then go to
+    ``<storage_path>/<run>/local`` for a path, to a temporary folder for a URI.
+    """
 
     address: str | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
+    storage_path: str | None = None
 
     def _validate(self, p: str) -> None:
+        if self.storage_path is not None and not self.storage_path:
+            _fail(f"{p}storage_path", self.storage_path, "a path, a URI such as s3://bucket/prefix, or null")
         for key in ("num_cpus", "num_gpus"):
             value = getattr(self, key)
             if value is not None and value < 0:
@@ -339,8 +349,17 @@ class RunConfig:
         return Path(teacher.checkpoint) if teacher.checkpoint else Path(self.run_dir) / "teachers" / teacher.name / "model.pt"
 
     @property
-    def annotations_dir(self) -> Path:
+    def annotations_dir(self) -> Path | str:
+        """``annotate.output`` (a URI stays a string: pathlib would fold its ``//``) or ``<run_dir>/annotations``."""
+        if self.annotate.output and "://" in self.annotate.output:
+            return self.annotate.output
         return Path(self.annotate.output) if self.annotate.output else Path(self.run_dir) / "annotations"
+
+    @property
+    def train_storage(self) -> str:
+        """Ray Train's ``storage_path``: ``ray.storage_path`` (a URI stays as it is) or ``<run_dir>/ray_train``."""
+        return self.ray.storage_path or str(Path(self.run_dir) / "ray_train")
+
 
     @property
     def student_checkpoint(self) -> Path:

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from pathlib import Path
 from typing import Any
 
 from nakt_ray import annotations as ann
+from nakt_ray import storage
 from nakt_ray.config import RunConfig
 
 
 def annotation_fingerprint(annotations_dir: str | Path) -> str:
-    """A short hash of an annotation set (its manifest and its files' names and sizes)."""
-    h = hashlib.sha256((Path(annotations_dir) / ann.MANIFEST).read_bytes())
-    for f in ann.parquet_files(annotations_dir):
-        h.update(f"{Path(f).name}:{Path(f).stat().st_size}".encode())
+    """A short hash of an annotation set (its manifest and its files' names and sizes); a path or a URI."""
+    h = hashlib.sha256(storage.read_bytes(storage.join(annotations_dir, ann.MANIFEST)))
+    fs, files = storage.listing(annotations_dir, ".parquet")
+    for info in fs.get_file_info(files):
+        h.update(f"{posixpath.basename(info.path)}:{info.size}".encode())
     return h.hexdigest()[:16]
 
 
@@ -26,7 +29,7 @@ def lineage_tags(manifest: dict[str, Any], annotations_dir: str | Path, rule: st
         "nakt.teacher_archs": ",".join(t.get("arch", t.get("kind", "?")) for t in teachers),
         "nakt.teacher_fingerprints": ",".join(t["fingerprint"] for t in teachers),
         "nakt.transferal": manifest["transferal"],
-        "nakt.annotations": str(Path(annotations_dir).resolve()),
+        "nakt.annotations": storage.absolute(annotations_dir),
         "nakt.annotation_fingerprint": annotation_fingerprint(annotations_dir),
         "nakt.fusion_rule": rule,
         "nakt.fusion_weights": json.dumps(weights),
@@ -83,7 +86,7 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
         state["mlflow_run_id"] = run.info.run_id
         _save_run_state(out_path, state)
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
-        result = fit(spec, train_ds, training, out_path=out_path, storage=Path(cfg.run_dir) / "ray_train",
+        result = fit(spec, train_ds, training, out_path=out_path, storage=cfg.train_storage,
                      name=label, val_ds=val_ds, logger=logger, run_name=state["ray_train_name"],
                      init_state=init_state)
         mlflow.log_metric("train_wall_s", result.wall_s)
@@ -112,7 +115,7 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     from nakt_ray.runtime import init_ray
     from nakt_ray.teachers import labeled_split, model_spec
 
-    src = Path(annotations_dir or cfg.student.annotations or cfg.annotations_dir)
+    src = str(annotations_dir or cfg.student.annotations or cfg.annotations_dir)  # a path or a URI
     manifest = ann.read_manifest(src)
     if manifest["labels"] != list(cfg.data.labels):
         raise ValueError(f"annotation set {str(src)!r} has labels {manifest['labels']}; the config says "

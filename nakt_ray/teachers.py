@@ -56,7 +56,7 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
                                     "teacher.cases": n - len(failed), "teacher.failed_cases": len(failed)},
                             tags={"nakt.teacher": teacher.name}) as run:
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
-        result = fit(spec, train_ds, tc, out_path=out_path, storage=Path(cfg.run_dir) / "ray_train",
+        result = fit(spec, train_ds, tc, out_path=out_path, storage=cfg.train_storage,
                      name=f"teacher-{teacher.name}", val_ds=val_ds, logger=logger)
         mlflow.log_metric("train_wall_s", result.wall_s)
         mlflow.log_artifact(str(out_path), artifact_path="teacher")

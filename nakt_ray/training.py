@@ -220,6 +220,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's. The last
     checkpoint carries both (``model.pt``, ``best_model.pt``), so only the latest checkpoints need keeping.
 
+    ``storage`` is Ray Train's ``storage_path``: a path every node sees or an object-store URI (``s3://...``).
     ``run_name`` names the Ray Train run under ``storage`` (default: ``name`` plus a timestamp). Giving the name
     of an interrupted run resumes it from its latest checkpoint (Ray Train V2 restores runs by storage path and
     name). A worker that dies mid-run restarts the worker group from the latest checkpoint, up to
@@ -232,12 +233,18 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     from ray.train.torch import TorchTrainer
 
     from nakt_ray.runtime import cluster_has_gpus
+    from nakt_ray.storage import absolute, is_uri
 
     use_gpu = training.use_gpu if training.use_gpu is not None else cluster_has_gpus()
     resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     datasets = {"train": train_ds, **({"val": val_ds} if val_ds is not None else {})}
     run_name = run_name or new_run_name(name)
-    local_dir = str(Path(storage).resolve() / run_name / "local") if training.num_workers == 0 else None
+    local_dir = local_root = None
+    if training.num_workers == 0:
+        # Local mode trains in the driver and Ray Train ignores storage_path: the checkpoints are the folders the
+        # loop writes, so they need a local place (for a URI storage, a temporary one removed at the end).
+        local_root = tempfile.mkdtemp(prefix="nakt-train-") if is_uri(storage) else None
+        local_dir = str(Path(local_root or Path(storage).resolve()) / run_name / "local")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.to_dict(), "training": asdict(training), "has_val": val_ds is not None,
@@ -248,7 +255,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(storage).resolve()),
+            storage_path=absolute(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
         ),
@@ -266,5 +273,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     with result.checkpoint.as_directory() as d:
         best = Path(d) / BEST_FILE
         shutil.copyfile(best if best.exists() else Path(d) / MODEL_FILE, out_path)
+    if local_root is not None:
+        shutil.rmtree(local_root, ignore_errors=True)
     return FitResult(out_path, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.floating))},
                      wall)

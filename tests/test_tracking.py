@@ -85,3 +85,26 @@ def test_ray_workers_can_import_timm(ray_session):
         return str(state())
 
     assert ray_session.get(import_timm_in_worker.remote(), timeout=120) in ("shimmed", "native")
+
+
+def test_a_tracking_server_that_does_not_answer_fails_fast_naming_it():
+    """An http(s) tracking URI is probed before MLflow is used (its own client retries for ~4 minutes); any HTTP
+    answer, even a 404 from a proxy without /health, counts as reachable; non-server URIs are not probed."""
+    import http.server
+    import socket
+    import threading
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(tracking.TrackingUnreachable, match=rf"MLflow tracking server {dead} is not reachable"):
+        tracking.check_reachable(dead)
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to GET
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        tracking.check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.server_close()
+    tracking.check_reachable("sqlite:///nowhere/mlflow.db")
+    tracking.check_reachable("databricks")
