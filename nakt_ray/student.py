@@ -64,6 +64,12 @@ def _start_or_resume(out_path: Path, resume: bool, ray_name: str) -> dict[str, A
     return {"ray_train_name": new_run_name(ray_name), "mlflow_run_id": None, "finished": False}
 
 
+def unfinished_run(out_path: str | Path) -> bool:
+    """Whether a training run of the model at ``out_path`` started and did not finish (so it can be resumed)."""
+    f = _run_state_file(Path(out_path))
+    return f.exists() and not json.loads(f.read_text()).get("finished")
+
+
 def _save_run_state(out_path: Path, state: dict[str, Any]) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _run_state_file(out_path).write_text(json.dumps(state, indent=2))
