@@ -252,7 +252,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     """
     import ray
 
-    from nakt_ray.datasets import cases_dataset, decode_batch
+    from nakt_ray.datasets import LIGHT_CPU, cases_dataset, decode_batch
     from nakt_ray.sources import list_cases
 
     source = transferal or cfg.data.transferal
@@ -289,14 +289,14 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     names = [t.name for t in teachers]
     if todo:
         ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
-        ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
+        ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
                             fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
         ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
                                cfg.annotate.prob_dtype)
-        ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=0.25,
+        ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
         ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
-                         schema=ann.arrow_schema(names, manifest))
+                         schema=ann.arrow_schema(names, manifest), ray_remote_args={"num_cpus": LIGHT_CPU})
     wall = time.perf_counter() - t0
 
     # 5. Account for every case, write the manifest, the summary and the errors table.

@@ -92,6 +92,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from nakt_ray.search import tune_student
+
+    cfg = _load(args)
+    result = tune_student(cfg, resume=args.resume)
+    print(result["table"])
+    best = result["champion"]
+    print(f"champion: {result['model_uri']} (version {result['version']}; trial {best['trial_id']}, best "
+          f"{cfg.tune.metric} {best['best']:.4f})")
+    print(f"search {result['name']}: {len(result['rows'])} trials in {result['wall_s']:.0f} s ({result['search_alg']}, "
+          f"scheduler {cfg.tune.scheduler}); MLflow parent run {result['parent_run_id']}; "
+          f"results: {result['files']['md']}, {result['files']['csv']}, {result['files']['png']}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nakt_ray import tracking
     from nakt_ray.evaluate import evaluate
@@ -220,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run from its last checkpoint, in the same MLflow run")
     p.set_defaults(fn=cmd_finetune, epochs_key="finetune.epochs")
+
+    p = sub.add_parser("tune", help="search students and fusion (Ray Tune over tune.space), register the best")
+    _common(p)
+    p.add_argument("--epochs", type=int, help="override training.epochs (each trial's budget)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the interrupted search recorded in <run_dir>/tune/search.json, same MLflow run")
+    p.set_defaults(fn=cmd_tune, epochs_key="training.epochs")
 
     p = sub.add_parser("evaluate", help="Dice/IoU of models and the teachers' ensemble on a labeled set")
     _common(p)

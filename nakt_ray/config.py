@@ -317,6 +317,53 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """A Ray Tune search over student training (``nakt tune``; ``nakt_ray/search.py``).
+
+    ``space`` maps dotted config keys (``training.*``, ``student.*``, ``fusion.*``) to distributions, e.g.
+    ``{"training.lr": {"loguniform": [1e-4, 1e-2]}, "fusion.weights": {"simplex": 3}}``; kinds: ``choice``,
+    ``uniform``, ``loguniform``, ``randint`` (both ends included) and, for ``fusion.weights`` only, ``simplex``
+    (one weight per teacher, summing to 1); ``when`` limits an entry to trials where other choices hold
+    (``{"choice": [[8, 16]], "when": {"student.arch": "unet"}}``). Every trial is the base config with its sampled
+    values set, and must validate; this is checked at load time.
+
+    Each trial's Tune function takes ``cpus_per_trial`` (it only coordinates); the trial's training takes what
+    ``nakt train-student`` takes: ``training.num_workers`` x ``training.cpus_per_worker`` (+1 GPU each with
+    ``use_gpu``), or with ``num_workers: 0`` one process of ``cpus_per_worker`` (Ray Train local mode, cheapest
+    for tiny models). At most ``max_concurrent_trials`` run at once. ``scheduler``: ``asha`` stops trials whose ``metric`` lags at
+    epochs ``grace_period`` x ``reduction_factor``^k; ``search_alg``: ``auto`` is Optuna (TPE) when installed, else
+    random. The best trial's student is registered as ``tracking.registered_model`` with alias ``alias``.
+    """
+
+    num_samples: int = 8
+    max_concurrent_trials: int = 1
+    cpus_per_trial: float = 0.1
+    metric: Literal["val_dice", "val_iou", "val_hd95", "val_nsd"] = "val_dice"
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    search_alg: Literal["auto", "optuna", "random"] = "auto"
+    seed: int = 0
+    alias: str = "champion"
+    space: dict[str, Any] = field(default_factory=dict)
+
+    def _validate(self, p: str) -> None:
+        from nakt_ray.search import parse_space  # the space's semantics live with the search
+
+        for key in ("num_samples", "max_concurrent_trials", "grace_period"):
+            if getattr(self, key) < 1:
+                _fail(f"{p}{key}", getattr(self, key), "an integer >= 1")
+        if not 0 < self.cpus_per_trial <= 256:
+            _fail(f"{p}cpus_per_trial", self.cpus_per_trial, "a number in (0, 256]; fractions are allowed")
+        if self.reduction_factor <= 1:
+            _fail(f"{p}reduction_factor", self.reduction_factor, "a number > 1 (ASHA keeps 1/reduction_factor)")
+        if not self.alias or self.alias[0].isdigit() or not all(c.isalnum() or c in "_-" for c in self.alias):
+            _fail(f"{p}alias", self.alias, "an MLflow alias: letters, digits, '_' or '-', not starting with a digit")
+        parse_space(self.space, f"{p}space")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run: data, teachers, fusion, student, training, tracking and Ray resources."""
 
@@ -332,6 +379,7 @@ class RunConfig:
     finetune: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10, lr=5e-4))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def _validate(self, p: str) -> None:
         if not self.teachers:
@@ -343,6 +391,16 @@ class RunConfig:
         if self.fusion.weights is not None and len(self.fusion.weights) != len(self.teachers):
             _fail(f"{p}fusion.weights", list(self.fusion.weights),
                   f"{len(self.teachers)} weights, one per teacher ({', '.join(names)})")
+        if self.tune.scheduler == "asha" and self.tune.grace_period > self.training.epochs:
+            _fail(f"{p}tune.grace_period", self.tune.grace_period,
+                  f"at most training.epochs ({self.training.epochs}): ASHA's first rung must fall within a trial")
+        if self.tune.metric in ("val_hd95", "val_nsd") and self.tune.metric[4:] not in self.training.val_metrics:
+            _fail(f"{p}tune.metric", self.tune.metric, f"a metric the trials compute: add "
+                  f"'{self.tune.metric[4:]}' to training.val_metrics, or use val_dice or val_iou")
+        if self.tune.space:
+            from nakt_ray.search import check_trials  # every trial the space can produce must be a valid config
+
+            check_trials(self, f"{p}tune.space")
 
     # Paths derived from run_dir, in one place.
     def teacher_checkpoint(self, teacher: TeacherConfig) -> Path:
@@ -359,7 +417,6 @@ class RunConfig:
     def train_storage(self) -> str:
         """Ray Train's ``storage_path``: ``ray.storage_path`` (a URI stays as it is) or ``<run_dir>/ray_train``."""
         return self.ray.storage_path or str(Path(self.run_dir) / "ray_train")
-
 
     @property
     def student_checkpoint(self) -> Path:
@@ -526,26 +583,70 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. training.epochs=3")
         path, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
-        parts = path.strip().split(".")
-        node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {item!r}: '{'.'.join(parts[:i + 1])}' is not a valid list index")
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"override {item!r}: '{path}' is not a valid list index")
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"override {item!r}: '{'.'.join(parts[:-1])}' is not a mapping")
+        _set_path(data, path.strip(), yaml.safe_load(raw), f"override {item!r}")
     return data
+
+
+def set_values(data: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of plain config data with ``{"dotted.key": value}`` set (as :func:`apply_overrides` does, without
+    parsing values as YAML), before validation; e.g. a search trial's sampled values."""
+    data = yaml.safe_load(yaml.safe_dump(data))
+    for path, value in values.items():
+        _set_path(data, path, _to_plain(value), f"setting {path!r}")
+    return data
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any, what: str) -> None:
+    parts = path.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{what}: '{'.'.join(parts[:i + 1])}' is not a valid list index")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{what}: '{'.'.join(parts[:i])}' is not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"{what}: '{path}' is not a valid list index")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"{what}: '{'.'.join(parts[:-1])}' is not a mapping")
+
+
+def field_type(key: str, cls: type | None = None) -> Any:
+    """The declared type of the dotted config key ``key`` (e.g. ``training.lr`` -> float), walking the dataclasses
+    above: list items by index (``fusion.weights.0``, ``teachers.1.arch``), free mappings by any sub-key
+    (``student.arch_args.channels`` -> Any). An unknown key raises :class:`ConfigError` with the closest match."""
+    tp: Any = cls or RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i + 1])
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]  # X | None
+        if dataclasses.is_dataclass(tp):
+            names = [f.name for f in dataclasses.fields(tp)]
+            if part not in names:
+                close = difflib.get_close_matches(part, names, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(f"unknown config key '{where}'; {hint}allowed keys here: {', '.join(names)}")
+            tp = typing.get_type_hints(tp)[part]
+        elif typing.get_origin(tp) is tuple:
+            items = typing.get_args(tp)
+            if not part.isdigit() or (items[-1] is not Ellipsis and int(part) >= len(items)):
+                raise ConfigError(f"config key '{where}': '{part}' is not a list index")
+            tp = items[0] if items[-1] is Ellipsis else items[int(part)]
+        elif typing.get_origin(tp) is dict or tp is Any:
+            return Any
+        else:
+            raise ConfigError(f"unknown config key '{where}': '{'.'.join(parts[:i])}' has no sub-keys")
+    return tp
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

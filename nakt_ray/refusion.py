@@ -19,7 +19,7 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     """Write ``output``: the set in ``annotations_dir`` fused by ``rule``/``weights``. Returns a summary."""
     import ray
 
-    from nakt_ray.datasets import read_parquet
+    from nakt_ray.datasets import LIGHT_CPU, read_parquet
     from nakt_ray.fusion import FUSION_RULES
 
     src, out_dir = Path(annotations_dir), Path(output)
@@ -40,8 +40,8 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     ds = ds.map_batches(ann.refuse_batch, batch_size=batch_size, num_cpus=0.5,
                         fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
                                        weights=weights, prob_dtype=manifest["prob_dtype"]))
-    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256,
-                     schema=ann.arrow_schema(teachers, new_manifest))
+    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256, schema=ann.arrow_schema(teachers, new_manifest),
+                     ray_remote_args={"num_cpus": LIGHT_CPU})
     wall = time.perf_counter() - t0
     ann.write_manifest(out_dir, new_manifest)
     table = ann.read_table(out_dir, columns=["case_id", "status"]).to_pydict()

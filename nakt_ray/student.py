@@ -77,45 +77,64 @@ def _save_run_state(out_path: Path, state: dict[str, Any]) -> None:
 
 def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, train_ds: Any, val_ds: Any,
                       training: Any, out_path: Path, tags: dict[str, str], params: dict[str, Any], resume: bool,
-                      alias: str | None, init_state: Any = None, state: dict[str, Any] | None = None
-                      ) -> dict[str, Any]:
-    """One student training: MLflow run (resumed with its id when ``resume``), Ray Train fit, registration."""
+                      alias: str | None, init_state: Any = None, state: dict[str, Any] | None = None,
+                      run_tags: dict[str, str] | None = None, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """One student training: MLflow run (resumed with its id when ``resume``), Ray Train fit, registration.
+
+    ``tags`` go to the run and the registered version; ``run_tags`` to the run only (e.g. a search's parent run).
+    """
     import mlflow
 
     from nakt_ray import tracking
-    from nakt_ray.checkpoint import load_model
     from nakt_ray.training import fit
 
     state = state or _start_or_resume(out_path, resume, label)
-    with tracking.stage_run(cfg, stage, run_name=label, params=params, tags=tags,
+    with tracking.stage_run(cfg, stage, run_name=label, params=params, tags={**tags, **(run_tags or {})},
                             run_id=state["mlflow_run_id"]) as run:
         state["mlflow_run_id"] = run.info.run_id
         _save_run_state(out_path, state)
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
         result = fit(spec, train_ds, training, out_path=out_path, storage=cfg.train_storage,
                      name=label, val_ds=val_ds, logger=logger, run_name=state["ray_train_name"],
-                     init_state=init_state)
+                     init_state=init_state, callbacks=callbacks)
         mlflow.log_metric("train_wall_s", result.wall_s)
         mlflow.log_artifact(str(out_path), artifact_path="student")
         uri = version = None
         if alias:
-            model, _ = load_model(out_path)
-            uri, version = tracking.log_and_register_model(
-                model, spec, cfg.tracking.registered_model, alias,
-                {**tags, "nakt.arch": spec.arch, "nakt.arch_args": json.dumps(spec.arch_args)})
+            uri, version = register_student(out_path, spec, cfg.tracking.registered_model, alias, tags)
         state["finished"] = True
         _save_run_state(out_path, state)
     return {"model_path": str(out_path), "model_uri": uri, "version": version, "run_id": run.info.run_id,
             "ray_train_name": state["ray_train_name"], "metrics": result.metrics, "wall_s": result.wall_s}
 
 
-def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bool = False) -> dict[str, Any]:
+def register_student(model_path: str | Path, spec: Any, registered_name: str, alias: str,
+                     tags: dict[str, str]) -> tuple[str, str]:
+    """Log the model file ``model_path`` to the active MLflow run and register it with ``alias`` and ``tags``
+    (plus its architecture). Returns ``(model_uri, version)``."""
+    from nakt_ray import tracking
+    from nakt_ray.checkpoint import load_model
+
+    model, _ = load_model(model_path)
+    tags = {**tags, "nakt.arch": spec.arch, "nakt.arch_args": json.dumps(spec.arch_args)}
+    return tracking.log_and_register_model(model, spec, registered_name, alias, tags)
+
+
+def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bool = False, *,
+                  register: bool = True, stage: str = "train-student", run_name: str | None = None,
+                  run_tags: dict[str, str] | None = None, callbacks: list[Any] | None = None,
+                  val_ds: Any = None) -> dict[str, Any]:
     """Train the configured student on an annotation set; register it. Returns paths, metrics and the model URI.
 
     The fusion used for the targets is ``cfg.fusion``: when it differs from the one the set was annotated with,
     targets are re-fused from the stored per-teacher maps on the fly (no teacher runs again). The annotations
     stream from Parquet into the Ray Train workers' shards. ``resume`` continues an interrupted run from its last
     checkpoint, in the same MLflow run.
+
+    A search trial (``nakt_ray/search.py``) is this same function with ``register=False`` (the search registers
+    only its best trial), its own ``stage`` and ``run_name`` (MLflow run, Ray Train run prefix), ``run_tags`` naming
+    the search's parent run, ``callbacks`` (a Ray Train ``UserCallback`` that hands epochs to Tune) and ``val_ds``,
+    the decoded ``data.val`` (the search decodes it once for all its trials; default: decoded here).
     """
     from nakt_ray.datasets import annotation_dataset
     from nakt_ray.runtime import init_ray
@@ -132,20 +151,22 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
         raise ValueError(f"fusion.weights has {len(weights)} values but annotation set {str(src)!r} holds "
                          f"{len(manifest['teachers'])} teachers")
     refuse = manifest["fusion"] != {"rule": rule, "weights": weights}
-    label = f"student-{cfg.student.name}"
+    label = run_name or f"student-{cfg.student.name}"
     state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
     init_ray(cfg.ray)
     tc = cfg.training
     train_ds = annotation_dataset(str(src), rule=rule if refuse else None, weights=weights,
                                   batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True)
-    val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0] if cfg.data.val else None
+    if val_ds is None and cfg.data.val:
+        val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0]
     tags = lineage_tags(manifest, src, rule, weights)
     spec = model_spec(cfg, cfg.student.name, cfg.student.arch, cfg.student.arch_args, "student", tags)
     init_state = _init_state(cfg.student.init, spec) if cfg.student.init else None
-    return _fit_and_register(cfg, stage="train-student", label=label, spec=spec,
+    return _fit_and_register(cfg, stage=stage, label=label, spec=spec,
                              train_ds=train_ds, val_ds=val_ds, training=tc, out_path=cfg.student_checkpoint,
                              tags=tags, params={"student.cases": _ok_rows(src)}, resume=resume,
-                             alias=cfg.tracking.alias, init_state=init_state, state=state)
+                             alias=cfg.tracking.alias if register else None, init_state=init_state, state=state,
+                             run_tags=run_tags, callbacks=callbacks)
 
 
 def _init_state(path: str | Path, spec: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ self-describing model file, and logs metrics to MLflow from rank 0.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -184,6 +185,10 @@ def train_loop(config: dict[str, Any]) -> None:
                             "best": best, "best_epoch": best_epoch}, d / STATE_FILE)
                 checkpoint = ray.train.Checkpoint.from_directory(str(d))
             ray.train.report(metrics, checkpoint=checkpoint)
+        if local_dir:  # local mode: Ray Train keeps every reported directory; keep the last two, like num_to_keep
+            shutil.rmtree(Path(local_dir) / f"checkpoint_epoch{epoch - 2:04d}", ignore_errors=True)
+        for callback in config.get("local_callbacks") or ():  # local mode: Ray Train runs no callbacks itself
+            callback.after_report(None, [metrics], checkpoint)
         if stop:
             break
 
@@ -214,7 +219,7 @@ class FitResult:
 
 def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: str | Path, storage: str | Path,
         name: str, val_ds: Any = None, logger: RunLogger | None = None, run_name: str | None = None,
-        init_state: dict[str, torch.Tensor] | None = None) -> FitResult:
+        init_state: dict[str, torch.Tensor] | None = None, callbacks: list[Any] | None = None) -> FitResult:
     """Train ``spec``'s model on ``train_ds`` with Ray Train and copy the chosen model file to ``out_path``.
 
     The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's. The last
@@ -225,6 +230,8 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     of an interrupted run resumes it from its latest checkpoint (Ray Train V2 restores runs by storage path and
     name). A worker that dies mid-run restarts the worker group from the latest checkpoint, up to
     ``training.max_failures`` times. ``init_state`` is a state dict the model starts from (fine-tuning).
+    ``callbacks`` are Ray Train ``UserCallback`` objects (e.g. a search trial's epoch reporter, ``search.py``);
+    in local mode, where Ray Train runs none, the loop calls their ``after_report`` itself.
     """
     import shutil
 
@@ -250,6 +257,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
         train_loop_config={"spec": spec.to_dict(), "training": asdict(training), "has_val": val_ds is not None,
                            "torch_threads": torch_threads(training),
                            "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir,
+                           "local_callbacks": callbacks if training.num_workers == 0 else None,
                            "init_state": ray.put(init_state) if init_state is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
@@ -258,6 +266,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
             storage_path=absolute(storage),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=training.max_failures),
+            callbacks=callbacks if training.num_workers > 0 else None,
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

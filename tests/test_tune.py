@@ -1,0 +1,267 @@
+"""Search (nakt_ray/search.py): the space's validation, trial configs, and a real smoke search on a stored annotation
+set (tiny students, local-mode trials) with its MLflow parent/child runs, artifacts and champion; fusion-weight
+trials run with every teacher file gone. The interrupted-and-resumed search is in the fault tier."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nakt_ray import config
+from nakt_ray.config import ConfigError
+
+from conftest import TINY_UNET, tiny_raw_config
+
+
+def _raw(tmp_path: Path, space: dict, **tune) -> dict:
+    raw = tiny_raw_config(tmp_path, student={"name": "s", "arch": "unet", "arch_args": TINY_UNET})
+    raw["tune"] = {"space": space, **tune}
+    return raw
+
+
+SPACE_ERRORS = [
+    ({"training.lrr": {"uniform": [0.001, 0.01]}}, r"tune.space\[training.lrr\].*did you mean 'lr'"),
+    ({"teachers.0.actors": {"choice": [1, 2]}}, r"tune.space\[teachers.0.actors\].*training\.\*"),
+    ({"training.num_workers": {"choice": [0, 1]}}, r"tune.space\[training.num_workers\].*resources"),
+    ({"training.lr": {"loguniform": [0, 0.01]}}, r"tune.space\[training.lr\].loguniform.*0 < low < high"),
+    ({"training.lr": {"uniform": [0.01, 0.001]}}, r"tune.space\[training.lr\].uniform.*low < high"),
+    ({"training.lr": {"normal": [0.01, 0.001]}}, r"did you mean .uniform.. one of choice, uniform"),
+    ({"training.batch_size": {"randint": [2, 8.5]}}, r"two integers"),
+    ({"student.arch": {"choice": []}}, r"non-empty list"),
+    ({"training.lr": {"uniform": [0.001, 0.01]}, "training.kl_weight": {"uniform": [0, 1], "when": {"training.lr": 1}}},
+     r"another, unconditional choice entry"),
+    ({"fusion.weights": {"simplex": 3}}, r"simplex.*got 3; expected 2, the number of teachers"),
+    ({"training.lr": {"simplex": 2}}, r"simplex only for fusion.weights"),
+    # bounds checked through the trial config: lr must be < 1, temperature > 0
+    ({"training.lr": {"uniform": [0.01, 2.0]}}, r"is not a valid config: config key 'training.lr'"),
+    ({"training.temperature": {"uniform": [0.0, 4.0]}}, r"config key 'training.temperature'"),
+    # an architecture's arguments must fit it: basic_unet has no 'channels'
+    ({"student.arch": {"choice": ["unet", "basic_unet"]}, "student.arch_args.channels": {"choice": [[4, 8]]}},
+     r"\"student.arch\": \"basic_unet\".*student.arch_args.*channels.*`when`"),
+    # weights searched while the rule is always mean (no weights), and weighted_mean without any weights
+    ({"fusion.weights": {"simplex": 2}}, r"rule 'mean' takes no weights"),
+    ({"fusion.rule": {"choice": ["mean", "weighted_mean"]}}, r"config key 'fusion.weights'.*weighted_mean"),
+]
+
+
+@pytest.mark.parametrize("space, match", SPACE_ERRORS)
+def test_bad_spaces_are_refused_at_load_time_naming_the_key(tmp_path, space, match):
+    with pytest.raises(ConfigError, match=match):
+        config.from_dict(_raw(tmp_path, space))
+
+
+def test_bad_tune_settings_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"tune.grace_period.*at most training.epochs \(1\)"):
+        config.from_dict(_raw(tmp_path, {}, grace_period=2))
+    with pytest.raises(ConfigError, match=r"tune.metric.*val_metrics"):
+        config.from_dict(_raw(tmp_path, {}, metric="val_hd95"))
+    with pytest.raises(ConfigError, match=r"tune.search_alg.*did you mean 'optuna'"):
+        config.from_dict(_raw(tmp_path, {}, search_alg="optuma"))
+    with pytest.raises(ConfigError, match=r"tune.cpus_per_trial"):
+        config.from_dict(_raw(tmp_path, {}, cpus_per_trial=0))
+
+
+def test_trial_values_decode_choices_conditions_and_weights(tmp_path):
+    from nakt_ray.search import parse_space, trial_config, trial_values
+
+    space = {"student.arch": {"choice": ["unet", "basic_unet"]},
+             "student.arch_args.channels": {"choice": [[4, 8], [8, 16]], "when": {"student.arch": "unet"}},
+             "student.arch_args.strides": {"choice": [[2]], "when": {"student.arch": "unet"}},
+             "fusion.rule": {"choice": ["mean", "weighted_mean", "staple"]},
+             "fusion.weights": {"simplex": 2}, "training.batch_size": {"randint": [2, 4]}}
+    cfg = config.from_dict(_raw(tmp_path, space))
+    dists = parse_space(space)
+    params = {"student.arch": "unet", "student.arch_args.channels": "[8, 16]", "student.arch_args.strides": "[2]",
+              "fusion.rule": "weighted_mean", "fusion.weights[0]": math.exp(-1), "fusion.weights[1]": math.exp(-3),
+              "training.batch_size": 4}
+    values = trial_values(dists, params, cfg)
+    assert values["student.arch_args.channels"] == [8, 16] and values["training.batch_size"] == 4
+    assert values["fusion.weights"] == pytest.approx([0.25, 0.75])  # -log(u), normalised
+    trial = trial_config(cfg, values)
+    assert trial.fusion.weights == pytest.approx((0.25, 0.75)) and trial.student.arch_args["channels"] == [8, 16]
+    # basic_unet: the unet-only arguments are not applied; mean: the sampled weights are dropped
+    values = trial_values(dists, {**params, "student.arch": "basic_unet", "fusion.rule": "mean"}, cfg)
+    assert "student.arch_args.channels" not in values and values["fusion.weights"] is None
+    assert trial_config(cfg, values).student.arch == "basic_unet"
+
+
+def test_per_teacher_weights_fill_from_the_base_weights(tmp_path):
+    from nakt_ray.search import parse_space, trial_values
+
+    space = {"fusion.weights.1": {"uniform": [0.0, 1.0]}}
+    cfg = config.from_dict({**_raw(tmp_path, space), "fusion": {"rule": "weighted_mean", "weights": [2.0, 1.0]}})
+    assert trial_values(parse_space(space), {"fusion.weights.1": 0.5}, cfg) == {"fusion.weights": [2.0, 0.5]}
+    with pytest.raises(ConfigError, match="either as one simplex entry or per teacher"):
+        parse_space({"fusion.weights": {"simplex": 2}, "fusion.weights.0": {"uniform": [0, 1]}})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real searches on the session's annotation set.
+
+
+def _search_raw(annotated, tmp_path: Path, synthetic_dirs, **tune) -> dict:
+    """A search over lr, loss mix, temperature, augmentation, width, fusion rule and weights; teacher files gone."""
+    base, summary, _ = annotated
+    raw = base.to_dict()
+    raw["run_dir"] = str(tmp_path / "run")
+    # every teacher file is gone: a trial that loaded a teacher would fail, and the search with it
+    for i, t in enumerate(raw["teachers"]):
+        t["checkpoint"] = str(tmp_path / "gone" / f"teacher{i}.ts")
+    raw["student"] = {"name": "s", "arch": "unet", "arch_args": TINY_UNET, "annotations": summary["output"]}
+    raw["data"]["val"] = str(synthetic_dirs["mixed"])
+    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, "torch_threads": 1}
+    raw["tune"] = {"num_samples": 3, "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2,
+                   "seed": 3, "space": {
+                       "training.lr": {"loguniform": [1e-3, 1e-2]},
+                       "training.kl_weight": {"uniform": [0.0, 1.0]},
+                       "training.temperature": {"uniform": [1.0, 4.0]},
+                       "training.augment_strength": {"uniform": [0.0, 1.5]},
+                       "student.arch_args.channels": {"choice": [[4, 8], [8, 8]]},
+                       "fusion.rule": {"choice": ["weighted_mean", "staple"]},
+                       "fusion.weights": {"simplex": 2}}, **tune}
+    return raw
+
+
+def test_smoke_search_registers_the_champion_with_child_runs_and_artifacts(annotated, tmp_path, synthetic_dirs):
+    from mlflow.tracking import MlflowClient
+
+    from nakt_ray.search import tune_student
+    from nakt_ray.tracking import tracking_uri
+
+    cfg = config.from_dict(_search_raw(annotated, tmp_path, synthetic_dirs))
+    assert not any(Path(t.checkpoint).exists() for t in cfg.teachers)
+    result = tune_student(cfg)
+
+    # every trial ran (ASHA may stop a lagging one after its first epoch), with its own sampled fusion weights
+    rows = result["rows"]
+    assert len(rows) == 3 and all(r["epochs"] >= 1 and r["status"] != "error" for r in rows)
+    assert all(0 <= r["best"] <= 1 for r in rows)
+    weights = {tuple(round(w, 4) for w in r["values"]["fusion.weights"]) for r in rows}
+    assert len(weights) == 3 and all(sum(w) == pytest.approx(1, abs=1e-3) for w in weights)
+
+    # MLflow: one parent run (stage tune), one child run per trial holding its epochs
+    client = MlflowClient(tracking_uri(cfg))
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.data.tags["nakt.stage"] == "tune" and parent.info.status == "FINISHED"
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["nakt.tune_trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
+    for child in children:
+        row = next(r for r in rows if r["trial_id"] == child.data.tags["nakt.tune_trial_id"])
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_dice")]
+        # (a trial ASHA stops may log one more epoch before its process is ended)
+        assert steps[:row["epochs"]] == list(range(row["epochs"])) and child.info.status == "FINISHED"
+        assert child.data.tags["nakt.tune_status"] == row["status"]
+        assert float(child.data.params["training.lr"]) == pytest.approx(row["values"]["training.lr"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tune")}
+    assert artifacts == {"tune/results.md", "tune/results.csv", "tune/results.png"}
+    table = Path(result["files"]["md"]).read_text()
+    assert all(r["trial_id"] in table for r in rows) and "fusion.weights.t1" in table
+    assert Path(result["files"]["png"]).read_bytes()[:4] == b"\x89PNG"
+
+    # the champion: the best finished trial, registered with its trial config and lineage
+    best = result["champion"]
+    finished = [r for r in rows if r["model_path"]]
+    assert best["best"] == max(r["best"] for r in finished)
+    version = client.get_model_version_by_alias(cfg.tracking.registered_model, "champion")
+    assert version.run_id == best["run_id"] and result["model_uri"].endswith("@champion")
+    tags = version.tags
+    assert tags["nakt.tune_trial_id"] == best["trial_id"] and tags["nakt.teachers"] == "t1,t2"
+    trial_config = json.loads(tags["nakt.tune_trial_config"])
+    assert trial_config["fusion"]["rule"] == best["values"]["fusion.rule"] == tags["nakt.fusion_rule"]
+    assert json.loads(tags["nakt.fusion_weights"]) == pytest.approx(best["values"]["fusion.weights"])
+    assert json.loads(tags["nakt.tune_values"])["training.lr"] == pytest.approx(best["values"]["training.lr"])
+    assert parent.data.tags["nakt.champion_trial"] == best["trial_id"]
+
+
+def test_tune_needs_a_validation_set_and_a_space(annotated, tmp_path, synthetic_dirs):
+    from nakt_ray.search import tune_student
+
+    raw = _search_raw(annotated, tmp_path, synthetic_dirs)
+    raw["data"]["val"] = None
+    with pytest.raises(ValueError, match="data.val"):
+        tune_student(config.from_dict(raw))
+    raw = _search_raw(annotated, tmp_path, synthetic_dirs)
+    raw["tune"]["space"] = {}
+    with pytest.raises(ValueError, match="tune.space is empty"):
+        tune_student(config.from_dict(raw))
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        tune_student(config.from_dict(_search_raw(annotated, tmp_path, synthetic_dirs)), resume=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A search whose driver is killed after its first trial, then `nakt tune --resume`.
+
+NAKT = [sys.executable, "-m", "nakt_ray.cli"]
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def _terminated_trials(exp_dir: Path) -> int:
+    """Trials the Tune experiment state records as finished (what a restore keeps)."""
+    done = 0
+    for f in exp_dir.glob("experiment_state-*.json"):
+        try:
+            state = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        done = max(done, sum(json.loads(t[0]).get("status") == "TERMINATED" for t in state.get("trial_data", [])))
+    return done
+
+
+@pytest.mark.fault
+def test_killed_search_resumes_with_the_remaining_trials_in_the_same_parent_run(annotated, tmp_path,
+                                                                                 synthetic_dirs):
+    from mlflow.tracking import MlflowClient
+
+    raw = _search_raw(annotated, tmp_path, synthetic_dirs, num_samples=3, scheduler="none")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    # Tune saves its experiment state every step here (default: at most every ~10 s), so the kill lands right
+    # after a recorded trial end
+    env = {**ENV, "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    proc = subprocess.Popen(NAKT + ["tune", "--config", str(path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    state_file = tmp_path / "run" / "tune" / "search.json"
+    deadline = time.time() + 300
+    while True:
+        if state_file.exists():
+            exp_dir = tmp_path / "run" / "tune" / json.loads(state_file.read_text())["name"]
+            if _terminated_trials(exp_dir) >= 1:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"the search ended (rc {proc.returncode}) before it could be interrupted:\n"
+                        f"{proc.stdout.read()[-3000:]}")
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the search never finished a trial")
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray instance, as a crash would
+    proc.wait(timeout=30)
+    state = json.loads(state_file.read_text())
+    assert state["finished"] is False and state["parent_run_id"]
+
+    done = subprocess.run(NAKT + ["tune", "--config", str(path), "--resume"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "champion: models:/test-student@champion" in done.stdout
+    state = json.loads(state_file.read_text())
+    assert state["finished"] is True
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.tags["nakt.resumed"] == "true" and parent.data.metrics["trials"] == 3
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    trial_ids = {c.data.tags["nakt.tune_trial_id"] for c in children}
+    assert len(trial_ids) == 3  # each trial in one child run, the interrupted one continued in its own
+    assert parent.data.metrics["trials_completed"] == 3
+    again = subprocess.run(NAKT + ["tune", "--config", str(path), "--resume"], cwd=tmp_path, env=ENV,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "finished" in again.stderr
