@@ -1,6 +1,7 @@
 """Beyond one machine, on this one: the ``jobs/`` entrypoints submitted as Ray jobs to a real ``ray start --head``
-instance, annotation on a simulated multi-node cluster that loses a worker node mid-run, a student logged and
-registered through a real MLflow tracking server (and a clear, fast error when it is down), and the job wrappers.
+instance, annotation on a simulated multi-node cluster that loses a worker node mid-run (fault tier: ``make
+test-faults``), a student logged and registered through a real MLflow tracking server (and a clear, fast error
+when it is down), and the job wrappers.
 
 Every Ray instance started here is this test's own: a private ``RAY_TMPDIR`` (so no ``ray_current_cluster`` file
 lands in /tmp/ray for other sessions' ``auto`` to find) and its own process group, killed at the end. ``ray stop``
@@ -123,6 +124,7 @@ def write_config(tmp_path: Path, raw: dict) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_annotate_job_submitted_to_a_ray_start_cluster(tmp_path):
     from nakt_ray import annotations as ann
 
@@ -157,7 +159,8 @@ def test_annotate_job_submitted_to_a_ray_start_cluster(tmp_path):
 # 2. A simulated multi-node cluster that loses a worker node while annotating.
 
 
-@pytest.mark.slow
+@pytest.mark.fault  # a node killed mid-run, on a three-node cluster of this machine: ~4 min on a loaded 2-core box
+@pytest.mark.timeout(600)
 def test_annotation_survives_losing_a_worker_node(tmp_path):
     src = transferal(tmp_path, 40, corrupt=11)
     # GPU fractions keep teacher actors off the (GPU-less) head; small CPU shares let one worker host them all
@@ -169,12 +172,15 @@ def test_annotation_survives_losing_a_worker_node(tmp_path):
     raw["data"]["transferal"] = str(src)
     raw["annotate"] = {"decode_batch_size": 4, "rows_per_file": 4}
     cfg, result_file, tmp = write_config(tmp_path, raw), tmp_path / "result.json", short_tmpdir()
-    env = {**ENV, "RAY_TMPDIR": tmp, "NAKT_ACTOR_LOG": str(tmp_path / "actors.jsonl")}
+    env = {**ENV, "RAY_TMPDIR": tmp, "NAKT_ACTOR_LOG": str(tmp_path / "actors.jsonl"),
+           # the GCS declares a node dead after 3 failed health checks 1 s apart (Ray's default: 5 at 3 s), so
+           # the restart comes ~12 s sooner; a check still waits Ray's default 10 s for a slow raylet's answer
+           "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     proc = subprocess.Popen([sys.executable, str(TESTS / "_multinode_annotate.py"), str(cfg), str(result_file)],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=240)
+        out, _ = proc.communicate(timeout=540)
     finally:
         kill_group(proc.pid, grace_s=2)  # the Cluster's nodes, should the script have left any
         shutil.rmtree(tmp, ignore_errors=True)
@@ -235,6 +241,7 @@ def mlflow_server(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_student_registered_through_an_mlflow_server_and_a_clear_error_when_it_is_down(annotated, tmp_path,
                                                                                       capsys):
     from mlflow.tracking import MlflowClient
@@ -325,6 +332,7 @@ def test_job_passes_config_overrides_and_address_to_the_stage(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_pipeline_job_runs_every_stage_then_resumes_with_nothing_left(ray_session, tmp_path, synthetic_dirs,
                                                                        capsys):
     from nakt_ray import annotations as ann
