@@ -330,9 +330,10 @@ class TuneConfig:
     Each trial's Tune function takes ``cpus_per_trial`` (it only coordinates); the trial's training takes what
     ``nakt train-student`` takes: ``training.num_workers`` x ``training.cpus_per_worker`` (+1 GPU each with
     ``use_gpu``), or with ``num_workers: 0`` one process of ``cpus_per_worker`` (Ray Train local mode, cheapest
-    for tiny models). At most ``max_concurrent_trials`` run at once. ``scheduler``: ``asha`` stops trials whose ``metric`` lags at
-    epochs ``grace_period`` x ``reduction_factor``^k; ``search_alg``: ``auto`` is Optuna (TPE) when installed, else
-    random. The best trial's student is registered as ``tracking.registered_model`` with alias ``alias``.
+    for tiny models). At most ``max_concurrent_trials`` run at once. ``scheduler``: ``asha`` stops trials whose
+    ``metric`` lags at epochs ``grace_period`` x ``reduction_factor``^k; ``search_alg``: ``auto`` is Optuna (TPE)
+    when installed, else random. The best trial's student is registered as ``tracking.registered_model`` with
+    alias ``alias``.
     """
 
     num_samples: int = 8

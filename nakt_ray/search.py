@@ -8,11 +8,12 @@ rules and weights are applied to the per-teacher maps stored in the annotation s
 Ray Tune with Train V2 (PLATFORM_NOTES): each trial is a Tune *function trainable* that runs ``train_student``
 (which builds and fits the ``TorchTrainer``) in a Ray task and reports every epoch with ``tune.report``; epochs
 reach it through a Ray Train callback and a queue (``nakt_ray/_epoch_queue.py``), called by the Train controller
-with workers and by the loop itself in local mode (``num_workers: 0``). ASHA stops lagging trials on the validation metric; Optuna's TPE proposes trials when
-installed (docs/decisions.md, 22-28). MLflow: one parent run (stage ``tune``), one child run per trial with its epochs;
-the results table (Markdown, CSV) and plot (PNG) on the parent; the best trial's student registered with alias
-``tune.alias``. The experiment lives in ``<run_dir>/tune/<name>``; ``<run_dir>/tune/search.json`` names it and
-its parent run, so ``nakt tune --resume`` finishes an interrupted search in the same parent run.
+with workers and by the loop itself in local mode (``num_workers: 0``). ASHA stops lagging trials on the
+validation metric; Optuna's TPE proposes trials when installed (docs/decisions.md, 22-28). MLflow: one parent run
+(stage ``tune``), one child run per trial with its epochs; the results table (Markdown, CSV) and plot (PNG) on the
+parent; the best trial's student registered with alias ``tune.alias``. The experiment lives in
+``<run_dir>/tune/<name>``; ``<run_dir>/tune/search.json`` names it and its parent run, so ``nakt tune --resume``
+finishes an interrupted search in the same parent run.
 
 Space entries (``when`` is optional on any entry)::
 
