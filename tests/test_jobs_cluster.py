@@ -123,7 +123,7 @@ def write_config(tmp_path: Path, raw: dict) -> Path:
 # 1. The annotation job, submitted to a real `ray start --head` cluster.
 
 
-@pytest.mark.slow
+@pytest.mark.fault  # a second tier: its own Ray cluster / every stage end to end (minutes on 2 cores)
 @pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_annotate_job_submitted_to_a_ray_start_cluster(tmp_path):
     from nakt_ray import annotations as ann
@@ -331,7 +331,7 @@ def test_job_passes_config_overrides_and_address_to_the_stage(tmp_path, monkeypa
     assert exit_.value.code == 2
 
 
-@pytest.mark.slow
+@pytest.mark.fault  # a second tier: its own Ray cluster / every stage end to end (minutes on 2 cores)
 @pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_pipeline_job_runs_every_stage_then_resumes_with_nothing_left(ray_session, tmp_path, synthetic_dirs,
                                                                        capsys):
