@@ -115,3 +115,15 @@ def annotated(ray_session, tmp_path_factory, synthetic_dirs):
     raw["annotate"] = {"decode_batch_size": 2, "rows_per_file": 2}
     cfg = config.from_dict(raw)
     return cfg, annotate(cfg), victim.stem
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI``; a test that points MLflow at a server it
+    then stops must not leave later tests pointing there."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
