@@ -436,12 +436,9 @@ def _start_or_resume(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     """The search's identity, persisted in ``<run_dir>/tune/search.json``: experiment name, parent run id, space."""
     f = _state_file(cfg)
     if resume:
-        if not f.exists():
-            raise FileNotFoundError(f"cannot resume: {str(f)!r} does not exist (no earlier search in this run_dir); "
-                                    "run without --resume")
-        state = json.loads(f.read_text())
-        if state.get("finished"):
-            raise ValueError(f"cannot resume: the search recorded in {str(f)!r} finished; run without --resume")
+        from nakt_ray.student import read_unfinished
+
+        state = read_unfinished(f, "search in this run_dir", "search")
         if not _same(state.get("space"), cfg.tune.space):
             raise ValueError(f"cannot resume: tune.space differs from the interrupted search's ({str(f)!r}); "
                              "restore the config it ran with, or run without --resume")

@@ -45,6 +45,17 @@ def _run_state_file(out_path: Path) -> Path:
     return out_path.parent / "train_run.json"
 
 
+def read_unfinished(f: Path, earlier: str, what: str) -> dict[str, Any]:
+    """The state JSON ``f`` of an interrupted run or search, refused when missing or finished."""
+    if not f.exists():
+        raise FileNotFoundError(f"cannot resume: {str(f)!r} does not exist (no earlier {earlier}); "
+                                "run without --resume")
+    state = json.loads(f.read_text())
+    if state.get("finished"):
+        raise ValueError(f"cannot resume: the {what} recorded in {str(f)!r} finished; run without --resume")
+    return state
+
+
 def _start_or_resume(out_path: Path, resume: bool, ray_name: str) -> dict[str, Any]:
     """The identity of a training run, persisted beside its model: Ray Train run name and MLflow run id.
 
@@ -54,12 +65,7 @@ def _start_or_resume(out_path: Path, resume: bool, ray_name: str) -> dict[str, A
 
     f = _run_state_file(out_path)
     if resume:
-        if not f.exists():
-            raise FileNotFoundError(f"cannot resume: {str(f)!r} does not exist (no earlier run of this model to "
-                                    "resume); run without --resume")
-        state = json.loads(f.read_text())
-        if state.get("finished"):
-            raise ValueError(f"cannot resume: the run recorded in {str(f)!r} finished; run without --resume")
+        state = read_unfinished(f, "run of this model", "run")
         return state
     return {"ray_train_name": new_run_name(ray_name), "mlflow_run_id": None, "finished": False}
 
