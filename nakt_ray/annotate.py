@@ -71,10 +71,9 @@ class TeacherPredictor:
 def _use_tracking_uri(source: str, uri: str | None) -> None:
     """MLflow teachers (``models:/``, ``runs:/``) are resolved against ``uri`` (set in this process)."""
     if uri and str(source).startswith(("models:/", "runs:/")):
-        import mlflow
+        from nakt_ray.tracking import use_uri
 
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        use_uri(uri)
 
 
 def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int) -> None:

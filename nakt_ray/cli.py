@@ -144,10 +144,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _use_tracking_uri(uri: str | None) -> None:
     """Point MLflow (tracking and registry) at ``uri`` for models:/ and runs:/ sources; None keeps MLflow's default."""
     if uri:
-        import mlflow
+        from nakt_ray.tracking import use_uri
 
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        use_uri(uri)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

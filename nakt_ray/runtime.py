@@ -13,6 +13,13 @@ from nakt_ray.config import RayConfig
 # imports timm itself) can import torchvision where the PyPI CUDA build does not load against CPU torch.
 WORKER_SETUP_HOOK = "nakt_ray._torchvision_compat.ensure_torchvision"
 
+# Ray Data 2.60 shares a cluster's CPUs between the live dataset executions through one coordinator actor, in
+# whole CPUs (on 2 CPUs, three executions get 2 // 3 == 0 each). An execution whose process was killed (a Tune
+# trial stopped by ASHA, a killed Train worker) keeps its share until its request expires, 180 s by default, and
+# on a small machine the next execution starves that long ("Cluster resources are not enough to run any task").
+# Live executions renew their request every 10 s, so 45 s is safe for them and bounds the stall.
+DATA_REQUEST_EXPIRE = ("RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S", "45")
+
 
 def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
     """Start a local Ray instance, or connect to ``cfg.address``; a no-op when Ray is already initialised.
@@ -23,6 +30,7 @@ def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
         return
     cfg = cfg or RayConfig()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    env_vars = {DATA_REQUEST_EXPIRE[0]: os.environ.get(*DATA_REQUEST_EXPIRE)}
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     kwargs = dict(
         address=cfg.address,
@@ -30,7 +38,7 @@ def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
         num_gpus=cfg.num_gpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
-        runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
+        runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env_vars},
     )
     if cfg.address is not None:  # a running cluster decides its own resources
         kwargs.pop("num_cpus")

@@ -25,6 +25,24 @@ def tracking_uri(cfg: RunConfig) -> str:
     return f"sqlite:///{Path(cfg.run_dir).resolve() / 'mlflow.db'}"
 
 
+def use_uri(uri: str) -> None:
+    """Point MLflow's tracking and registry at ``uri`` in this process.
+
+    MLflow 3's ``set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into the environment. That variable is an
+    input to nakt (it names the user's server), so it is put back as it was: otherwise a second run in the same
+    process (a notebook, a Tune driver, a test session) would log into the first run's store.
+    """
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def _is_local(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
@@ -73,8 +91,7 @@ def setup(cfg: RunConfig) -> str:
     check_reachable(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
         return exp.experiment_id

@@ -9,6 +9,9 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("NAKT_PROGRESS", "0")
+# A developer's own MLflow server must not receive the suite's runs (and tests that expect a run's own SQLite store
+# would find the server's registered models instead).
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 HC18 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hc18"
 
@@ -127,3 +130,4 @@ def _no_leaked_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+

@@ -184,16 +184,14 @@ def test_cli_export_and_predict_a_registered_student(student, images, tmp_path, 
     from nakt_ray import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    before = mlflow.get_tracking_uri()
     try:  # the commands point MLflow at --tracking-uri for the whole process; put it back for other tests
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        tracking.use_uri(uri)
         exp = mlflow.create_experiment("students", artifact_location=str(tmp_path / "artifacts"))
         with mlflow.start_run(experiment_id=exp):
             model, spec = load_model(student)
             model_uri, _ = tracking.log_and_register_model(model, spec, "s", "candidate", {"nakt.arch": "unet"})
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        tracking.use_uri(before)
         assert main(["export", "--model", model_uri, "--out", str(tmp_path / "x"), "--formats", "torchscript",
                      "--tracking-uri", uri]) == 0
         export_err = capsys.readouterr().err
@@ -201,8 +199,7 @@ def test_cli_export_and_predict_a_registered_student(student, images, tmp_path, 
                      "--tracking-uri", uri]) == 0
         predict_err = capsys.readouterr().err
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        tracking.use_uri(before)
     report = json.loads((tmp_path / "x" / "export.json").read_text())
     assert report["model"] == "s" and report["lineage"]["version"] == "1"
     assert check_parity(tmp_path / "x" / "model.ts", model, spec) <= 1e-4

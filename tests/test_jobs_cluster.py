@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import subprocess
@@ -62,13 +63,6 @@ def kill_group(pgid: int, grace_s: float = 10.0) -> None:
             time.sleep(0.2)
 
 
-def dashboard_available() -> bool:
-    """Whether the full dashboard (and with it the Jobs API's HTTP endpoint) can run: ``ray[default]``."""
-    import ray._private.utils
-
-    return ray._private.utils.get_dashboard_dependency_error() is None
-
-
 @contextlib.contextmanager
 def ray_head(num_cpus: int = 2):
     """``ray start --head`` on 127.0.0.1 in a private temp dir and process group; yields its address and ports."""
@@ -77,7 +71,7 @@ def ray_head(num_cpus: int = 2):
     port, dashboard_port = free_port(), free_port()
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address=127.0.0.1",
            f"--port={port}", f"--num-cpus={num_cpus}", f"--temp-dir={tmp}/ray", "--disable-usage-stats",
-           f"--include-dashboard={str(dashboard_available()).lower()}", "--dashboard-host=127.0.0.1",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={free_port()}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # the group every process of this instance stays in
@@ -91,18 +85,18 @@ def ray_head(num_cpus: int = 2):
 
 
 def submit_job(head: dict, entrypoint: str, env_vars: dict[str, str], timeout: float = 240) -> dict:
-    """Run ``entrypoint`` as a Ray job on ``head`` and wait: ``ray job submit`` where the dashboard runs, else the
-    Jobs API's job manager directly (tests/_ray_job.py says why)."""
-    if dashboard_available():
-        cmd = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", head["dashboard"],
-               "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", entrypoint]
-        proc = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=timeout + 30)
-        return {"status": "SUCCEEDED" if proc.returncode == 0 else "FAILED", "logs": proc.stdout + proc.stderr}
-    proc = subprocess.run([sys.executable, str(TESTS / "_ray_job.py"), head["address"], entrypoint,
-                           json.dumps({"env_vars": env_vars}), str(timeout)],
-                          env=head["env"], capture_output=True, text=True, timeout=timeout + 60)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run ``entrypoint`` as a Ray job on ``head`` with ``ray job submit`` (the dashboard's Jobs API, which
+    ``ray[default]`` serves), wait for it, and read its final status back with ``ray job status``."""
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    job_id = f"nakt-test-{os.getpid()}-{time.monotonic_ns()}"
+    proc = subprocess.run([ray_cli, "job", "submit", "--address", head["dashboard"], "--submission-id", job_id,
+                           "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *shlex.split(entrypoint)],
+                          env=head["env"], capture_output=True, text=True, timeout=timeout + 30)
+    status = subprocess.run([ray_cli, "job", "status", "--address", head["dashboard"], job_id], env=head["env"],
+                            capture_output=True, text=True, timeout=60)
+    state = next((w.upper() for w in ("succeeded", "failed", "stopped") if f"' {w}" in status.stdout), "UNKNOWN")
+    return {"status": state, "exit_code": proc.returncode, "message": status.stdout + status.stderr,
+            "logs": proc.stdout + proc.stderr}
 
 
 def transferal(tmp_path: Path, n: int, corrupt: int) -> Path:
@@ -139,7 +133,7 @@ def test_annotate_job_submitted_to_a_ray_start_cluster(tmp_path):
 
     with ray_head() as head:
         job = submit_job(head, entrypoint, {"RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"})
-    assert job["status"] == "SUCCEEDED", job.get("message", "") + "\n" + job["logs"][-4000:]
+    assert job["status"] == "SUCCEEDED" and job["exit_code"] == 0, job["message"] + "\n" + job["logs"][-4000:]
     # the driver joined the cluster it was submitted to (RAY_ADDRESS from the job supervisor), not a local Ray
     assert "joining the Ray cluster this job runs on" in job["logs"]
 

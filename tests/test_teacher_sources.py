@@ -161,10 +161,11 @@ def mlflow_store(tmp_path_factory, unet):
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    from nakt_ray.tracking import use_uri
+
     root = tmp_path_factory.mktemp("mlflow")
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_registry_uri(f"sqlite:///{root}/mlflow.db")
+    before = mlflow.get_tracking_uri()
+    use_uri(f"sqlite:///{root}/mlflow.db")  # (leaves MLFLOW_TRACKING_URI as it was: later tests read it)
     exp = mlflow.create_experiment("teachers", artifact_location=str(root / "artifacts"))
     example = np.zeros((1, 1, *SIZE), dtype=np.float32)
     with torch.no_grad():
@@ -181,8 +182,7 @@ def mlflow_store(tmp_path_factory, unet):
                        TAG_OUTPUTS: "logits", TAG_PREPROCESS: json.dumps({"normalize": "zscore"})}.items():
         client.set_model_version_tag("t", "1", tag, value)
     yield {"described": described.info.run_id, "bare": bare.info.run_id}
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    use_uri(before)
 
 
 @pytest.mark.parametrize("uri", ["models:/t@champion", "models:/t/1"])

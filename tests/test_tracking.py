@@ -108,3 +108,15 @@ def test_a_tracking_server_that_does_not_answer_fails_fast_naming_it():
         server.server_close()
     tracking.check_reachable("sqlite:///nowhere/mlflow.db")
     tracking.check_reachable("databricks")
+
+
+def test_a_second_run_in_the_same_process_logs_into_its_own_store(tmp_path, monkeypatch):
+    """MLflow's set_tracking_uri writes MLFLOW_TRACKING_URI; nakt puts it back so the next config is not captured."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = (config.from_dict(tiny_raw_config(tmp_path / n)) for n in ("a", "b"))
+    with tracking.stage_run(first, "annotate"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking.tracking_uri(second) == f"sqlite:///{(tmp_path / 'b' / 'run').resolve()}/mlflow.db"

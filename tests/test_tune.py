@@ -265,3 +265,20 @@ def test_killed_search_resumes_with_the_remaining_trials_in_the_same_parent_run(
     again = subprocess.run(NAKT + ["tune", "--config", str(path), "--resume"], cwd=tmp_path, env=ENV,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "finished" in again.stderr
+
+
+
+def test_workers_release_a_dead_executions_share_of_the_cluster_sooner(ray_session):
+    """Ray Data's coordinator keeps a killed execution's share of the CPUs until its request expires; nakt's Ray
+    workers (trials, Train workers) run with a 45 s expiry instead of 180 s (runtime.DATA_REQUEST_EXPIRE)."""
+    import os
+
+    from nakt_ray.runtime import DATA_REQUEST_EXPIRE
+
+    @ray_session.remote(num_cpus=0.1)
+    def expiry() -> tuple[str | None, int]:
+        from ray.data._internal.cluster_autoscaler.rate_based_cluster_autoscaler import RateBasedClusterAutoscaler
+
+        return os.environ.get(DATA_REQUEST_EXPIRE[0]), RateBasedClusterAutoscaler.AUTOSCALING_REQUEST_EXPIRE_TIME_S
+
+    assert ray_session.get(expiry.remote()) == ("45", 45)
