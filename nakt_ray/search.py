@@ -334,8 +334,11 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], space: dict[str, Any
     ref = task.remote(cfg, values, trial_id, parent_run_id, [EpochQueue(epochs, trial_id)], val_ds)
 
     # 3. Every epoch to Tune, from this thread (ASHA decides on each); after training returned, the rest in order.
-    #    When Tune stops the trial, tune.report ends this thread: the training is ended with it.
-    finished = False
+    #    When Tune stops the trial, tune.report ends this thread: the training is ended with it. The last epoch
+    #    reaches Tune only once training has returned: ASHA puts a rung on the last epoch whenever epochs /
+    #    grace_period is a power of the reduction factor, and a stop there would end the task while it writes the
+    #    trial's model and closes its MLflow run.
+    finished, held = False, []
     try:
         while not finished:
             try:
@@ -344,8 +347,14 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], space: dict[str, Any
                 finished = bool(ray.wait([ref], timeout=0)[0])
                 items = [epochs.get() for _ in range(epochs.qsize())] if finished else []
             for trial, metrics in items:
-                if trial == trial_id:  # (an epoch of a stopped trial that ran in this process before is dropped)
+                if trial != trial_id:  # (an epoch of a stopped trial that ran in this process before is dropped)
+                    continue
+                if metrics.get("epoch", -1) >= tc.epochs - 1 and not finished:
+                    held.append(metrics)
+                else:
                     tune.report(metrics)
+        for metrics in held:
+            tune.report(metrics)
     finally:
         if not finished:
             ray.cancel(ref, force=True)  # its process too: a Train controller it started dies with it

@@ -161,6 +161,9 @@ def test_smoke_search_registers_the_champion_with_child_runs_and_artifacts(annot
         assert steps[:row["epochs"]] == list(range(row["epochs"])) and child.info.status == "FINISHED"
         assert child.data.tags["nakt.tune_status"] == row["status"]
         assert float(child.data.params["training.lr"]) == pytest.approx(row["values"]["training.lr"])
+        if row["epochs"] == cfg.training.epochs:  # ran to the end (ASHA's rung on the last epoch cuts nothing)
+            assert row["status"] == "completed" and Path(row["model_path"]).exists()
+            assert "train_wall_s" in child.data.metrics  # train_student returned: model logged, run closed
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "tune")}
     assert artifacts == {"tune/results.md", "tune/results.csv", "tune/results.png"}
     table = Path(result["files"]["md"]).read_text()
