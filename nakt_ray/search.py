@@ -480,7 +480,9 @@ def _search_alg(cfg: RunConfig) -> tuple[Any, str]:
         return OptunaSearch(seed=cfg.tune.seed), "optuna-tpe"
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.tune.seed), "random"
+    # (a SearchGenerator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it, and trials beyond
+    # the bound would share the cluster: on 2 CPUs, three trials' datasets get 2 // 3 == 0 CPUs from Ray Data)
+    return BasicVariantGenerator(random_state=cfg.tune.seed, max_concurrent=cfg.tune.max_concurrent_trials), "random"
 
 
 def _scheduler(cfg: RunConfig) -> Any:

@@ -285,3 +285,32 @@ def test_workers_release_a_dead_executions_share_of_the_cluster_sooner(ray_sessi
         return os.environ.get(DATA_REQUEST_EXPIRE[0]), RateBasedClusterAutoscaler.AUTOSCALING_REQUEST_EXPIRE_TIME_S
 
     assert ray_session.get(expiry.remote()) == ("45", 45)
+
+
+@pytest.mark.parametrize("alg", ["random", "optuna"])
+def test_every_search_algorithm_keeps_to_max_concurrent_trials(ray_session, tmp_path, alg):
+    """Tune ignores TuneConfig.max_concurrent_trials for a SearchGenerator (the random searcher): the bound must
+    come from the searcher itself, or every trial starts at once (and on 2 CPUs their datasets starve)."""
+    from ray import tune
+
+    from nakt_ray.search import _search_alg
+
+    cfg = config.from_dict(_raw(tmp_path, {"training.lr": {"uniform": [1e-3, 1e-2]}}, search_alg=alg, seed=1,
+                                num_samples=3, max_concurrent_trials=1))
+    log = tmp_path / "spans"
+    log.mkdir()
+
+    def trial(params: dict) -> None:
+        start = time.time()
+        time.sleep(1.5)
+        (log / f"{start:.6f}").write_text(str(time.time()))
+        tune.report({"score": params["lr"]})
+
+    search_alg, _ = _search_alg(cfg)
+    tune.Tuner(tune.with_resources(trial, {"cpu": 0.1}), param_space={"lr": tune.uniform(1e-3, 1e-2)},
+               tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, num_samples=3,
+                                           max_concurrent_trials=cfg.tune.max_concurrent_trials),
+               run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    spans = sorted((float(f.name), float(f.read_text())) for f in log.iterdir())
+    assert len(spans) == 3
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans

@@ -1,10 +1,10 @@
 """E2 — knowledge transfer plus fine-tuning against fine-tuning alone (the paper's second study), on HC18.
 
-    .venv/bin/python jobs/experiments/e2_finetune.py            # full: ~25-35 min on 2 CPU cores (128x128)
+    .venv/bin/python jobs/experiments/e2_finetune.py            # full: ~15 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e2_finetune.py --smoke    # same path, tiny: ~4 min
 
 Protocol (``nakt_ray/protocol.py``, seed 0, split by subject): a UNet teacher is trained on ``site_a`` only; it
-annotates the ``transferal`` split (whose masks are never read); a student (BasicUNet, another architecture) is
+annotates the ``transferal`` split (whose masks are never read); a student (AttentionUnet, another architecture) is
 distilled from those annotations. Then, for each labeled-set size n (5, 10, 20 cases of the ``labeled`` split):
   scratch        the student architecture trained from random weights on the n labeled cases only;
   distilled      the distilled student as is (no labels of the target used);
@@ -134,9 +134,9 @@ def main() -> None:
     p.add_argument("--data", default=str(HC18), help="labeled folder source (images/, masks/)")
     p.add_argument("--run-dir", default="runs/e2")
     p.add_argument("--out", default="results/e2")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, default=96)
     p.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20])
-    p.add_argument("--student-arch", default="basic_unet")
+    p.add_argument("--student-arch", default="attention_unet")
     p.add_argument("--teacher-epochs", type=int, default=30)
     p.add_argument("--student-epochs", type=int, default=30)
     p.add_argument("--finetune-epochs", type=int, default=20)
