@@ -16,7 +16,8 @@ import yaml
 
 from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
-pytestmark = pytest.mark.fault
+# two driver processes per test, each starting Ray: minutes on a loaded 2-core machine
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 NAKT = [sys.executable, "-m", "nakt_ray.cli"]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
 

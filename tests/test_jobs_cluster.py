@@ -235,6 +235,7 @@ def mlflow_server(tmp_path: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # a system run with an MLflow server process: second tier, keeps make test short
 @pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_student_registered_through_an_mlflow_server_and_a_clear_error_when_it_is_down(annotated, tmp_path,
                                                                                       capsys):

@@ -53,6 +53,7 @@ def test_unknown_scheme_is_refused_naming_the_location():
 
 
 @pytest.mark.slow
+@pytest.mark.fault  # a system run (annotation + Ray Train on URIs): second tier, keeps make test short
 @pytest.mark.timeout(600)  # annotation + a one-worker Ray Train run: minutes on a loaded 2-core machine
 def test_annotations_and_ray_train_storage_on_uris(ray_session, tmp_path, synthetic_dirs, monkeypatch):
     from mlflow.tracking import MlflowClient

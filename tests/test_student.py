@@ -142,6 +142,7 @@ def _actor_pids(class_name: str) -> list[int]:
 
 
 @pytest.mark.fault
+@pytest.mark.timeout(600)  # several Ray processes killed and restarted: minutes on a loaded 2-core machine
 def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_path, synthetic_dirs):
     import os
     import signal

@@ -220,6 +220,7 @@ def _terminated_trials(exp_dir: Path) -> int:
 
 
 @pytest.mark.fault
+@pytest.mark.timeout(600)  # several Ray processes killed and restarted: minutes on a loaded 2-core machine
 def test_killed_search_resumes_with_the_remaining_trials_in_the_same_parent_run(annotated, tmp_path,
                                                                                  synthetic_dirs):
     from mlflow.tracking import MlflowClient
