@@ -118,7 +118,8 @@ def image_folder(src: Path, dst: Path, limit: int | None, repeat: int) -> Path:
     return dst
 
 
-def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], size: int, batch: int, actors: int):
+def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], size: int, batch: int, actors: int,
+               decode_batch: int | None = None):
     from nakt_ray import config
 
     return config.from_dict({
@@ -126,7 +127,7 @@ def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], siz
         "data": {"labels": ["background", "head"], "transferal": str(images)},
         "preprocess": {"size": [size, size]},
         "teachers": [{"name": n, "checkpoint": p, "batch_size": batch, "actors": actors} for n, p in teachers],
-        "annotate": {"decode_batch_size": batch},
+        "annotate": {"decode_batch_size": decode_batch or batch},
     })
 
 
@@ -151,7 +152,7 @@ def plain_loop(cfg, out_dir: Path) -> dict:
     schema = ann.arrow_schema(names, {"benchmark": "plain loop"})
     out_dir.mkdir(parents=True)
     writer = pq.ParquetWriter(out_dir / "part-0.parquet", schema)
-    bs = cfg.annotate.decode_batch_size
+    bs = cfg.teachers[0].batch_size  # batch by batch: the teachers' batch size throughout
     for i in range(0, len(cases), bs):
         chunk = cases[i:i + bs]
         batch = decode_batch({"case_id": np.array([c.case_id for c in chunk], object),
@@ -190,6 +191,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     p.add_argument("--size", type=int, default=128, help="teachers' input size (square)")
     p.add_argument("--batch", type=int, default=8, help="batch size of decoding and of every teacher")
+    p.add_argument("--decode-batch", type=int, default=64,
+                   help="rows per decode and fusion task of the pipeline (the plain loop works in --batch)")
     p.add_argument("--actors", type=int, default=1, help="actors per teacher pool")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")
     p.add_argument("--out", type=Path, default=Path("bench/results/annotate.json"))
@@ -203,7 +206,7 @@ def main() -> None:
     try:
         teachers = make_teachers(work / "teachers", args.size)
         one = image_folder(args.images, work / "images_1x", args.limit, 1)
-        cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors)
+        cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors, args.decode_batch)
 
         with PeakMemory() as mem_plain:
             plain = plain_loop(cfg, work / "plain_out")
@@ -221,7 +224,7 @@ def main() -> None:
             many = image_folder(args.images, work / f"images_{args.repeat}x", args.limit, args.repeat)
             with PeakMemory() as mem_many:
                 ray_nx = pipeline(run_config(work / f"ray_{args.repeat}x", many, teachers, args.size, args.batch,
-                                             args.actors))
+                                             args.actors, args.decode_batch))
             ray_nx["peak_memory_mb"] = mem_many.peak / 2**20
             result[f"ray_pipeline_{args.repeat}x"] = ray_nx
             result["memory_ratio_nx_over_1x"] = ray_nx["peak_memory_mb"] / ray_1x["peak_memory_mb"]

@@ -90,15 +90,19 @@ def ray_fit(args, annotations: Path, num_workers: int, work: Path) -> dict:
     mlflow.set_tracking_uri(uri)
     run = MlflowClient(uri).create_run(MlflowClient(uri).create_experiment(f"bench-{num_workers}"))
     manifest = ann.read_manifest(annotations)
-    ds = annotation_dataset(str(annotations), batch_size=args.batch, shuffle=True)
+    ds = annotation_dataset(str(annotations), batch_size=args.batch, shuffle=True, seed=0)
     torch_seed()
     t0 = time.perf_counter()
     result = fit(spec_for(manifest, args.arch), ds, tc, out_path=work / f"model-{num_workers}.pt",
                  storage=work / "ray_train", name=f"bench-{num_workers}w", logger=RunLogger(uri, run.info.run_id))
     wall = time.perf_counter() - t0
-    epochs = [m.value for m in sorted(MlflowClient(uri).get_metric_history(run.info.run_id, "epoch_s"),
-                                      key=lambda m: m.step)]
-    return summarise(epochs, wall, rows(annotations), args)
+    def history(key: str) -> list[float]:
+        return [m.value for m in sorted(MlflowClient(uri).get_metric_history(run.info.run_id, key),
+                                        key=lambda m: m.step)]
+
+    # data_wait_s: per epoch, the time rank 0 waited for its next batch (the rest is the training step).
+    return {**summarise(history("epoch_s"), wall, rows(annotations), args),
+            "data_wait_s": [round(v, 2) for v in history("data_wait_s")]}
 
 
 def rows(annotations: Path) -> int:

@@ -145,6 +145,19 @@ def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
     return room / wanted
 
 
+def light_task_pool():
+    """At most one decode (or fuse) task per cluster CPU at a time.
+
+    The tasks ask for ``LIGHT_CPU`` so they are not starved beside the actor pools, but Ray would then run four per
+    CPU, each in a worker process of its own: on 2 cores, 8 task workers that each spend ~3 s of CPU starting
+    (Ray, torch) for a few seconds of decoding (measured: 11 worker processes in a 600-image run).
+    """
+    import ray
+    from ray.data import TaskPoolStrategy
+
+    return TaskPoolStrategy(size=max(1, int(ray.cluster_resources().get("CPU", 1))))
+
+
 # A teacher actor that dies (OOM, a crashed GPU, a killed process, a lost node) is restarted this many times;
 # beyond that the run fails loudly instead of looping on a batch that kills every actor. The batch itself is
 # retried without a count of its own (max_task_retries=-1), so the restart bound is the only one: a bounded retry
@@ -288,11 +301,12 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     names = [t.name for t in teachers]
     if todo:
         ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
-        ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
+        light = light_task_pool()
+        ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
         ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
                                cfg.annotate.prob_dtype)
-        ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
+        ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
         ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
                          schema=ann.arrow_schema(names, manifest), ray_remote_args={"num_cpus": LIGHT_CPU})

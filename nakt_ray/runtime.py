@@ -11,7 +11,7 @@ from nakt_ray.config import RayConfig
 
 # Every Ray worker process runs this before it unpickles anything, so a worker that meets a timm model (or
 # imports timm itself) can import torchvision where the PyPI CUDA build does not load against CPU torch.
-WORKER_SETUP_HOOK = "nakt_ray._torchvision_compat.ensure_torchvision"
+WORKER_SETUP_HOOK = "nakt_ray._torchvision_compat.install_import_hook"
 
 # Ray Data 2.60 shares a cluster's CPUs between the live dataset executions through one coordinator actor, in
 # whole CPUs (on 2 CPUs, three executions get 2 // 3 == 0 each). An execution whose process was killed (a Tune
@@ -32,6 +32,8 @@ def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env_vars = {DATA_REQUEST_EXPIRE[0]: os.environ.get(*DATA_REQUEST_EXPIRE)}
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Capped light-task pools (annotate.light_task_pool) on small inputs: Ray warns that the cap exceeds the blocks.
+    warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for")
     kwargs = dict(
         address=cfg.address,
         num_cpus=cfg.num_cpus,

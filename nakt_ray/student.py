@@ -162,7 +162,8 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     init_ray(cfg.ray)
     tc = cfg.training
     train_ds = annotation_dataset(str(src), rule=rule if refuse else None, weights=weights,
-                                  batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True)
+                                  batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True,
+                                  seed=tc.seed)
     if val_ds is None and cfg.data.val:
         val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0]
     tags = lineage_tags(manifest, src, rule, weights)

@@ -138,17 +138,26 @@ def train_loop(config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
     for epoch in range(start_epoch, tc.epochs):
         # 3. One pass over this worker's shard (a local shuffle buffer reshuffles rows every epoch).
+        #    The shuffle seed changes with the epoch and rank, so a rerun with the same seed sees the same order.
+        #    data_wait_s is the time this worker waited for its input: the share of the epoch the step did not use.
         model.train()
-        t0, sums, steps, samples = time.perf_counter(), {}, 0, 0
-        for batch in train_shard.iter_torch_batches(batch_size=tc.batch_size, device=device,
-                                                    local_shuffle_buffer_size=4 * tc.batch_size):
+        t0, sums, steps, samples, wait = time.perf_counter(), {}, 0, 0, 0.0
+        batches = iter(train_shard.iter_torch_batches(batch_size=tc.batch_size, device=device,
+                                                      local_shuffle_buffer_size=4 * tc.batch_size,
+                                                      local_shuffle_seed=tc.seed + 1000 * epoch + rank))
+        while True:
+            tw = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - tw
+            if batch is None:
+                break
             for k, v in train_step(model, opt, batch, tc, augmenter, amp_dtype, scaler).items():
                 sums[k] = sums.get(k, 0.0) + v
             steps, samples = steps + 1, samples + batch["image"].shape[0]
         sched.step()
         epoch_s = time.perf_counter() - t0
         metrics: dict[str, float] = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
-        metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"], epoch_s=epoch_s,
+        metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"], epoch_s=epoch_s, data_wait_s=wait,
                        samples_per_s=samples * world / max(epoch_s, 1e-9))
 
         # 4. Validation on rank 0 (the val set is not split across workers); early stopping by patience.
@@ -204,6 +213,19 @@ def torch_threads(training: TrainingConfig) -> int:
     if training.torch_threads:
         return training.torch_threads
     return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, training.num_workers)))
+
+
+def ingest_options():
+    """Ray Data execution options for training input: Ray Train's defaults, in order.
+
+    A seeded file shuffle and a seeded local shuffle buffer make an epoch's order reproducible only if blocks
+    reach the trainer in the order they were read, not in the order their tasks finish (decision 34).
+    """
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def new_run_name(name: str) -> str:
@@ -269,7 +291,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
             callbacks=callbacks if training.num_workers > 0 else None,
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"], execution_options=ingest_options()),
     )
     t0 = time.perf_counter()
     result = trainer.fit()

@@ -74,6 +74,20 @@ def test_student_with_every_loss_part_validation_metrics_and_early_stopping(anno
     assert version.tags["nakt.fusion_rule"] == "mean" and version.tags["nakt.teachers"] == "t1,t2"
 
 
+def test_the_same_seed_trains_the_same_student_and_another_seed_does_not(annotated, tmp_path, synthetic_dirs):
+    """File shuffle, shuffle buffer, augmentation and initialisation all follow ``training.seed`` (decision 34)."""
+    from nakt_ray.checkpoint import load_model
+    from nakt_ray.student import train_student
+
+    def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
+        cfg = _student_cfg(annotated, tmp_path / name, synthetic_dirs, training=dict(epochs=2, seed=seed))
+        return load_model(train_student(cfg)["model_path"])[0].state_dict()
+
+    first, again, other = weights(3, "a"), weights(3, "b"), weights(4, "c")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_finetuning_starts_from_the_distilled_student_and_scratch_does_not(annotated, tmp_path, synthetic_dirs):
     from nakt_ray.checkpoint import load_model
     from nakt_ray.student import finetune_student, train_student

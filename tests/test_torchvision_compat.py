@@ -156,3 +156,23 @@ def test_absent_when_torchvision_is_not_installed(monkeypatch):
     assert compat.state() == "absent"
     assert compat.ensure_torchvision() == "absent"
     assert imported == []
+
+
+def test_the_worker_hook_imports_nothing_until_torchvision_is_imported():
+    """Ray's worker setup hook is lazy: torch is not imported by it, and the first ``import timm`` (which imports
+    torchvision) goes through ``ensure_torchvision`` and gets a working package, submodules included."""
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    out = last_json(run_python("""
+        import json, sys
+        from nakt_ray._torchvision_compat import install_import_hook, state
+        install_import_hook()
+        lazy = "torch" not in sys.modules and "torchvision" not in sys.modules and state() is None
+        import timm, torchvision.ops
+        install_import_hook()  # a no-op once torchvision is imported
+        print(json.dumps({"lazy": lazy, "state": state(), "roi_align": hasattr(torchvision.ops, "roi_align"),
+                          "finders": sum(type(f).__name__ == "_TorchvisionFinder" for f in sys.meta_path)}))
+    """))
+    assert out == {"lazy": True, "state": out["state"], "roi_align": True, "finders": 0}
+    assert out["state"] in ("shimmed", "native")
+
