@@ -118,6 +118,11 @@ class TrainingConfig:
     (``hd95``, ``nsd``; slow, opt-in; NSD at ``nsd_tolerance`` pixels). The best epoch by Dice is kept;
     ``patience`` stops after that many epochs without improvement. ``max_failures``: how often a run whose
     worker died is restarted from its last checkpoint (Ray Train ``FailureConfig``).
+
+    ``cache_mb`` (students): an annotation set whose decoded training columns take at most this many MiB is decoded
+    and re-fused once and held in Ray's object store, and every epoch reshuffles it through a buffer of up to
+    256 MiB of rows; a larger set streams from Parquet every epoch (file order shuffled, 4-batch buffer). 0 always
+    streams. ``seed`` fixes initialisation, shuffles and augmentation.
     """
 
     epochs: int = 10
@@ -141,6 +146,7 @@ class TrainingConfig:
     patience: int | None = None
     max_failures: int = 2
     seed: int = 0
+    cache_mb: int = 1024
 
     def _validate(self, p: str) -> None:
         for key in ("epochs", "batch_size"):
@@ -167,6 +173,8 @@ class TrainingConfig:
             _fail(f"{p}val_metrics", list(self.val_metrics), "distinct names among hd95, nsd")
         if self.nsd_tolerance <= 0:
             _fail(f"{p}nsd_tolerance", self.nsd_tolerance, "a tolerance in pixels > 0")
+        if self.cache_mb < 0:
+            _fail(f"{p}cache_mb", self.cache_mb, "an integer >= 0 (MiB; 0 always streams)")
         if self.patience is not None and self.patience < 1:
             _fail(f"{p}patience", self.patience, "an integer >= 1 or null (no early stopping)")
         if self.max_failures < -1:

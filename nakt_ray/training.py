@@ -143,7 +143,7 @@ def train_loop(config: dict[str, Any]) -> None:
         model.train()
         t0, sums, steps, samples, wait = time.perf_counter(), {}, 0, 0, 0.0
         batches = iter(train_shard.iter_torch_batches(batch_size=tc.batch_size, device=device,
-                                                      local_shuffle_buffer_size=4 * tc.batch_size,
+                                                      local_shuffle_buffer_size=config["shuffle_rows"],
                                                       local_shuffle_seed=tc.seed + 1000 * epoch + rank))
         while True:
             tw = time.perf_counter()
@@ -215,6 +215,22 @@ def torch_threads(training: TrainingConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, training.num_workers)))
 
 
+# Rows a worker's shuffle buffer may hold when its dataset is held in memory (materialised): about this many bytes.
+SHUFFLE_BYTES = 256 * 2**20
+
+
+def shuffle_rows(ds: Any, batch_size: int, workers: int) -> int:
+    """Shuffle-buffer rows per worker: a materialised dataset is reshuffled across up to ``SHUFFLE_BYTES`` of rows
+    (the whole shard of a small set: a full reshuffle every epoch); a streaming one through 4 batches."""
+    from ray.data.dataset import MaterializedDataset
+
+    if not isinstance(ds, MaterializedDataset):
+        return 4 * batch_size
+    rows = max(1, ds.count())
+    per_row = max(1, (ds.size_bytes() or 0) // rows)
+    return int(max(4 * batch_size, min(-(-rows // workers), SHUFFLE_BYTES // per_row)))
+
+
 def ingest_options():
     """Ray Data execution options for training input: Ray Train's defaults, in order.
 
@@ -278,6 +294,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
         train_loop,
         train_loop_config={"spec": spec.to_dict(), "training": asdict(training), "has_val": val_ds is not None,
                            "torch_threads": torch_threads(training),
+                           "shuffle_rows": shuffle_rows(train_ds, training.batch_size, max(1, training.num_workers)),
                            "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir,
                            "local_callbacks": callbacks if training.num_workers == 0 else None,
                            "init_state": ray.put(init_state) if init_state is not None else None},

@@ -19,6 +19,9 @@ def add_common_args(p: argparse.ArgumentParser, name: str, size: int) -> None:
     p.add_argument("--size", type=int, default=size)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the teachers and the annotation set an earlier (e.g. interrupted) run in --run-dir "
+                        "finished; every student, search and evaluation runs again")
 
 
 def main(args: argparse.Namespace, name: str, run: Callable[[argparse.Namespace], dict],
@@ -31,7 +34,7 @@ def main(args: argparse.Namespace, name: str, run: Callable[[argparse.Namespace]
     os.environ.setdefault("NAKT_PROGRESS", "0")
     if not (Path(args.data) / "images").is_dir() or not (Path(args.data) / "masks").is_dir():
         raise SystemExit(f"no labeled data at {args.data} (expected images/ and masks/); pass --data")
-    if (Path(args.run_dir) / "annotations").exists():
+    if (Path(args.run_dir) / "annotations").exists() and not getattr(args, "reuse", False):
         raise SystemExit(f"{args.run_dir} holds an earlier run; remove it or pass another --run-dir")
     t0 = time.perf_counter()
     result = run(args)

@@ -2,6 +2,7 @@
 
     .venv/bin/python jobs/experiments/e3_multi_teacher.py            # full: ~40 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e3_multi_teacher.py --smoke    # same path, tiny: ~5 min (quiet machine)
+    .venv/bin/python jobs/experiments/e3_multi_teacher.py --reuse    # keep runs/e3's teachers and annotation set
 
 Full-run cost (estimated from per-image step times measured at 96x96 on 2 cores, not from a full run): teachers
 ~12 min (40 epochs), annotation and evaluations ~4 min, four students ~11 min (24 epochs each), the search ~12 min
@@ -82,10 +83,13 @@ def run(args: argparse.Namespace) -> dict:
     timings, models, students = {}, {}, {}
     for teacher in cfg.teachers:
         t = time.perf_counter()
-        models[teacher.name] = str(train_teacher(cfg, teacher))
+        done = cfg.teacher_checkpoint(teacher)
+        models[teacher.name] = str(done if args.reuse and done.exists() else train_teacher(cfg, teacher))
         timings[f"{teacher.name}_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    annotate(cfg)  # once: every teacher's map is stored, every fusion below is applied at training time
+    # Once: every teacher's map is stored, every fusion below is applied at training time. With --reuse, the cases
+    # an earlier run wrote are kept (annotate's resume).
+    annotate(cfg, resume=args.reuse and (run_dir / "annotations" / "manifest.json").exists())
     timings["annotate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     val_report = evaluate(cfg, dict(models), str(splits["val"]), run_dir / "evaluation_val")
