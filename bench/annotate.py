@@ -191,7 +191,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     p.add_argument("--size", type=int, default=128, help="teachers' input size (square)")
     p.add_argument("--batch", type=int, default=8, help="batch size of decoding and of every teacher")
-    p.add_argument("--decode-batch", type=int, default=64,
+    p.add_argument("--decode-batch", type=int, default=16,
                    help="rows per decode and fusion task of the pipeline (the plain loop works in --batch)")
     p.add_argument("--actors", type=int, default=1, help="actors per teacher pool")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")

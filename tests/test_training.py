@@ -37,3 +37,27 @@ def test_fit_trains_and_writes_a_loadable_model(ray_session, tmp_path, synthetic
             dices.extend(foreground_mean(dice_per_class(pred, label, 2)))
     assert float(sum(dices) / len(dices)) == pytest.approx(result.metrics["best_val_dice"], abs=1e-6)
     assert result.metrics["best_val_dice"] >= result.metrics["val_dice"]
+
+
+def test_a_held_set_is_reshuffled_whole_and_a_streaming_one_through_four_batches(ray_session, monkeypatch):
+    from nakt_ray import training
+    from nakt_ray.training import shuffle_rows
+
+    rows = [{"image": torch.zeros(1, 16, 16).numpy()} for _ in range(50)]
+    held = ray_session.data.from_items(rows).materialize()
+    assert shuffle_rows(held, batch_size=4, workers=1) == 50  # the whole set
+    assert shuffle_rows(held, batch_size=4, workers=2) == 25  # each worker's shard
+    streaming = ray_session.data.from_items(rows).map_batches(lambda b: b)  # a lazy pipeline, not held
+    assert shuffle_rows(streaming, batch_size=4, workers=1) == 16  # 4 batches
+    monkeypatch.setattr(training, "SHUFFLE_BYTES", 30 * 1024)  # ~30 rows of 1 KiB: the buffer is capped by bytes
+    assert 16 < shuffle_rows(held, batch_size=4, workers=1) <= 30
+
+
+def test_annotation_sets_are_decoded_in_tasks_of_megabytes_not_in_training_batches():
+    from nakt_ray.datasets import DECODE_BYTES, decode_rows, decoded_row_bytes
+
+    manifest = {"image_shape": [1, 128, 128], "label_shape": [2, 128, 128], "prob_dtype": "uint8"}
+    assert decoded_row_bytes(manifest) == 4 * 128 * 128 + 2 * 128 * 128
+    assert decode_rows(manifest, batch_size=8) == DECODE_BYTES // (6 * 128 * 128)  # 170 rows, not 8
+    huge = {"image_shape": [3, 4096, 4096], "label_shape": [4, 4096, 4096], "prob_dtype": "float16"}
+    assert decode_rows(huge, batch_size=2) == 2  # never below a training batch

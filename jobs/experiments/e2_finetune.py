@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -124,8 +125,7 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
     mlflow.set_experiment("e2")
     with mlflow.start_run(run_name="e2-summary"):
         for name, r in m.items():
-            mlflow.log_metric(f"dice.{name.replace(' ', '_').replace('=', '').replace('(', '').replace(')', '')}",
-                              r["dice"])
+            mlflow.log_metric("dice." + re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_"), r["dice"])
         mlflow.log_artifacts(str(out), artifact_path="results")
 
 
