@@ -9,8 +9,9 @@ import ray
 
 from nakt_ray.config import RayConfig
 
-# Every Ray worker process runs this before it unpickles anything, so a worker that meets a timm model (or
-# imports timm itself) can import torchvision where the PyPI CUDA build does not load against CPU torch.
+# Every Ray worker process runs this before it unpickles anything: it installs an import hook (importing nothing),
+# so a worker that meets a timm model (or imports timm itself) can import torchvision where the PyPI CUDA build does
+# not load against CPU torch, and a worker that never does pays nothing (decision 36).
 WORKER_SETUP_HOOK = "nakt_ray._torchvision_compat.install_import_hook"
 
 # Ray Data 2.60 shares a cluster's CPUs between the live dataset executions through one coordinator actor, in
