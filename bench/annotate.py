@@ -4,13 +4,15 @@
     .venv/bin/python bench/annotate.py --size 512 --batch 16   # e.g. on a GPU machine
     .venv/bin/python bench/annotate.py --images DIR --limit 100 --repeat 0   # any folder, no 4x memory run
 
-Cost on 2 CPU cores: ~5-8 min with defaults (both paths at 1x, the pipeline again at 4x).
+Cost on 2 CPU cores: ~6-9 min with defaults (plain loop and both pipeline layouts at 1x, the pipeline at 4x).
 
 Both paths run the same three teachers of different architectures (unet, segresnet, attention_unet; random
 weights: throughput does not depend on them) over the same images with the same code for decoding and
 preprocessing (``datasets.decode_batch``), inference (``annotate.TeacherPredictor``), fusion
 (``annotate.fuse_batch``, mean) and the same Parquet schema. The plain loop runs them one after another in this
-process with all cores for torch; the pipeline runs ``annotate.annotate`` on a fresh local Ray instance.
+process with all cores for torch; the pipeline runs ``annotate.annotate`` on a fresh local Ray instance, in the
+layout ``--pools`` (default ``auto``: one shared pool of all-teacher actors on a machine without GPUs) and, side
+by side, again with one actor pool per teacher.
 
 Printed and written as JSON (``--out``): images/s of each path, the ratio pipeline / plain, peak memory of each
 (PSS summed over the process and all its descendants, i.e. Ray's processes too, sampled every 0.5 s from
@@ -119,7 +121,7 @@ def image_folder(src: Path, dst: Path, limit: int | None, repeat: int) -> Path:
 
 
 def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], size: int, batch: int, actors: int,
-               decode_batch: int | None = None):
+               decode_batch: int | None = None, pools: str = "auto"):
     from nakt_ray import config
 
     return config.from_dict({
@@ -127,7 +129,7 @@ def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], siz
         "data": {"labels": ["background", "head"], "transferal": str(images)},
         "preprocess": {"size": [size, size]},
         "teachers": [{"name": n, "checkpoint": p, "batch_size": batch, "actors": actors} for n, p in teachers],
-        "annotate": {"decode_batch_size": decode_batch or batch},
+        "annotate": {"decode_batch_size": decode_batch or batch, "pools": pools},
     })
 
 
@@ -180,7 +182,8 @@ def pipeline(cfg) -> dict:
     summary = annotate(cfg)
     wall = time.perf_counter() - t0
     ray.shutdown()
-    return {"images": summary["cases_read"], "failed": summary["failed"], "wall_s": wall, "ray_init_s": t_ray,
+    return {"images": summary["cases_read"], "failed": summary["failed"], "pools": summary["pools"],
+            "wall_s": wall, "ray_init_s": t_ray,
             "images_per_s": summary["cases_read"] / wall,
             "images_per_s_excluding_ray_init": summary["cases_read"] / (wall - t_ray)}
 
@@ -193,7 +196,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="batch size of decoding and of every teacher")
     p.add_argument("--decode-batch", type=int, default=16,
                    help="rows per decode and fusion task of the pipeline (the plain loop works in --batch)")
-    p.add_argument("--actors", type=int, default=1, help="actors per teacher pool")
+    p.add_argument("--actors", type=int, default=1, help="actors per teacher pool (per_teacher layout)")
+    p.add_argument("--pools", default="auto", choices=["auto", "per_teacher", "shared"],
+                   help="annotate.pools of the pipeline runs (auto: shared without GPUs, per_teacher with)")
+    p.add_argument("--no-per-teacher", action="store_true",
+                   help="skip the extra 1x pipeline run with one pool per teacher (run when --pools is not it)")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")
     p.add_argument("--out", type=Path, default=Path("bench/results/annotate.json"))
     args = p.parse_args()
@@ -206,7 +213,8 @@ def main() -> None:
     try:
         teachers = make_teachers(work / "teachers", args.size)
         one = image_folder(args.images, work / "images_1x", args.limit, 1)
-        cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors, args.decode_batch)
+        cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors, args.decode_batch,
+                         args.pools)
 
         with PeakMemory() as mem_plain:
             plain = plain_loop(cfg, work / "plain_out")
@@ -220,11 +228,18 @@ def main() -> None:
             "plain_loop": plain, "ray_pipeline": ray_1x,
             "ratio_pipeline_over_plain": ray_1x["images_per_s"] / plain["images_per_s"],
         }
+        if not args.no_per_teacher and ray_1x["pools"] != "per_teacher":  # the other layout, side by side
+            with PeakMemory() as mem_pt:
+                per_teacher = pipeline(run_config(work / "ray_1x_per_teacher", one, teachers, args.size, args.batch,
+                                                  args.actors, args.decode_batch, "per_teacher"))
+            per_teacher["peak_memory_mb"] = mem_pt.peak / 2**20
+            result["ray_pipeline_per_teacher"] = per_teacher
+            result["ratio_per_teacher_pipeline_over_plain"] = per_teacher["images_per_s"] / plain["images_per_s"]
         if args.repeat:
             many = image_folder(args.images, work / f"images_{args.repeat}x", args.limit, args.repeat)
             with PeakMemory() as mem_many:
                 ray_nx = pipeline(run_config(work / f"ray_{args.repeat}x", many, teachers, args.size, args.batch,
-                                             args.actors, args.decode_batch))
+                                             args.actors, args.decode_batch, args.pools))
             ray_nx["peak_memory_mb"] = mem_many.peak / 2**20
             result[f"ray_pipeline_{args.repeat}x"] = ray_nx
             result["memory_ratio_nx_over_1x"] = ray_nx["peak_memory_mb"] / ray_1x["peak_memory_mb"]
@@ -234,9 +249,14 @@ def main() -> None:
     print(f"\nannotation benchmark: {plain['images']} images, teachers {', '.join(result['teachers'])}, "
           f"{args.size}x{args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
     print(f"  plain PyTorch loop : {plain['images_per_s']:7.2f} images/s  peak {plain['peak_memory_mb']:7.0f} MB")
-    print(f"  nakt Ray pipeline  : {ray_1x['images_per_s']:7.2f} images/s  peak {ray_1x['peak_memory_mb']:7.0f} MB"
-          f"  ({ray_1x['images_per_s_excluding_ray_init']:.2f} images/s without Ray start-up)")
-    print(f"  ratio pipeline / plain: {result['ratio_pipeline_over_plain']:.3f}")
+    runs = [("ray_pipeline", "ratio_pipeline_over_plain"),
+            ("ray_pipeline_per_teacher", "ratio_per_teacher_pipeline_over_plain")]
+    for key, ratio in runs:
+        if key in result:
+            r = result[key]
+            print(f"  nakt Ray pipeline, {r['pools']:11s}: {r['images_per_s']:7.2f} images/s  peak "
+                  f"{r['peak_memory_mb']:7.0f} MB  ({r['images_per_s_excluding_ray_init']:.2f} images/s without "
+                  f"Ray start-up)  ratio / plain {result[ratio]:.3f}")
     if args.repeat:
         nx = result[f"ray_pipeline_{args.repeat}x"]
         print(f"  pipeline at {args.repeat}x input: {nx['images_per_s']:.2f} images/s, peak {nx['peak_memory_mb']:.0f} MB "

@@ -1,10 +1,16 @@
-"""Annotation: stream a transferal set through one Ray Data actor pool per teacher, fuse, write Parquet.
+"""Annotation: stream a transferal set through the teachers' Ray Data actor pools, fuse, write Parquet.
 
     cases -> decode + preprocess (CPU tasks) -> teacher 1 pool -> ... -> teacher T pool -> fuse (tasks) -> Parquet
 
 Each teacher pool is ``map_batches(TeacherPredictor, compute=ActorPoolStrategy(size=actors))`` with the
-teacher's own batch size, CPUs and GPUs. A case that fails anywhere keeps its row with ``status = "error"`` and the
-reason, so the written set accounts for every input case exactly once (checked before the summary is written).
+teacher's own batch size, CPUs and GPUs (``annotate.pools: per_teacher``, the layout on GPU clusters). On a
+cluster without GPUs the default is one shared pool instead, whose actors (:class:`EnsemblePredictor`, one per
+CPU) each host every teacher (``annotate.pools: shared``):
+
+    cases -> decode + preprocess (CPU tasks) -> ensemble pool (teachers 1..T in each actor) -> fuse -> Parquet
+
+A case that fails anywhere keeps its row with ``status = "error"`` and the reason, so the written set accounts for
+every input case exactly once (checked before the summary is written).
 """
 from __future__ import annotations
 
@@ -65,6 +71,29 @@ class TeacherPredictor:
         if ok.any():
             out[ok] = ann.quantize(self.predict(np.ascontiguousarray(images[ok], dtype=np.float32)), self.prob_dtype)
         batch[self.column] = out
+        return batch
+
+
+class EnsemblePredictor:
+    """Ray Data actor UDF of the ``shared`` layout: hosts every teacher and adds each one's ``prob__<name>``
+    column, running the teachers one after another on a batch, each in slices of its own batch size.
+
+    ``teachers`` are :class:`TeacherPredictor` keyword arguments, one dict per teacher; ``predictor_cls`` builds
+    each (a subclass, e.g. for fault injection, works as in the ``per_teacher`` layout). Rows with an ``error``
+    pass through with zeros, as there.
+    """
+
+    def __init__(self, teachers: list[dict[str, Any]], batch_sizes: list[int], num_threads: int = 1,
+                 predictor_cls: type = TeacherPredictor):
+        self.predictors = [predictor_cls(**kw, num_threads=num_threads) for kw in teachers]
+        self.batch_sizes = batch_sizes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["error"])
+        for predictor, size in zip(self.predictors, self.batch_sizes):
+            parts = [predictor({TEACHER_INPUT: batch[TEACHER_INPUT][i:i + size], "error": batch["error"][i:i + size]})
+                     [predictor.column] for i in range(0, max(n, 1), size)]
+            batch[predictor.column] = np.concatenate(parts)
         return batch
 
 
@@ -167,26 +196,61 @@ def light_task_pool():
 ACTOR_RESTARTS = 3
 
 
+def pool_layout(pools: str) -> str:
+    """``annotate.pools`` resolved on the connected cluster: ``auto`` is ``per_teacher`` with GPUs, else ``shared``."""
+    from nakt_ray.runtime import cluster_has_gpus
+
+    if pools not in ("auto", "per_teacher", "shared"):
+        raise ValueError(f"annotate.pools {pools!r}: expected auto, per_teacher or shared")
+    if pools != "auto":
+        return pools
+    return "per_teacher" if cluster_has_gpus() else "shared"
+
+
 def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int,
                       tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor,
-                      prob_dtype: str = "uint8") -> Any:
-    """Append one actor pool per teacher to ``ds`` (the ``image``/``error`` columns of :func:`decode_batch`).
+                      prob_dtype: str = "uint8", pools: str = "per_teacher",
+                      shared_actors: int | None = None) -> Any:
+    """Append the teachers' actor pools to ``ds`` (the ``image``/``error`` columns of :func:`decode_batch`):
+    one pool per teacher, or with ``pools="shared"`` one pool of :class:`EnsemblePredictor` actors
+    (``shared_actors`` of them; see ``config.AnnotateConfig``). Either way every teacher's column is added.
 
-    ``predictor_cls`` is the actor class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection).
+    ``predictor_cls`` is the per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection).
     """
     from ray.data import ActorPoolStrategy
 
     from nakt_ray.runtime import cluster_has_gpus
 
+    def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
+        return dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes, in_channels=in_channels,
+                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype)
+
     gpus = cluster_has_gpus()
+    if pool_layout(pools) == "shared":
+        # Every actor hosts all teachers; one torch thread each, one actor per CPU (or per GPU), so the cores are
+        # shared by whole batches instead of being time-shared by one process per teacher.
+        import ray
+
+        cpus = ray.cluster_resources().get("CPU", 1)
+        size = shared_actors or max(1, int(ray.cluster_resources().get("GPU", 0)) if gpus else int(cpus))
+        return ds.map_batches(
+            EnsemblePredictor,
+            fn_constructor_kwargs=dict(teachers=[teacher_kwargs(t) for t in teachers],
+                                       batch_sizes=[t.batch_size for t in teachers], num_threads=1,
+                                       predictor_cls=predictor_cls),
+            compute=ActorPoolStrategy(size=size),
+            batch_size=max(t.batch_size for t in teachers),
+            num_cpus=min(1.0, max(cpus - TASK_CPU_RESERVE, 0.05) / size),
+            num_gpus=1.0 if gpus else 0.0,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=-1,
+        )
     scale = pool_cpu_scale(teachers)
     for t in teachers:
         num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
         ds = ds.map_batches(
             predictor_cls,
-            fn_constructor_kwargs=dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes,
-                                       in_channels=in_channels, num_threads=max(1, int(t.num_cpus)),
-                                       options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype),
+            fn_constructor_kwargs=dict(**teacher_kwargs(t), num_threads=max(1, int(t.num_cpus))),
             compute=ActorPoolStrategy(size=t.actors),
             batch_size=t.batch_size,
             num_cpus=t.num_cpus * scale,
@@ -305,7 +369,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
         ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
         ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
-                               cfg.annotate.prob_dtype)
+                               cfg.annotate.prob_dtype, cfg.annotate.pools, cfg.annotate.shared_actors)
         ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
         ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
@@ -325,7 +389,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     summary = {"cases_read": len(cases), "annotated": len(cases) - len(errors), "failed": len(errors),
                "wall_s": round(wall, 2), "images_per_s": round(len(todo) / wall, 2), "output": str(out_dir),
                "resumed_cases": len(done), "discarded_files": discarded,
-               "teachers": names, "fusion": cfg.fusion.rule}
+               "teachers": names, "fusion": cfg.fusion.rule, "pools": pool_layout(cfg.annotate.pools)}
     storage.write_text(storage.join(out_dir, ann.SUMMARY), json.dumps(summary, indent=2))
     storage.write_text(storage.join(out_dir, "errors.json"), json.dumps(errors, indent=2))
     return summary

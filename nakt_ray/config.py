@@ -268,14 +268,26 @@ class FusionConfig:
 class AnnotateConfig:
     """The annotation run. ``output`` defaults to ``<run_dir>/annotations``; it may be an object-store URI
     (``s3://bucket/prefix``, ``gs://...``, ``file:///...``; see ``nakt_ray/storage.py``). ``prob_dtype``: how
-    probability maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16."""
+    probability maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16.
+
+    ``pools`` lays out the teachers' actors: ``per_teacher`` gives each teacher an actor pool of its own, sized
+    by its ``actors``, ``num_cpus`` and ``num_gpus`` (each teacher on its own GPU share); ``shared`` runs one pool
+    whose actors each host every teacher and run them one after another on a batch (each teacher still in its own
+    ``batch_size``), ``shared_actors`` of them (default: one per cluster CPU, or per GPU), each with one torch
+    thread; ``auto`` (the default) is ``per_teacher`` on a cluster with GPUs and ``shared`` on one without:
+    on CPUs, pools of their own only time-share the same cores, and every batch crosses the object store once per
+    teacher (decision 39)."""
 
     output: str | None = None
     prob_dtype: Literal["uint8", "float16"] = "uint8"
     decode_batch_size: int = 16
     rows_per_file: int = 256
+    pools: Literal["auto", "per_teacher", "shared"] = "auto"
+    shared_actors: int | None = None
 
     def _validate(self, p: str) -> None:
+        if self.shared_actors is not None and self.shared_actors < 1:
+            _fail(f"{p}shared_actors", self.shared_actors, "an integer >= 1, or null (one per CPU or GPU)")
         if self.decode_batch_size < 1:
             _fail(f"{p}decode_batch_size", self.decode_batch_size, "an integer >= 1")
         if self.rows_per_file < 1:

@@ -69,7 +69,8 @@ def evaluate(cfg: Any, models: dict[str, str], data: str, out_dir: str | Path, e
     ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.25,
                         fn_kwargs=dict(preprocess=pre, num_classes=num_classes, mask_values=cfg.data.mask_values,
                                        keep_mask=True))
-    ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri)
+    ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri, pools=cfg.annotate.pools,
+                           shared_actors=cfg.annotate.shared_actors)
     ds = ds.map_batches(score_batch, batch_size=batch_size, num_cpus=0.25,
                         fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes))
     rows = ds.take_all()

@@ -103,7 +103,7 @@ def corrupt_copy(src: Path, dst: Path, corrupt: list[str]) -> Path:
 @pytest.fixture(scope="session")
 def annotated(ray_session, tmp_path_factory, synthetic_dirs):
     """A real annotate() run (shared by the annotation and student tests): two TorchScript teachers (one with
-    two actors), six cases of which one is corrupt."""
+    two actors, in pools of their own: ``annotate.pools: per_teacher``), six cases of which one is corrupt."""
     from nakt_ray import config
     from nakt_ray.annotate import annotate
 
@@ -115,7 +115,7 @@ def annotated(ray_session, tmp_path_factory, synthetic_dirs):
         {"name": "t1", "checkpoint": str(make_scripted_teacher(tmp / "t1.ts", "t1", seed=1)), "batch_size": 2},
         {"name": "t2", "checkpoint": str(make_scripted_teacher(tmp / "t2.ts", "t2", seed=2)), "actors": 2}])
     raw["data"]["transferal"] = str(src)
-    raw["annotate"] = {"decode_batch_size": 2, "rows_per_file": 2}
+    raw["annotate"] = {"decode_batch_size": 2, "rows_per_file": 2, "pools": "per_teacher"}
     cfg = config.from_dict(raw)
     return cfg, annotate(cfg), victim.stem
 

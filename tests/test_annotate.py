@@ -8,7 +8,7 @@ import pytest
 
 from nakt_ray import annotations as ann
 from nakt_ray import config
-from nakt_ray.annotate import TeacherError, TeacherPredictor, annotate, fuse_batch
+from nakt_ray.annotate import EnsemblePredictor, TeacherError, TeacherPredictor, annotate, fuse_batch, pool_layout
 from nakt_ray.datasets import decode_batch
 from nakt_ray.sources import list_cases
 
@@ -45,6 +45,52 @@ def test_teacher_predictor_called_directly(tmp_path, synthetic_dirs):
     assert probs.dtype == np.uint8 and probs.shape == (6, 2, 32, 32)
     assert np.abs(probs[[0, 1, 3, 4, 5]].astype(int).sum(1) - 255).max() <= 1  # probabilities, quantised
     assert probs[2].max() == 0  # failed rows pass through empty
+
+
+def test_ensemble_predictor_adds_every_teacher_in_its_own_batch_size(tmp_path, synthetic_dirs):
+    paths = [make_teacher(tmp_path / f"t{i}.pt", f"t{i}", seed=i) for i in (1, 2)]
+    kwargs = [dict(checkpoint=str(p), name=f"t{i}", num_classes=2, in_channels=1) for i, p in zip((1, 2), paths)]
+    batch = decode_batch(_batch(list_cases(synthetic_dirs["mixed"])), preprocess=config.PreprocessConfig(size=(32, 32)),
+                         num_classes=2)
+    batch["error"][4] = "decode: broken"
+    sizes = []
+
+    class Counting(TeacherPredictor):  # records the batch sizes it is called with
+        def __call__(self, b):
+            sizes.append((self.name, len(b["error"])))
+            return super().__call__(b)
+
+    out = EnsemblePredictor(kwargs, batch_sizes=[4, 5], predictor_cls=Counting)(dict(batch))
+    assert sizes == [("t1", 4), ("t1", 2), ("t2", 5), ("t2", 1)]
+    for kw in kwargs:  # the same maps as the teacher alone on the whole batch
+        alone = TeacherPredictor(**kw)(dict(batch))[f"prob__{kw['name']}"]
+        np.testing.assert_array_equal(out[f"prob__{kw['name']}"], alone)
+        assert out[f"prob__{kw['name']}"][4].max() == 0
+    empty = {k: v[:0] for k, v in batch.items()}
+    assert EnsemblePredictor(kwargs, batch_sizes=[4, 5])(empty)["prob__t1"].shape == (0, 2, 32, 32)
+
+
+def test_pool_layout_auto_is_shared_without_gpus(ray_session):
+    assert pool_layout("auto") == "shared"  # the test cluster has no GPUs
+    assert pool_layout("per_teacher") == "per_teacher"
+    with pytest.raises(ValueError, match="annotate.pools 'both'"):
+        pool_layout("both")
+
+
+def test_shared_pool_gives_the_per_teacher_result(annotated, tmp_path):
+    cfg, summary, _ = annotated
+    shared = config.from_dict({**cfg.to_dict(), "annotate": {**cfg.to_dict()["annotate"], "pools": "shared",
+                                                             "shared_actors": 2}})
+    out = annotate(shared, output=str(tmp_path / "shared"))
+    assert out["pools"] == "shared" and summary["pools"] == "per_teacher"
+    assert (out["annotated"], out["failed"]) == (summary["annotated"], summary["failed"])
+    cols = ["case_id", "status", "error", "prob__t1", "prob__t2", "soft_label", "hard_label"]
+
+    def rows(folder):
+        t = ann.read_table(folder, columns=cols).to_pydict()
+        return sorted(zip(*(t[c] for c in cols)))
+
+    assert rows(tmp_path / "shared") == rows(cfg.annotations_dir)
 
 
 def test_teacher_with_other_input_size_is_resampled(tmp_path):
@@ -266,13 +312,15 @@ def test_annotate_with_teachers_from_all_four_sources(ray_session, tmp_path, syn
     assert min(table["agreement"]) == pytest.approx(1.0)
 
 
-def test_a_teacher_actor_that_dies_is_restarted_and_its_batch_retried(annotated, tmp_path):
+@pytest.mark.parametrize("pools", ["per_teacher", "shared"])
+def test_a_teacher_actor_that_dies_is_restarted_and_its_batch_retried(annotated, tmp_path, pools):
     import os
     import sys
 
     import cloudpickle
 
     cfg, _, _ = annotated
+    run_cfg = config.from_dict({**cfg.to_dict(), "annotate": {**cfg.to_dict()["annotate"], "pools": pools}})
 
     class DiesOnce(TeacherPredictor):
         marker = str(tmp_path / "died")
@@ -285,7 +333,7 @@ def test_a_teacher_actor_that_dies_is_restarted_and_its_batch_retried(annotated,
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get the class by value
     try:
-        summary = annotate(cfg, output=str(tmp_path / "ann"), predictor_cls=DiesOnce)
+        summary = annotate(run_cfg, output=str(tmp_path / "ann"), predictor_cls=DiesOnce)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert os.path.exists(DiesOnce.marker)  # the actor did die
