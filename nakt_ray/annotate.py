@@ -318,6 +318,15 @@ def resume_state(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[set[str
     return done, discarded
 
 
+def _earlier_summaries(out_dir: str) -> list[dict[str, Any]]:
+    """The summaries an interrupted or finished run left in ``out_dir`` (its own and those it kept), oldest first."""
+    try:
+        previous = json.loads(storage.read_text(storage.join(out_dir, ann.SUMMARY)))
+    except (FileNotFoundError, OSError, ValueError):
+        return []
+    return [*previous.pop("earlier_runs", []), previous]
+
+
 def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
              predictor_cls: type = TeacherPredictor, resume: bool = False) -> dict[str, Any]:
     """Run the annotation pipeline for ``cfg`` (a RunConfig); returns the summary (also saved as JSON).
@@ -346,7 +355,9 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     from nakt_ray.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
+    t_probe = time.perf_counter()
     records = check_teachers(teachers, cfg.data.num_classes, pre.in_channels, uri)
+    t_probe = time.perf_counter() - t_probe
     cases = list_cases(source)
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
     manifest = {
@@ -377,6 +388,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     wall = time.perf_counter() - t0
 
     # 5. Account for every case, write the manifest, the summary and the errors table.
+    t_account = time.perf_counter()
     table = ann.read_table(out_dir, columns=["case_id", "status", "error"]).to_pydict()
     expected = {c.case_id for c in cases}
     seen = table["case_id"]
@@ -386,10 +398,16 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     errors = [{"case_id": c, "stage": e.split(":", 1)[0], "reason": e}
               for c, s, e in zip(table["case_id"], table["status"], table["error"]) if s != "ok"]
     ann.write_manifest(out_dir, {**manifest, "num_cases": len(cases)})
+    # A resumed run keeps the figures of the runs before it (a resume over a finished set annotates nothing).
+    earlier = _earlier_summaries(out_dir) if resume else []
     summary = {"cases_read": len(cases), "annotated": len(cases) - len(errors), "failed": len(errors),
-               "wall_s": round(wall, 2), "images_per_s": round(len(todo) / wall, 2), "output": str(out_dir),
+               "wall_s": round(wall, 2), "images_per_s": round(len(todo) / wall, 2) if todo else None,
+               "cases_this_run": len(todo), "output": str(out_dir),
                "resumed_cases": len(done), "discarded_files": discarded,
-               "teachers": names, "fusion": cfg.fusion.rule, "pools": pool_layout(cfg.annotate.pools)}
+               "teachers": names, "fusion": cfg.fusion.rule, "pools": pool_layout(cfg.annotate.pools),
+               "phases_s": {"probe_teachers": round(t_probe, 2), "pipeline": round(wall, 2),
+                            "accounting": round(time.perf_counter() - t_account, 2)},
+               **({"earlier_runs": earlier} if earlier else {})}
     storage.write_text(storage.join(out_dir, ann.SUMMARY), json.dumps(summary, indent=2))
     storage.write_text(storage.join(out_dir, "errors.json"), json.dumps(errors, indent=2))
     return summary

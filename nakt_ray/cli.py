@@ -55,7 +55,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         import mlflow
 
         summary = annotate(cfg, transferal=args.transferal, output=args.output, resume=args.resume)
-        mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s", "images_per_s")})
+        mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s", "images_per_s")
+                            if summary[k] is not None})  # images_per_s is None when a resume had nothing to do
         for name in ("manifest.json", "summary.json", "errors.json"):  # the output may be a URI (s3://...)
             mlflow.log_text(storage.read_text(storage.join(summary["output"], name)), f"annotations/{name}")
         summary["mlflow_run_id"] = run.info.run_id

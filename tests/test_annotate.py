@@ -373,6 +373,10 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(annotated, 
     # Resuming a finished set does nothing and still accounts for every case.
     again = annotate(cfg, output=str(partial), resume=True)
     assert again["resumed_cases"] == 6 and rows(partial) == rows(cfg.annotations_dir)
+    # ... and keeps the figures of the run that did the work (it used to overwrite them with zeros).
+    assert again["cases_this_run"] == 0 and again["images_per_s"] is None
+    assert [e["cases_this_run"] for e in again["earlier_runs"]] == [4]
+    assert again["earlier_runs"][0]["images_per_s"] == summary["images_per_s"] > 0
 
 
 def test_float16_storage_option(annotated, tmp_path):

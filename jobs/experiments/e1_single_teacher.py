@@ -1,11 +1,11 @@
 """E1 — one teacher, one student, across architectures (the paper's first study), on HC18.
 
-    .venv/bin/python jobs/experiments/e1_single_teacher.py            # full: ~50 min on 2 CPU cores (96x96)
+    .venv/bin/python jobs/experiments/e1_single_teacher.py            # full: 17.5 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e1_single_teacher.py --smoke    # same path, tiny: ~5 min (quiet machine)
 
-Full-run cost (estimated from per-image step times measured at 96x96 on 2 cores, not from a full run): teachers
-~10 min (40 epochs), the nine students ~35 min (20 epochs each; a SegResNet or timm student ~14 s per epoch on
-178 cases, a UNet ~6 s), annotation and evaluation ~4 min.
+Full-run cost, measured 2026-12-01 on 2 cores (the host's speed drifts by up to ~2x; allow 35 min): teachers
+46 + 71 + 113 s (40 epochs), annotation 38 s, the nine students 27-112 s each (20 epochs; a UNet ~1.5-2.5 s an
+epoch on 178 cases, a SegResNet or timm student ~4-5.5 s), test evaluation of the 12 models 124 s.
 
 Protocol (``nakt_ray/protocol.py``, seed 0, split by subject): three teachers of different families, all trained
 on ``site_a`` only so that they differ by architecture alone:
