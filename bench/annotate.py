@@ -121,7 +121,7 @@ def image_folder(src: Path, dst: Path, limit: int | None, repeat: int) -> Path:
 
 
 def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], size: int, batch: int, actors: int,
-               decode_batch: int | None = None, pools: str = "auto"):
+               decode_batch: int | None = None, pools: str = "auto", shared_actors: int | None = None):
     from nakt_ray import config
 
     return config.from_dict({
@@ -129,7 +129,7 @@ def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], siz
         "data": {"labels": ["background", "head"], "transferal": str(images)},
         "preprocess": {"size": [size, size]},
         "teachers": [{"name": n, "checkpoint": p, "batch_size": batch, "actors": actors} for n, p in teachers],
-        "annotate": {"decode_batch_size": decode_batch or batch, "pools": pools},
+        "annotate": {"decode_batch_size": decode_batch or batch, "pools": pools, "shared_actors": shared_actors},
     })
 
 
@@ -199,6 +199,8 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=1, help="actors per teacher pool (per_teacher layout)")
     p.add_argument("--pools", default="auto", choices=["auto", "per_teacher", "shared"],
                    help="annotate.pools of the pipeline runs (auto: shared without GPUs, per_teacher with)")
+    p.add_argument("--shared-actors", type=int, default=None,
+                   help="annotate.shared_actors (default: one per 4 CPUs, each with that many torch threads)")
     p.add_argument("--no-per-teacher", action="store_true",
                    help="skip the extra 1x pipeline run with one pool per teacher (run when --pools is not it)")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")
@@ -214,7 +216,7 @@ def main() -> None:
         teachers = make_teachers(work / "teachers", args.size)
         one = image_folder(args.images, work / "images_1x", args.limit, 1)
         cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors, args.decode_batch,
-                         args.pools)
+                         args.pools, args.shared_actors)
 
         with PeakMemory() as mem_plain:
             plain = plain_loop(cfg, work / "plain_out")
@@ -239,7 +241,7 @@ def main() -> None:
             many = image_folder(args.images, work / f"images_{args.repeat}x", args.limit, args.repeat)
             with PeakMemory() as mem_many:
                 ray_nx = pipeline(run_config(work / f"ray_{args.repeat}x", many, teachers, args.size, args.batch,
-                                             args.actors, args.decode_batch, args.pools))
+                                             args.actors, args.decode_batch, args.pools, args.shared_actors))
             ray_nx["peak_memory_mb"] = mem_many.peak / 2**20
             result[f"ray_pipeline_{args.repeat}x"] = ray_nx
             result["memory_ratio_nx_over_1x"] = ray_nx["peak_memory_mb"] / ray_1x["peak_memory_mb"]

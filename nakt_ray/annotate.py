@@ -153,12 +153,18 @@ class TeacherRef:
 # CPUs kept free of actor pools for the decode and fuse tasks: actors that hold every CPU starve the tasks that
 # feed them and the pipeline hangs without an error (PLATFORM_NOTES, deadlock 1).
 TASK_CPU_RESERVE = 0.5
+# Share of the cluster's CPUs (as Ray counts them) that the actor pools leave to the decode, fuse and write tasks.
+# Ray Data budgets each operator from what the actors do not hold: with the actors at 1.5 of 2 CPUs, decoding and
+# fusion ran one task at a time and paced the whole run (measured, 600 HC18 images: decision 39). A Ray CPU is a
+# scheduling figure, not a thread limit, so this changes placement and budgets, not how many threads compute.
+TASK_CPU_SHARE = 0.5
+# Torch threads per actor of the shared layout on CPU: one actor per this many CPUs (at least one actor).
+SHARED_ACTOR_THREADS = 4
 
 
 def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
-    """Factor (<= 1) applied to every pool's ``num_cpus`` so all actors together leave room for the tasks.
-
-    Ray's CPU figure is a scheduling quantity, not a thread limit, so scaling it down changes placement only.
+    """Factor (<= 1) applied to every pool's ``num_cpus`` so all actors together leave ``TASK_CPU_SHARE`` of the
+    cluster's CPUs to the tasks. Warns when the pools ask for more than the cluster has.
     """
     import warnings
 
@@ -166,12 +172,21 @@ def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
 
     total = ray.cluster_resources().get("CPU", 0)
     wanted = sum(t.num_cpus * t.actors for t in teachers)
-    room = max(total - TASK_CPU_RESERVE, 0.05 * len(teachers))
-    if wanted <= room:
-        return 1.0
-    warnings.warn(f"teacher pools ask for {wanted:g} CPUs but the cluster has {total:g}; scaling every pool's "
-                  f"num_cpus by {room / wanted:.2f} so decoding tasks can still run", stacklevel=2)
-    return room / wanted
+    room = max(total * (1 - TASK_CPU_SHARE), 0.05 * len(teachers))
+    if wanted > total - TASK_CPU_RESERVE:
+        warnings.warn(f"teacher pools ask for {wanted:g} CPUs but the cluster has {total:g}; scaling every pool's "
+                      f"num_cpus by {room / wanted:.2f} so decoding tasks can still run", stacklevel=2)
+    return min(1.0, room / wanted)
+
+
+def shared_pool_size(cpus: float, gpus: float, requested: int | None = None) -> tuple[int, int, float]:
+    """Actors, torch threads per actor and Ray CPUs per actor of the shared layout on a cluster with ``cpus`` CPUs
+    and ``gpus`` GPUs: one actor per GPU, else one per ``SHARED_ACTOR_THREADS`` CPUs (one with 2 threads on a
+    2-core machine: one process starts instead of one per teacher, ~5 s of CPU each for torch and MONAI), unless
+    ``requested``."""
+    actors = requested or (int(gpus) if gpus >= 1 else max(1, int(cpus) // SHARED_ACTOR_THREADS))
+    threads = max(1, int(cpus) // actors)
+    return actors, threads, max(0.05, cpus * (1 - TASK_CPU_SHARE) / actors)
 
 
 def light_task_pool():
@@ -227,20 +242,20 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
 
     gpus = cluster_has_gpus()
     if pool_layout(pools) == "shared":
-        # Every actor hosts all teachers; one torch thread each, one actor per CPU (or per GPU), so the cores are
-        # shared by whole batches instead of being time-shared by one process per teacher.
+        # Every actor hosts all teachers (one per GPU, or one per few CPUs with that many torch threads), so the
+        # cores are shared by whole batches instead of being time-shared by one process per teacher.
         import ray
 
-        cpus = ray.cluster_resources().get("CPU", 1)
-        size = shared_actors or max(1, int(ray.cluster_resources().get("GPU", 0)) if gpus else int(cpus))
+        resources = ray.cluster_resources()
+        size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
         return ds.map_batches(
             EnsemblePredictor,
             fn_constructor_kwargs=dict(teachers=[teacher_kwargs(t) for t in teachers],
-                                       batch_sizes=[t.batch_size for t in teachers], num_threads=1,
+                                       batch_sizes=[t.batch_size for t in teachers], num_threads=threads,
                                        predictor_cls=predictor_cls),
             compute=ActorPoolStrategy(size=size),
             batch_size=max(t.batch_size for t in teachers),
-            num_cpus=min(1.0, max(cpus - TASK_CPU_RESERVE, 0.05) / size),
+            num_cpus=cpus,
             num_gpus=1.0 if gpus else 0.0,
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=-1,

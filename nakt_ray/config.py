@@ -273,9 +273,9 @@ class AnnotateConfig:
     ``pools`` lays out the teachers' actors: ``per_teacher`` gives each teacher an actor pool of its own, sized
     by its ``actors``, ``num_cpus`` and ``num_gpus`` (each teacher on its own GPU share); ``shared`` runs one pool
     whose actors each host every teacher and run them one after another on a batch (each teacher still in its own
-    ``batch_size``), ``shared_actors`` of them (default: one per cluster CPU, or per GPU), each with one torch
-    thread; ``auto`` (the default) is ``per_teacher`` on a cluster with GPUs and ``shared`` on one without:
-    on CPUs, pools of their own only time-share the same cores, and every batch crosses the object store once per
+    ``batch_size``), ``shared_actors`` of them (default: one per GPU, else one per 4 CPUs, at least one), the
+    cluster's CPUs split between them as torch threads; ``auto`` (the default) is ``per_teacher`` on a cluster
+    with GPUs and ``shared`` on one without: on CPUs, pools of their own only time-share the same cores, and every batch crosses the object store once per
     teacher (decision 39)."""
 
     output: str | None = None
@@ -287,7 +287,7 @@ class AnnotateConfig:
 
     def _validate(self, p: str) -> None:
         if self.shared_actors is not None and self.shared_actors < 1:
-            _fail(f"{p}shared_actors", self.shared_actors, "an integer >= 1, or null (one per CPU or GPU)")
+            _fail(f"{p}shared_actors", self.shared_actors, "an integer >= 1, or null (one per GPU, else per 4 CPUs)")
         if self.decode_batch_size < 1:
             _fail(f"{p}decode_batch_size", self.decode_batch_size, "an integer >= 1")
         if self.rows_per_file < 1:

@@ -8,7 +8,8 @@ import pytest
 
 from nakt_ray import annotations as ann
 from nakt_ray import config
-from nakt_ray.annotate import EnsemblePredictor, TeacherError, TeacherPredictor, annotate, fuse_batch, pool_layout
+from nakt_ray.annotate import (EnsemblePredictor, TeacherError, TeacherPredictor, annotate, fuse_batch, pool_layout,
+                               shared_pool_size)
 from nakt_ray.datasets import decode_batch
 from nakt_ray.sources import list_cases
 
@@ -68,6 +69,17 @@ def test_ensemble_predictor_adds_every_teacher_in_its_own_batch_size(tmp_path, s
         assert out[f"prob__{kw['name']}"][4].max() == 0
     empty = {k: v[:0] for k, v in batch.items()}
     assert EnsemblePredictor(kwargs, batch_sizes=[4, 5])(empty)["prob__t1"].shape == (0, 2, 32, 32)
+
+
+@pytest.mark.parametrize("cpus, gpus, requested, expected", [
+    (2, 0, None, (1, 2, 1.0)),      # a 2-core machine: one actor, both cores as torch threads, half the CPUs to tasks
+    (16, 0, None, (4, 4, 2.0)),     # one actor per 4 CPUs
+    (2, 0, 2, (2, 1, 0.5)),         # as asked: two single-thread actors
+    (16, 2, None, (2, 8, 4.0)),     # one per GPU
+    (1, 0, None, (1, 1, 0.5)),
+])
+def test_shared_pool_size(cpus, gpus, requested, expected):
+    assert shared_pool_size(cpus, gpus, requested) == expected
 
 
 def test_pool_layout_auto_is_shared_without_gpus(ray_session):

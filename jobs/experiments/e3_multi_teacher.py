@@ -1,18 +1,19 @@
 """E3 — several teachers from disjoint sites: fusion rules, a searched fusion, and the teachers' ensemble, on HC18.
 
-    .venv/bin/python jobs/experiments/e3_multi_teacher.py            # full: ~40 min on 2 CPU cores (96x96)
+    .venv/bin/python jobs/experiments/e3_multi_teacher.py            # full: 26 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e3_multi_teacher.py --smoke    # same path, tiny: ~5 min (quiet machine)
     .venv/bin/python jobs/experiments/e3_multi_teacher.py --reuse    # keep runs/e3's teachers and annotation set
 
-Full-run cost (estimated from per-image step times measured at 96x96 on 2 cores, not from a full run): teachers
-~12 min (40 epochs), annotation and evaluations ~4 min, four students ~11 min (24 epochs each), the search ~12 min
-(8 trials; ~22 min if ASHA stopped none).
+Full-run cost, measured 2026-12-01 on 2 cores (the host's speed drifts by up to ~2x; allow 50 min): teachers
+98 + 122 + 75 s (40 epochs), annotation and evaluations ~2 min, four timm_unet students ~100 s each (24 epochs),
+the search 760 s (8 trials, ASHA stopped 4).
 
 Protocol (``nakt_ray/protocol.py``, seed 0, split by subject): three teachers of different architectures
 (SegResNet, a timm ResNet-18 U-Net, AttentionUnet), each trained on its own site (``site_a``, ``site_b``,
 ``site_c``: disjoint subjects, a "hospital" each). One annotation run with the three over the ``transferal`` split
-(masks never read) stores every teacher's map. Students of one architecture (default: MONAI UNet, which no teacher
-has) are trained, same settings, on the maps fused by each rule, re-fused at training time (no teacher runs again):
+(masks never read) stores every teacher's map. Students of one architecture (default: timm_unet, whose capacity
+E1 showed a student needs; ``--student-arch unet`` gives the small MONAI UNet of the earlier runs) are trained,
+same settings, on the maps fused by each rule, re-fused at training time (no teacher runs again):
   mean            the default configuration (``fusion.rule`` defaults to mean);
   weighted_mean   weights = each teacher's Dice on ``val`` (scored by ``evaluate`` at the original resolution,
                   floored at 0.001), so a teacher that does better on the shared validation split counts more;
@@ -132,11 +133,14 @@ def run(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     report = evaluate(cfg, models, str(splits["test"]), run_dir / "evaluation", ensemble=teachers)
     timings["evaluate_s"] = time.perf_counter() - t
-    pairs = [(n, ref) for n in models if n.startswith("student_") for ref in (DEFAULT, ENSEMBLE) if n != ref]
+    # The best single teacher is the one with the best *validation* Dice (the test split picks nothing).
+    best_teacher = max(teachers, key=lambda t: val_dice[t])
+    pairs = [(n, ref) for n in models if n.startswith("student_") for ref in (DEFAULT, ENSEMBLE, best_teacher)
+             if n != ref]
     deltas = paired_deltas(run_dir / "evaluation" / "evaluation_cases.csv", pairs)
     return {"teachers": teachers, "teacher_archs": list(args.teacher_archs), "student_arch": args.student_arch,
             "val_dice_teachers": val_dice, "students": students, "models": report["models"],
-            "deltas": deltas, "table": report["table"], "ensemble": ENSEMBLE,
+            "deltas": deltas, "table": report["table"], "ensemble": ENSEMBLE, "best_teacher": best_teacher,
             "search": {"name": search["name"], "search_alg": search["search_alg"], "trials": rows,
                        "best_trial": best["trial_id"], "best_values": best["values"], "best_val_dice": best["best"],
                        "model_uri": search["model_uri"], "wall_s": search["wall_s"], "space": space,
@@ -214,6 +218,7 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     m, d, ens = result["models"], result["deltas"], result["ensemble"]
+    best = result.get("best_teacher") or max(result["teachers"], key=lambda t: result["val_dice_teachers"][t])
     kind = "smoke" if result["smoke"] else "full"
 
     def dice(name: str) -> str:
@@ -231,17 +236,17 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
              f"({result['cases']['transferal']} cases); epochs: teachers {result['epochs']['teacher']}, students "
              f"{result['epochs']['student']}. Dice on the test split ({result['cases']['test']} cases), 95% bootstrap "
              "CI; differences paired over the same cases.", "",
-             "| model | test Dice | 95% CI | minus default student | minus teachers' ensemble |",
-             "|---|---|---|---|---|"]
+             "| model | test Dice | 95% CI | minus default student | minus teachers' ensemble | minus best teacher "
+             f"({best}, best val Dice) |", "|---|---|---|---|---|---|"]
     for t in result["teachers"]:
-        lines.append(f"| teacher {t} (val Dice {result['val_dice_teachers'][t]:.3f}) | {dice(t)} | | |")
-    lines.append(f"| teachers' ensemble at inference (mean of probabilities) | {dice(ens)} | | |")
+        lines.append(f"| teacher {t} (val Dice {result['val_dice_teachers'][t]:.3f}) | {dice(t)} | | | |")
+    lines.append(f"| teachers' ensemble at inference (mean of probabilities) | {dice(ens)} | | | |")
     for name in [f"student_{r}" for r in RULES] + [SEARCHED]:
         s = result["students"].get(name)
         label = (f"student, {s['rule']}" + (" (default configuration)" if name == DEFAULT else "")
                  + (f", weights = val Dice {[round(w, 3) for w in s['weights']]}" if s["weights"] else "")) if s \
             else f"student, searched fusion ({result['search']['best_values'].get('fusion.rule')})"
-        lines.append(f"| {label} | {dice(name)} | {delta(name, DEFAULT)} | {delta(name, ens)} |")
+        lines.append(f"| {label} | {dice(name)} | {delta(name, DEFAULT)} | {delta(name, ens)} | {delta(name, best)} |")
     lines += ["", "## Default configuration vs best searched (issue 5)", "", *search_table(result), "",
               "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings"].items()), "",
               "All models:", "", result["table"]]
@@ -283,7 +288,8 @@ def main() -> None:
     add_common_args(p, "e3", size=96)
     p.add_argument("--teacher-archs", nargs=3, default=["segresnet", "timm_unet", "attention_unet"],
                    help="architectures of the teachers of site_a, site_b, site_c")
-    p.add_argument("--student-arch", default="unet")
+    p.add_argument("--student-arch", default="timm_unet",
+                   help="the students' architecture (E1: the small MONAI UNet caps a student's Dice; docs/results.md)")
     p.add_argument("--trials", type=int, default=8, help="search trials (--smoke: 2)")
     p.add_argument("--teacher-epochs", type=int, default=40)
     p.add_argument("--student-epochs", type=int, default=24, help="per student and per search trial")
