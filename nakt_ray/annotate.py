@@ -5,7 +5,7 @@
 Each teacher pool is ``map_batches(TeacherPredictor, compute=ActorPoolStrategy(size=actors))`` with the
 teacher's own batch size, CPUs and GPUs (``annotate.pools: per_teacher``, the layout on GPU clusters). On a
 cluster without GPUs the default is one shared pool instead, whose actors (:class:`EnsemblePredictor`, one per
-CPU) each host every teacher (``annotate.pools: shared``):
+4 CPUs) each host every teacher (``annotate.pools: shared``; decision 39):
 
     cases -> decode + preprocess (CPU tasks) -> ensemble pool (teachers 1..T in each actor) -> fuse -> Parquet
 
