@@ -17,7 +17,8 @@ of epochs and steps, same step function (``training.train_step``: MONAI augmenta
   (b) a plain PyTorch loop: a ``torch.utils.data.DataLoader`` over the same Parquet rows (decoded by the same
       ``datasets.annotation_batch``, one loader worker process), torch on all cores, in this process;
   (c) ``training.fit`` with 2 workers (DDP over gloo, each with half the cores).
-Steady-state samples/s is measured over epochs 2..N (epoch 1 carries warm-up); start-up (for Ray: trainer and
+With ``--rounds N`` (b), (a) and (a') alternate N times and the ratios are medians over the rounds (the
+host's speed drifts over minutes). Steady-state samples/s is measured over epochs 2..N (epoch 1 carries warm-up); start-up (for Ray: trainer and
 worker start, dataset set-up; everything in the wall time that is not an epoch) is reported separately.
 Per-epoch figures of the Ray runs come from the training loop's own MLflow metrics (``epoch_s``).
 
@@ -90,6 +91,7 @@ def ray_fit(args, annotations: Path, num_workers: int, work: Path, held: bool = 
 
     cpus = os.cpu_count() or 1
     tc = training_config(args, num_workers, max(1, cpus // num_workers))
+    work.mkdir(parents=True, exist_ok=True)
     tag = f"{num_workers}{'-held' if held else ''}"
     uri = f"sqlite:///{work / f'mlflow-{tag}.db'}"
     mlflow.set_tracking_uri(uri)
@@ -250,6 +252,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--no-two-workers", action="store_true", help="skip (c)")
     p.add_argument("--no-held", action="store_true", help="skip (a'), the 1-worker run on the materialised set")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate (b), (a) and (a') this many times; the ratios are the medians over rounds")
     p.add_argument("--kill-worker", action="store_true", help="also run the worker-kill check")
     p.add_argument("--out", type=Path, default=Path("bench/results/train.json"))
     args = p.parse_args()
@@ -269,16 +273,23 @@ def main() -> None:
     def save() -> None:  # after every phase, so a failure later keeps what was measured
         args.out.write_text(json.dumps(result, indent=2))
 
-    result["plain_loop"] = plain_loop(args, annotations)
-    save()
-    result["ray_1_worker"] = ray_fit(args, annotations, 1, work)
-    result["ratio_ray_over_plain"] = (result["ray_1_worker"]["steady_samples_per_s"]
-                                      / result["plain_loop"]["steady_samples_per_s"])
-    save()
-    if not args.no_held:
-        result["ray_1_worker_held"] = ray_fit(args, annotations, 1, work, held=True)
-        result["ratio_ray_held_over_plain"] = (result["ray_1_worker_held"]["steady_samples_per_s"]
-                                               / result["plain_loop"]["steady_samples_per_s"])
+    # --rounds: the plain loop and the 1-worker Ray runs alternate, so that a host whose speed drifts over minutes
+    # (seen here: 1.5x) shifts both paths alike; the ratios are per round and their median is the figure.
+    rounds = []
+    for r in range(args.rounds):
+        one = {"plain_loop": plain_loop(args, annotations),
+               "ray_1_worker": ray_fit(args, annotations, 1, work / f"round{r}")}
+        one["ratio_ray_over_plain"] = (one["ray_1_worker"]["steady_samples_per_s"]
+                                       / one["plain_loop"]["steady_samples_per_s"])
+        if not args.no_held:
+            one["ray_1_worker_held"] = ray_fit(args, annotations, 1, work / f"round{r}", held=True)
+            one["ratio_ray_held_over_plain"] = (one["ray_1_worker_held"]["steady_samples_per_s"]
+                                                / one["plain_loop"]["steady_samples_per_s"])
+        rounds.append(one)
+        result.update({k: v for k, v in one.items() if not k.startswith("ratio")})  # the last round's runs
+        for key in [k for k in one if k.startswith("ratio")]:
+            result[key] = float(np.median([x[key] for x in rounds]))
+            result[f"{key}_per_round"] = [round(x[key], 3) for x in rounds]
         save()
     if not args.no_two_workers:
         result["ray_2_workers"] = ray_fit(args, annotations, 2, work)
@@ -298,8 +309,10 @@ def main() -> None:
             r = result[key]
             print(f"  {label:28s}: {r['steady_samples_per_s']:7.2f} samples/s steady, start-up {r['startup_s']:.1f} s,"
                   f" epochs {r['epoch_s']}")
-    print(f"  ratio Ray 1 worker / plain (steady state): {result['ratio_ray_over_plain']:.3f} streaming"
-          + (f", {result['ratio_ray_held_over_plain']:.3f} held" if "ratio_ray_held_over_plain" in result else ""))
+    print(f"  ratio Ray 1 worker / plain (steady state, median of {args.rounds} rounds): "
+          f"{result['ratio_ray_over_plain']:.3f} streaming {result['ratio_ray_over_plain_per_round']}"
+          + (f", {result['ratio_ray_held_over_plain']:.3f} held {result['ratio_ray_held_over_plain_per_round']}"
+             if "ratio_ray_held_over_plain" in result else ""))
     if "ratio_2_over_1_workers" in result:
         print(f"  ratio 2 workers / 1 worker: {result['ratio_2_over_1_workers']:.3f}")
     if "kill_worker" in result:

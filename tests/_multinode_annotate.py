@@ -27,6 +27,8 @@ from nakt_ray.config import RayConfig
 from nakt_ray.runtime import init_ray
 
 ACTOR_LOG = os.environ["NAKT_ACTOR_LOG"]  # a file every node sees (one machine)
+# Written by the driver when it removes the node: the time and how many teacher actors the node hosted.
+REMOVAL = ACTOR_LOG + ".removed"
 
 
 def record(entry: dict) -> None:
@@ -36,7 +38,10 @@ def record(entry: dict) -> None:
 
 class RecordingTeacher(TeacherPredictor):
     """A teacher actor that records the node it starts on, and takes 0.2 s more per batch (so the run is still
-    going when the node is removed)."""
+    going when the node is removed). Once the node is gone, batches wait (up to 120 s) until as many actors have
+    started again as the node hosted: otherwise the surviving actor of a two-actor pool could finish the run
+    before Ray has noticed the lost node and restarted its actors, and the restart would go unobserved (seen in
+    CI on a loaded machine)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -45,6 +50,12 @@ class RecordingTeacher(TeacherPredictor):
 
     def __call__(self, batch):
         time.sleep(0.2)
+        if os.path.exists(REMOVAL):
+            with open(REMOVAL) as f:
+                removal = json.load(f)
+            deadline = time.time() + 120
+            while time.time() < deadline and sum(r["t"] > removal["t"] for r in actor_records()) < removal["lost"]:
+                time.sleep(0.2)
         return super().__call__(batch)
 
 
@@ -78,10 +89,14 @@ def main() -> None:
             if victim is None:
                 result["removal_error"] = f"no worker hosts a teacher actor (records: {actor_records()})"
                 return
+            before = actor_records()
             result.update(removed=victim.node_id, removed_at=time.time(),
-                          files_before_removal=len(ann.parquet_files(out_dir)),
-                          actors_before_removal=actor_records())
+                          files_before_removal=len(ann.parquet_files(out_dir)), actors_before_removal=before)
+            lost = sum(r["node"] == victim.node_id for r in before)
             cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: the machine is gone
+            with open(REMOVAL + ".tmp", "w") as f:  # renamed into place: actors never read half a file
+                json.dump({"t": result["removed_at"], "lost": lost}, f)
+            os.replace(REMOVAL + ".tmp", REMOVAL)
 
         remover = threading.Thread(target=remove_a_worker_when_a_file_is_written, daemon=True)
         remover.start()
