@@ -337,7 +337,7 @@ def _earlier_summaries(out_dir: str) -> list[dict[str, Any]]:
     """The summaries an interrupted or finished run left in ``out_dir`` (its own and those it kept), oldest first."""
     try:
         previous = json.loads(storage.read_text(storage.join(out_dir, ann.SUMMARY)))
-    except (FileNotFoundError, OSError, ValueError):
+    except (OSError, ValueError):  # none yet (FileNotFoundError), or unreadable
         return []
     return [*previous.pop("earlier_runs", []), previous]
 
@@ -387,15 +387,16 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     todo = [c for c in cases if c.case_id not in done]
     t0 = time.perf_counter()
 
-    # 1. Decode and preprocess in CPU tasks; 2. one actor pool per teacher; 3. fuse in tasks; 4. write Parquet.
+    # 1. Decode and preprocess in CPU tasks; 2. the teachers' actor pool(s); 3. fuse in tasks; 4. write Parquet.
     names = [t.name for t in teachers]
+    layout = pool_layout(cfg.annotate.pools)
     if todo:
         ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
         light = light_task_pool()
         ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
         ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
-                               cfg.annotate.prob_dtype, cfg.annotate.pools, cfg.annotate.shared_actors)
+                               cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors)
         ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
         ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
@@ -419,7 +420,7 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
                "wall_s": round(wall, 2), "images_per_s": round(len(todo) / wall, 2) if todo else None,
                "cases_this_run": len(todo), "output": str(out_dir),
                "resumed_cases": len(done), "discarded_files": discarded,
-               "teachers": names, "fusion": cfg.fusion.rule, "pools": pool_layout(cfg.annotate.pools),
+               "teachers": names, "fusion": cfg.fusion.rule, "pools": layout,
                "phases_s": {"probe_teachers": round(t_probe, 2), "pipeline": round(wall, 2),
                             "accounting": round(time.perf_counter() - t_account, 2)},
                **({"earlier_runs": earlier} if earlier else {})}

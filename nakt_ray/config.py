@@ -275,8 +275,8 @@ class AnnotateConfig:
     whose actors each host every teacher and run them one after another on a batch (each teacher still in its own
     ``batch_size``), ``shared_actors`` of them (default: one per GPU, else one per 4 CPUs, at least one), the
     cluster's CPUs split between them as torch threads; ``auto`` (the default) is ``per_teacher`` on a cluster
-    with GPUs and ``shared`` on one without: on CPUs, pools of their own only time-share the same cores, and every batch crosses the object store once per
-    teacher (decision 39)."""
+    with GPUs and ``shared`` on one without: on CPUs, pools of their own only time-share the same cores, and every
+    batch crosses the object store once per teacher (decision 39)."""
 
     output: str | None = None
     prob_dtype: Literal["uint8", "float16"] = "uint8"
