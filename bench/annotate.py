@@ -16,8 +16,10 @@ by side, again with one actor pool per teacher.
 
 Printed and written as JSON (``--out``): images/s of each path, the ratio pipeline / plain, peak memory of each
 (PSS summed over the process and all its descendants, i.e. Ray's processes too, sampled every 0.5 s from
-/proc; Linux only), and the pipeline's peak memory at 1x and at ``--repeat`` x the input (images repeated through
-symbolic links), which shows whether the pipeline streams.
+/proc; Linux only), the CPU-seconds each path's process tree used and the machine's busy cores during it, the
+pipeline's fixed cost (the same run on one batch of images) with the highest ratio it leaves reachable, and the
+pipeline's peak memory at 1x and at ``--repeat`` x the input (images repeated through symbolic links), which
+shows whether the pipeline streams.
 """
 from __future__ import annotations
 
@@ -70,26 +72,66 @@ def tree_pss_bytes(root: int) -> int:
     return total
 
 
+def tree_cpu_ticks(root: int) -> dict[int, int]:
+    """User + system clock ticks of every process in the tree under ``root`` (itself included), by pid."""
+    ticks, stack = {}, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+        stack.extend(_children(pid))
+    return ticks
+
+
+def machine_busy_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)  # idle and iowait are not busy
+
+
 class PeakMemory:
-    """Samples the PSS of this process tree in a background thread; ``peak`` in bytes."""
+    """Samples the PSS of this process tree in a background thread; ``peak`` in bytes. Also measures the CPU the
+    tree used (``cpu_s``: each process's last sampled ticks, so a process that ends between samples loses at most
+    its last 0.5 s) and how many of the machine's cores were busy on average (``busy_cores``, every process)."""
 
     def __init__(self, interval: float = 0.5):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ticks: dict[int, int] = {}
+        self.cpu_s = self.busy_cores = 0.0
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
+        self._ticks.update(tree_cpu_ticks(os.getpid()))
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakMemory:
+        self._start_ticks = tree_cpu_ticks(os.getpid())
+        self._busy0 = machine_busy_ticks()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
+        self._sample()
+        busy1 = machine_busy_ticks()
+        hz = os.sysconf("SC_CLK_TCK")
+        self.cpu_s = sum(t - self._start_ticks.get(pid, 0) for pid, t in self._ticks.items()) / hz
+        self.busy_cores = (busy1[0] - self._busy0[0]) / max(1, busy1[1] - self._busy0[1]) * (os.cpu_count() or 1)
+
+
+def usage(mem: PeakMemory) -> dict:
+    return {"peak_memory_mb": mem.peak / 2**20, "cpu_s": round(mem.cpu_s, 1), "busy_cores": round(mem.busy_cores, 2)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,7 +225,7 @@ def pipeline(cfg) -> dict:
     wall = time.perf_counter() - t0
     ray.shutdown()
     return {"images": summary["cases_read"], "failed": summary["failed"], "pools": summary["pools"],
-            "wall_s": wall, "ray_init_s": t_ray,
+            "wall_s": wall, "ray_init_s": t_ray, "phases_s": summary["phases_s"],
             "images_per_s": summary["cases_read"] / wall,
             "images_per_s_excluding_ray_init": summary["cases_read"] / (wall - t_ray)}
 
@@ -203,6 +245,8 @@ def main() -> None:
                    help="annotate.shared_actors (default: one per 4 CPUs, each with that many torch threads)")
     p.add_argument("--no-per-teacher", action="store_true",
                    help="skip the extra 1x pipeline run with one pool per teacher (run when --pools is not it)")
+    p.add_argument("--no-fixed-cost", action="store_true",
+                   help="skip the pipeline run on one batch that measures its fixed cost")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")
     p.add_argument("--out", type=Path, default=Path("bench/results/annotate.json"))
     args = p.parse_args()
@@ -220,21 +264,34 @@ def main() -> None:
 
         with PeakMemory() as mem_plain:
             plain = plain_loop(cfg, work / "plain_out")
-        plain["peak_memory_mb"] = mem_plain.peak / 2**20
+        plain.update(usage(mem_plain))
         with PeakMemory() as mem_ray:
             ray_1x = pipeline(cfg)
-        ray_1x["peak_memory_mb"] = mem_ray.peak / 2**20
+        ray_1x.update(usage(mem_ray))
         result = {
             "host": platform.node(), "cpus": os.cpu_count(), "images_folder": str(args.images),
             "teachers": [a for _, a in TEACHERS], "size": args.size, "batch": args.batch, "actors": args.actors,
             "plain_loop": plain, "ray_pipeline": ray_1x,
             "ratio_pipeline_over_plain": ray_1x["images_per_s"] / plain["images_per_s"],
         }
+        if not args.no_fixed_cost:
+            # The pipeline's fixed cost: the same run on one batch of images (Ray start, actors importing torch and
+            # MONAI and loading the teachers, the stream's fill and drain). With the plain loop's rate it bounds
+            # the ratio any input size can reach: plain_wall / (plain_wall + fixed), if the pipeline's
+            # steady state matched the plain loop exactly.
+            few = image_folder(args.images, work / "images_one_batch", args.batch, 1)
+            fixed = pipeline(run_config(work / "ray_one_batch", few, teachers, args.size, args.batch, args.actors,
+                                        args.decode_batch, args.pools, args.shared_actors))
+            fixed["fixed_s"] = fixed["wall_s"] - fixed["images"] / plain["images_per_s"]
+            result["ray_pipeline_one_batch"] = fixed
+            result["ratio_ceiling"] = plain["wall_s"] / (plain["wall_s"] + fixed["fixed_s"])
+            result["ratio_ceiling_running_cluster"] = plain["wall_s"] / (plain["wall_s"] + fixed["fixed_s"]
+                                                                          - fixed["ray_init_s"])
         if not args.no_per_teacher and ray_1x["pools"] != "per_teacher":  # the other layout, side by side
             with PeakMemory() as mem_pt:
                 per_teacher = pipeline(run_config(work / "ray_1x_per_teacher", one, teachers, args.size, args.batch,
                                                   args.actors, args.decode_batch, "per_teacher"))
-            per_teacher["peak_memory_mb"] = mem_pt.peak / 2**20
+            per_teacher.update(usage(mem_pt))
             result["ray_pipeline_per_teacher"] = per_teacher
             result["ratio_per_teacher_pipeline_over_plain"] = per_teacher["images_per_s"] / plain["images_per_s"]
         if args.repeat:
@@ -242,7 +299,7 @@ def main() -> None:
             with PeakMemory() as mem_many:
                 ray_nx = pipeline(run_config(work / f"ray_{args.repeat}x", many, teachers, args.size, args.batch,
                                              args.actors, args.decode_batch, args.pools, args.shared_actors))
-            ray_nx["peak_memory_mb"] = mem_many.peak / 2**20
+            ray_nx.update(usage(mem_many))
             result[f"ray_pipeline_{args.repeat}x"] = ray_nx
             result["memory_ratio_nx_over_1x"] = ray_nx["peak_memory_mb"] / ray_1x["peak_memory_mb"]
     finally:
@@ -250,7 +307,8 @@ def main() -> None:
 
     print(f"\nannotation benchmark: {plain['images']} images, teachers {', '.join(result['teachers'])}, "
           f"{args.size}x{args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
-    print(f"  plain PyTorch loop : {plain['images_per_s']:7.2f} images/s  peak {plain['peak_memory_mb']:7.0f} MB")
+    print(f"  plain PyTorch loop : {plain['images_per_s']:7.2f} images/s  peak {plain['peak_memory_mb']:7.0f} MB  "
+          f"CPU {plain['cpu_s']:.0f} s, {plain['busy_cores']:.2f} cores busy")
     runs = [("ray_pipeline", "ratio_pipeline_over_plain"),
             ("ray_pipeline_per_teacher", "ratio_per_teacher_pipeline_over_plain")]
     for key, ratio in runs:
@@ -258,7 +316,13 @@ def main() -> None:
             r = result[key]
             print(f"  nakt Ray pipeline, {r['pools']:11s}: {r['images_per_s']:7.2f} images/s  peak "
                   f"{r['peak_memory_mb']:7.0f} MB  ({r['images_per_s_excluding_ray_init']:.2f} images/s without "
-                  f"Ray start-up)  ratio / plain {result[ratio]:.3f}")
+                  f"Ray start-up)  ratio / plain {result[ratio]:.3f}  CPU {r['cpu_s']:.0f} s, "
+                  f"{r['busy_cores']:.2f} cores busy")
+    if "ratio_ceiling" in result:
+        f = result["ray_pipeline_one_batch"]
+        print(f"  pipeline fixed cost (one batch of {f['images']} images): {f['fixed_s']:.1f} s, of which Ray start "
+              f"{f['ray_init_s']:.1f} s -> highest ratio reachable at {plain['images']} images: "
+              f"{result['ratio_ceiling']:.3f} ({result['ratio_ceiling_running_cluster']:.3f} on a running cluster)")
     if args.repeat:
         nx = result[f"ray_pipeline_{args.repeat}x"]
         print(f"  pipeline at {args.repeat}x input: {nx['images_per_s']:.2f} images/s, peak {nx['peak_memory_mb']:.0f} MB "

@@ -287,6 +287,7 @@ def main() -> None:
                                                 / one["plain_loop"]["steady_samples_per_s"])
         rounds.append(one)
         result.update({k: v for k, v in one.items() if not k.startswith("ratio")})  # the last round's runs
+        result["rounds"] = rounds  # every round's runs and ratios
         for key in [k for k in one if k.startswith("ratio")]:
             result[key] = float(np.median([x[key] for x in rounds]))
             result[f"{key}_per_round"] = [round(x[key], 3) for x in rounds]
