@@ -134,6 +134,11 @@ def train_loop(config: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     augmenter = Augmenter(tc.augment_strength, seed=tc.seed + 1000 * rank + 7 * start_epoch) if tc.augment else None
 
+    if logger is not None:
+        # Every (re)start of the loop, and the epoch it starts from: a worker group restarted after a failure, or a
+        # resumed run, shows here. A run interrupted before Ray Train recorded any checkpoint restarts from epoch 0,
+        # so its epochs before the interruption appear twice in the metric history; this metric says why.
+        logger.log_metrics({"start_epoch": start_epoch}, step=start_epoch)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
     for epoch in range(start_epoch, tc.epochs):

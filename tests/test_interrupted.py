@@ -42,6 +42,22 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> None:
     proc.wait(timeout=30)
 
 
+def _committed_checkpoint(storage: Path) -> bool:
+    """Whether Ray Train has recorded a checkpoint in a run's snapshot, which is what a resumed run restores from.
+
+    A checkpoint folder appears in storage before the controller records it (its next poll of the workers); a
+    driver killed in between leaves nothing to resume from, and the resumed run rightly starts at epoch 0 (seen
+    in CI: with tiny epochs a second epoch was logged inside that window).
+    """
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):  # being written
+            continue
+    return False
+
+
 def _finish(args: list[str], cwd: Path) -> str:
     proc = subprocess.run(NAKT + args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -93,7 +109,7 @@ def test_killed_training_driver_resumes_into_the_same_mlflow_run(annotated, tmp_
     storage = tmp_path / "run" / "ray_train"
 
     proc = _start(["train-student", "--config", str(cfg)], tmp_path)
-    _kill_when(proc, lambda: any(storage.glob("*/checkpoint_*")) if storage.exists() else False)
+    _kill_when(proc, lambda: storage.exists() and _committed_checkpoint(storage))
     state = json.loads((tmp_path / "run" / "student" / "s" / "train_run.json").read_text())
     assert state["finished"] is False and state["mlflow_run_id"]
 
@@ -105,6 +121,9 @@ def test_killed_training_driver_resumes_into_the_same_mlflow_run(annotated, tmp_
     assert set(steps) == {0, 1, 2, 3}
     # resumed from the checkpoint, not from scratch: epoch 0 was trained (and logged) once
     assert steps.count(0) == 1
+    starts = [(m.step, m.value) for m in sorted(client.get_metric_history(result["run_id"], "start_epoch"),
+                                                key=lambda m: m.timestamp)]
+    assert starts[0] == (0, 0) and len(starts) == 2 and starts[1][0] >= 1  # started, then resumed past epoch 0
     assert client.get_run(result["run_id"]).data.tags["nakt.resumed"] == "true"
     proc = subprocess.run(NAKT + ["train-student", "--config", str(cfg), "--resume"], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=300)
