@@ -40,26 +40,35 @@ TEACHERS = (("unet_t", "unet"), ("segresnet_t", "segresnet"), ("attention_unet_t
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Memory: PSS of a process tree, from /proc (PSS splits shared pages, e.g. Ray's object store, fairly).
+# Memory and CPU of a process tree, from /proc (PSS splits shared pages, e.g. Ray's object store, fairly).
 
-def _children(pid: int) -> list[int]:
-    kids = []
+def tree_cpu_ticks(root: int) -> dict[int, int]:
+    """User + system clock ticks of every process in the tree under ``root`` (itself included), by pid: one read
+    of each process's ``/proc/<pid>/stat`` gives both its parent and its ticks."""
+    parent, ticks = {}, {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                parent[int(entry)], ticks[int(entry)] = int(fields[1]), int(fields[11]) + int(fields[12])
             except (OSError, IndexError, ValueError):
                 continue
-            if ppid == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def tree_pss_bytes(root: int) -> int:
-    total, stack = 0, [root]
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
+        if pid in ticks:
+            tree[pid] = ticks[pid]
+            stack.extend(children.get(pid, []))
+    return tree
+
+
+def pss_bytes(pids) -> int:
+    total = 0
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
@@ -68,23 +77,7 @@ def tree_pss_bytes(root: int) -> int:
                         break
         except OSError:
             continue
-        stack.extend(_children(pid))
     return total
-
-
-def tree_cpu_ticks(root: int) -> dict[int, int]:
-    """User + system clock ticks of every process in the tree under ``root`` (itself included), by pid."""
-    ticks, stack = {}, [root]
-    while stack:
-        pid = stack.pop()
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks[pid] = int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-        stack.extend(_children(pid))
-    return ticks
 
 
 def machine_busy_ticks() -> tuple[int, int]:
@@ -106,8 +99,9 @@ class PeakMemory:
         self.cpu_s = self.busy_cores = 0.0
 
     def _sample(self) -> None:
-        self.peak = max(self.peak, tree_pss_bytes(os.getpid()))
-        self._ticks.update(tree_cpu_ticks(os.getpid()))
+        ticks = tree_cpu_ticks(os.getpid())
+        self.peak = max(self.peak, pss_bytes(ticks))
+        self._ticks.update(ticks)
 
     def _run(self) -> None:
         while not self._stop.is_set():
