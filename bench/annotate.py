@@ -134,7 +134,7 @@ def usage(mem: PeakMemory) -> dict:
 def make_teachers(folder: Path, size: int) -> list[tuple[str, str]]:
     import torch
 
-    from nakt_ray.checkpoint import ModelSpec, save_model
+    from nakt_ray.models.model_file import ModelSpec, save_model
     from nakt_ray.config import PreprocessConfig
 
     out = []
@@ -175,10 +175,10 @@ def plain_loop(cfg, out_dir: Path) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from nakt_ray import annotations as ann
-    from nakt_ray.annotate import TeacherPredictor, fuse_batch
-    from nakt_ray.datasets import decode_batch
-    from nakt_ray.sources import list_cases
+    from nakt_ray.annotation import parquet as ann
+    from nakt_ray.annotation.pipeline import TeacherPredictor, fuse_batch
+    from nakt_ray.data.datasets import decode_batch
+    from nakt_ray.data.readers import list_cases
 
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -209,8 +209,8 @@ def plain_loop(cfg, out_dir: Path) -> dict:
 def pipeline(cfg) -> dict:
     import ray
 
-    from nakt_ray.annotate import annotate
-    from nakt_ray.runtime import init_ray
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.runtime.cluster import init_ray
 
     t0 = time.perf_counter()
     init_ray(cfg.ray)

@@ -54,7 +54,7 @@ def hc18_annotations(size: int) -> Path:
     sys.path.insert(0, str(ROOT / "bench"))
     from annotate import make_teachers, run_config  # bench/annotate.py
 
-    from nakt_ray.annotate import annotate
+    from nakt_ray.annotation.pipeline import annotate
 
     teachers = make_teachers(out.parent / f"teachers-{size}", size)
     cfg = run_config(out.parent / f"annotate-{size}", HC18 / "images", teachers, size, 8, 1)
@@ -70,7 +70,7 @@ def training_config(args, num_workers: int, threads: int):
 
 
 def spec_for(manifest: dict, arch: str):
-    from nakt_ray.checkpoint import ModelSpec
+    from nakt_ray.models.model_file import ModelSpec
     from nakt_ray.config import PreprocessConfig
 
     return ModelSpec(name="bench", arch=arch, arch_args={}, labels=tuple(manifest["labels"]),
@@ -84,10 +84,10 @@ def ray_fit(args, annotations: Path, num_workers: int, work: Path, held: bool = 
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from nakt_ray import annotations as ann
-    from nakt_ray.datasets import annotation_dataset
+    from nakt_ray.annotation import parquet as ann
+    from nakt_ray.training.student_data import annotation_dataset
     from nakt_ray.tracking import RunLogger
-    from nakt_ray.training import fit
+    from nakt_ray.training.loop import fit
 
     cpus = os.cpu_count() or 1
     tc = training_config(args, num_workers, max(1, cpus // num_workers))
@@ -117,7 +117,7 @@ def ray_fit(args, annotations: Path, num_workers: int, work: Path, held: bool = 
 
 
 def rows(annotations: Path) -> int:
-    from nakt_ray import annotations as ann
+    from nakt_ray.annotation import parquet as ann
 
     status = ann.read_table(annotations, columns=["status"]).column("status").to_pylist()
     return sum(s == "ok" for s in status)
@@ -140,7 +140,7 @@ class ParquetRows:
     """A map-style torch Dataset over the ``ok`` rows of an annotation set, decoded like the Ray path."""
 
     def __init__(self, annotations: Path):
-        from nakt_ray import annotations as ann
+        from nakt_ray.annotation import parquet as ann
 
         self.manifest = ann.read_manifest(annotations)
         table = ann.read_table(annotations, columns=["status", "image", "soft_label"])
@@ -152,7 +152,7 @@ class ParquetRows:
         return len(self.image)
 
     def __getitem__(self, i: int) -> dict:
-        from nakt_ray.datasets import annotation_batch
+        from nakt_ray.training.student_data import annotation_batch
 
         m = self.manifest
         out = annotation_batch({"image": [self.image[i]], "soft_label": [self.label[i]]},
@@ -165,8 +165,8 @@ def plain_loop(args, annotations: Path) -> dict:
     """(b): the same steps in this process with a DataLoader over the same Parquet rows."""
     import torch
 
-    from nakt_ray.augment import Augmenter
-    from nakt_ray.training import train_step
+    from nakt_ray.data.augment import Augmenter
+    from nakt_ray.training.loop import train_step
 
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -191,7 +191,7 @@ def plain_loop(args, annotations: Path) -> dict:
 def kill_worker_check(args, annotations: Path, work: Path) -> dict:
     """A 2-worker student run on HC18 annotations; one Train worker SIGKILLed after the first checkpoint."""
     from nakt_ray import config
-    from nakt_ray.student import train_student
+    from nakt_ray.training.student import train_student
 
     val = work / "hc18_val"
     for sub in ("images", "masks"):
@@ -261,7 +261,7 @@ def main() -> None:
     os.environ.setdefault("NAKT_PROGRESS", "0")
 
     from nakt_ray.config import RayConfig
-    from nakt_ray.runtime import init_ray
+    from nakt_ray.runtime.cluster import init_ray
 
     init_ray(RayConfig())
     annotations = args.annotations or hc18_annotations(args.size)

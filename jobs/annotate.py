@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     job = Job("annotate", args)
     extra = []
     if args.resume:
-        from nakt_ray import annotations as ann
-        from nakt_ray import storage
+        from nakt_ray.annotation import parquet as ann
+        from nakt_ray.runtime import storage
 
         if storage.exists(storage.join(job.cfg.annotations_dir, ann.SUMMARY)):
             log("annotate", f"{job.cfg.annotations_dir} is finished (it has {ann.SUMMARY}); nothing to do")

@@ -129,7 +129,7 @@ def has_command(name: str) -> bool:
 def training_resume_flag(model_path: Path) -> list[str] | None:
     """For ``--resume`` jobs: ``["--resume"]`` to continue an interrupted training of ``model_path``, ``[]`` to start
     one, None when it finished (its model file exists and its run is not marked unfinished)."""
-    from nakt_ray.student import unfinished_run
+    from nakt_ray.training.student import unfinished_run
 
     if unfinished_run(model_path):
         return ["--resume"]

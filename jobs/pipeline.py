@@ -31,8 +31,8 @@ def train_teachers(job: Job) -> dict[str, Any]:
 
 
 def annotate(job: Job) -> dict[str, Any]:
-    from nakt_ray import annotations as ann
-    from nakt_ray import storage
+    from nakt_ray.annotation import parquet as ann
+    from nakt_ray.runtime import storage
 
     summary = storage.join(job.cfg.annotations_dir, ann.SUMMARY)
     if job.args.resume and storage.exists(summary):

@@ -30,7 +30,7 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
-    from nakt_ray.teachers import train_teacher
+    from nakt_ray.training.teacher import train_teacher
 
     cfg = _load(args)
     names = args.teacher or [t.name for t in cfg.teachers if t.train_data]
@@ -45,9 +45,10 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from nakt_ray import storage, tracking
-    from nakt_ray.annotate import annotate
-    from nakt_ray.runtime import init_ray
+    from nakt_ray import tracking
+    from nakt_ray.runtime import storage
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.runtime.cluster import init_ray
 
     cfg = _load(args)
     init_ray(cfg.ray)
@@ -66,8 +67,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     from nakt_ray.config import RayConfig
-    from nakt_ray.refusion import refuse
-    from nakt_ray.runtime import init_ray
+    from nakt_ray.annotation.re_fuse import refuse
+    from nakt_ray.runtime.cluster import init_ray
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     init_ray(RayConfig(address=args.ray_address))
@@ -76,7 +77,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_train_student(args: argparse.Namespace) -> int:
-    from nakt_ray.student import train_student
+    from nakt_ray.training.student import train_student
 
     cfg = _load(args)
     result = train_student(cfg, annotations_dir=args.annotations, resume=args.resume)
@@ -85,7 +86,7 @@ def cmd_train_student(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from nakt_ray.student import finetune_student
+    from nakt_ray.training.student import finetune_student
 
     cfg = _load(args)
     result = finetune_student(cfg, start="scratch" if args.from_scratch else "distilled", resume=args.resume)
@@ -94,7 +95,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from nakt_ray.search import tune_student
+    from nakt_ray.search.tune import tune_student
 
     cfg = _load(args)
     result = tune_student(cfg, resume=args.resume)
@@ -110,8 +111,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nakt_ray import tracking
-    from nakt_ray.evaluate import evaluate
-    from nakt_ray.runtime import init_ray
+    from nakt_ray.evaluation.evaluate import evaluate
+    from nakt_ray.runtime.cluster import init_ray
 
     cfg = _load(args)
     data = args.data or cfg.data.test
@@ -151,7 +152,7 @@ def _use_tracking_uri(uri: str | None) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from nakt_ray.export import export
+    from nakt_ray.inference.export import export
 
     _use_tracking_uri(args.tracking_uri)
     report = export(args.model, args.out, args.formats)
@@ -167,7 +168,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from nakt_ray.predict import predict_folder
+    from nakt_ray.inference.predict import predict_folder
 
     def progress(done: int, total: int, failed: int) -> None:
         print(f"nakt predict: {done}/{total} cases" + (f" ({failed} failed)" if failed else ""), file=sys.stderr,
@@ -187,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from nakt_ray.demo import run_demo
+    from nakt_ray.demo.run import run_demo
 
     run_demo(run_dir=args.run_dir, smoke=args.smoke)
     return 0
@@ -278,10 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nakt_ray.annotate import TeacherError
-    from nakt_ray.checkpoint import CheckpointError
+    from nakt_ray.annotation.pipeline import TeacherError
+    from nakt_ray.models.model_file import CheckpointError
     from nakt_ray.config import ConfigError
-    from nakt_ray.sources import DataError
+    from nakt_ray.data.readers import DataError
     from nakt_ray.tracking import TrackingUnreachable
 
     args = build_parser().parse_args(argv)

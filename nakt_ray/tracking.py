@@ -164,7 +164,7 @@ def description_tags(spec: Any) -> dict[str, str]:
     import json
     from dataclasses import asdict
 
-    from nakt_ray.teacher_sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS
+    from nakt_ray.teachers.sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS
 
     return {TAG_LABELS: json.dumps(list(spec.labels)), TAG_IN_CHANNELS: json.dumps(spec.in_channels),
             TAG_INPUT_SIZE: json.dumps(list(spec.preprocess.size)), TAG_OUTPUTS: "logits",

@@ -20,11 +20,11 @@ import time
 
 import ray
 
-from nakt_ray import annotations as ann
+from nakt_ray.annotation import parquet as ann
 from nakt_ray import config
-from nakt_ray.annotate import TeacherPredictor, annotate
+from nakt_ray.annotation.pipeline import TeacherPredictor, annotate
 from nakt_ray.config import RayConfig
-from nakt_ray.runtime import init_ray
+from nakt_ray.runtime.cluster import init_ray
 
 ACTOR_LOG = os.environ["NAKT_ACTOR_LOG"]  # a file every node sees (one machine)
 # Written by the driver when it removes the node: the time and how many teacher actors the node hosted.

@@ -21,7 +21,7 @@ def ray_session():
     """A local Ray instance shared by every test that needs one (starting Ray costs ~4 s and ~0.8 GB)."""
     import ray
 
-    from nakt_ray.runtime import init_ray
+    from nakt_ray.runtime.cluster import init_ray
 
     from nakt_ray.config import RayConfig
 
@@ -52,7 +52,7 @@ def make_teacher(path: Path, name: str, num_classes: int = 2, size=(32, 32), see
     """Save an untrained tiny UNet as a nakt model file (random but deterministic weights)."""
     import torch
 
-    from nakt_ray.checkpoint import ModelSpec, save_model
+    from nakt_ray.models.model_file import ModelSpec, save_model
     from nakt_ray.config import PreprocessConfig
 
     torch.manual_seed(seed)
@@ -81,7 +81,7 @@ def make_scripted_teacher(path: Path, name: str, seed: int = 0, size=(32, 32)) -
 @pytest.fixture(scope="session")
 def synthetic_dirs(tmp_path_factory) -> dict[str, Path]:
     """Small labeled synthetic folders (written once per session)."""
-    from nakt_ray import synthetic
+    from nakt_ray.demo import synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     return {
@@ -105,7 +105,7 @@ def annotated(ray_session, tmp_path_factory, synthetic_dirs):
     """A real annotate() run (shared by the annotation and student tests): two TorchScript teachers (one with
     two actors, in pools of their own: ``annotate.pools: per_teacher``), six cases of which one is corrupt."""
     from nakt_ray import config
-    from nakt_ray.annotate import annotate
+    from nakt_ray.annotation.pipeline import annotate
 
     tmp = tmp_path_factory.mktemp("annotate")
     src = corrupt_copy(synthetic_dirs["mixed"], tmp / "transferal", [])

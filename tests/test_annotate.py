@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from nakt_ray import annotations as ann
+from nakt_ray.annotation import parquet as ann
 from nakt_ray import config
-from nakt_ray.annotate import (EnsemblePredictor, TeacherError, TeacherPredictor, annotate, fuse_batch, pool_layout,
-                               shared_pool_size)
-from nakt_ray.datasets import decode_batch
-from nakt_ray.sources import list_cases
+from nakt_ray.annotation.pipeline import EnsemblePredictor, TeacherError, TeacherPredictor, annotate, fuse_batch, pool_layout, shared_pool_size
+from nakt_ray.data.datasets import decode_batch
+from nakt_ray.data.readers import list_cases
 
 from conftest import corrupt_copy, make_scripted_teacher, make_teacher, tiny_raw_config
 
@@ -187,7 +186,7 @@ def test_refused_output_and_mismatched_teachers(annotated, tmp_path):
 
 
 def test_student_dataset_refuses_from_stored_maps(annotated):
-    from nakt_ray.datasets import annotation_dataset
+    from nakt_ray.training.student_data import annotation_dataset
 
     cfg, _, _ = annotated
     only_t2 = annotation_dataset(str(cfg.annotations_dir), rule="weighted_mean", weights=[0.0, 1.0]).take_all()
@@ -200,7 +199,7 @@ def test_student_dataset_refuses_from_stored_maps(annotated):
 
 
 def test_annotation_batch_called_directly():
-    from nakt_ray.datasets import annotation_batch
+    from nakt_ray.training.student_data import annotation_batch
 
     image = np.random.default_rng(0).normal(size=(2, 1, 4, 4)).astype(np.float16)
     a = ann.quantize(np.stack([np.full((2, 4, 4), 0.9), np.full((2, 4, 4), 0.1)], 1))  # [B, C, H, W]
@@ -216,7 +215,7 @@ def test_annotation_batch_called_directly():
 
 
 def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
-    from nakt_ray.refusion import refuse
+    from nakt_ray.annotation.re_fuse import refuse
 
     cfg, _, _ = annotated
     hidden = []
@@ -281,8 +280,8 @@ def test_annotate_with_teachers_from_all_four_sources(ray_session, tmp_path, syn
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from nakt_ray.checkpoint import load_model
-    from nakt_ray.teacher_sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS
+    from nakt_ray.models.model_file import load_model
+    from nakt_ray.teachers.sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS
 
     nakt_file = make_teacher(tmp_path / "nakt.pt", "n", seed=5)
     model, _ = load_model(nakt_file)
@@ -410,7 +409,7 @@ def test_float16_storage_option(annotated, tmp_path):
     half, byte = maps(f16.annotations_dir, "float16"), maps(cfg.annotations_dir, "uint8")
     for column in half:
         assert np.abs(half[column] - byte[column]).max() <= 1.5 / 255
-    from nakt_ray.datasets import annotation_batch
+    from nakt_ray.training.student_data import annotation_batch
 
     t = ann.read_table(f16.annotations_dir).to_pydict()
     ok = [i for i, s in enumerate(t["status"]) if s == "ok"]

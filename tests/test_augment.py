@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from nakt_ray.augment import Augmenter
+from nakt_ray.data.augment import Augmenter
 
 
 def _disc_batch(b: int = 6, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

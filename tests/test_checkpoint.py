@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nakt_ray.checkpoint import CheckpointError, load_model, read_spec
+from nakt_ray.models.model_file import CheckpointError, load_model, read_spec
 
 from conftest import make_teacher
 

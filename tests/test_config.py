@@ -103,7 +103,7 @@ def test_flatten_for_mlflow_params():
 
 
 def test_docs_key_table_is_current():
-    from nakt_ray import _docs
+    from nakt_ray.config import docs as _docs
 
     assert _docs.DOC.read_text() == _docs.render(_docs.DOC.read_text()), (
-        "docs/config.md's key table is out of date: run `.venv/bin/python -m nakt_ray._docs`")
+        "docs/config.md's key table is out of date: run `.venv/bin/python -m nakt_ray.config.docs`")

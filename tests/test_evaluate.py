@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from nakt_ray import annotations as ann
+from nakt_ray.annotation import parquet as ann
 from nakt_ray import config
-from nakt_ray.evaluate import ENSEMBLE, evaluate, score_batch
+from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate, score_batch
 
 from conftest import make_teacher, tiny_raw_config
 
@@ -15,7 +15,7 @@ from conftest import make_teacher, tiny_raw_config
 def test_score_batch_at_original_resolution():
     mask = np.zeros((20, 30), np.uint8)
     mask[5:15, 10:20] = 1
-    from nakt_ray.preprocess import Geometry, preprocess_mask
+    from nakt_ray.data.preprocess import Geometry, preprocess_mask
 
     geom = Geometry(20, 30, 32, 32, 32, 32, 0, 0)
     small = preprocess_mask(mask, geom)

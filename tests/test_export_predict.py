@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import make_teacher
-from nakt_ray import synthetic
-from nakt_ray.checkpoint import load_model
+from nakt_ray.demo import synthetic
+from nakt_ray.models.model_file import load_model
 from nakt_ray.cli import main
-from nakt_ray.export import ExportError, check_parity, export, export_torchscript
-from nakt_ray.predict import PALETTE, mask_scale, overlay, predict_folder
-from nakt_ray.teacher_sources import load_teacher
+from nakt_ray.inference.export import ExportError, check_parity, export, export_torchscript
+from nakt_ray.inference.predict import PALETTE, mask_scale, overlay, predict_folder
+from nakt_ray.teachers.sources import load_teacher
 
 SIZE = (32, 32)
 # (case id prefix, site, seed, original (H, W)): two image sizes, neither the model's.
@@ -85,7 +85,7 @@ def test_export_refuses_unknown_formats_and_non_torch_sources(exported, student,
 
 def test_timm_unet_student_exports_to_torchscript(tmp_path):
     # TorchScript only: the ONNX export of a timm encoder alone takes ~10 s on 2 cores (it works: ~5e-8 apart).
-    from nakt_ray.checkpoint import ModelSpec
+    from nakt_ray.models.model_file import ModelSpec
     from nakt_ray.config import PreprocessConfig
 
     spec = ModelSpec(name="timm", arch="timm_unet", arch_args={"encoder": "resnet10t"},

@@ -5,17 +5,8 @@ import numpy as np
 import pytest
 
 from nakt_ray import fusion
-from nakt_ray.fusion import (
-    FUSION_RULES,
-    entropy,
-    fuse,
-    hard_label,
-    majority_vote,
-    mean,
-    pairwise_dice,
-    staple,
-    weighted_mean,
-)
+from nakt_ray.fusion import rules as fusion_rules
+from nakt_ray.fusion import FUSION_RULES, entropy, fuse, hard_label, majority_vote, mean, pairwise_dice, staple, weighted_mean
 
 
 def one_hot(labels: list | np.ndarray, num_classes: int) -> np.ndarray:
@@ -110,7 +101,7 @@ def test_staple_down_weights_systematically_wrong_teacher() -> None:
 
 def test_staple_confusion_matrix_of_wrong_teacher() -> None:
     labels = np.stack([TRUTH, TRUTH, OVER]).reshape(3, -1)
-    _, theta = fusion._staple_case(labels, 2, np.ones(3), max_iter=100, tol=1e-8)
+    _, theta = fusion_rules._staple_case(labels, 2, np.ones(3), max_iter=100, tol=1e-8)
     # theta[j, d, s] = P(teacher j says d | true s): the good teachers are near-perfect, the third says
     # "foreground" for a third of the true background (4 of 12 pixels)
     assert theta[0, 1, 1] > 0.99 and theta[1, 0, 0] > 0.99

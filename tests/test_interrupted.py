@@ -71,8 +71,8 @@ def _config(tmp_path: Path, raw: dict) -> Path:
 
 
 def test_killed_annotation_driver_resumes_with_every_case_once(tmp_path, synthetic_dirs):
-    from nakt_ray import annotations as ann
-    from nakt_ray import synthetic
+    from nakt_ray.annotation import parquet as ann
+    from nakt_ray.demo import synthetic
 
     src = synthetic.write_folder(tmp_path / "transferal", 48, "mixed", seed=5, size=(40, 56))
     (src / "images" / sorted(os.listdir(src / "images"))[7]).write_bytes(b"not an image")

@@ -100,7 +100,7 @@ def submit_job(head: dict, entrypoint: str, env_vars: dict[str, str], timeout: f
 
 
 def transferal(tmp_path: Path, n: int, corrupt: int) -> Path:
-    from nakt_ray import synthetic
+    from nakt_ray.demo import synthetic
 
     src = synthetic.write_folder(tmp_path / "transferal", n, "mixed", seed=4, size=(40, 56))
     (src / "images" / sorted(os.listdir(src / "images"))[corrupt]).write_bytes(b"not an image")
@@ -120,7 +120,7 @@ def write_config(tmp_path: Path, raw: dict) -> Path:
 @pytest.mark.fault  # a second tier: its own Ray cluster / every stage end to end (minutes on 2 cores)
 @pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_annotate_job_submitted_to_a_ray_start_cluster(tmp_path):
-    from nakt_ray import annotations as ann
+    from nakt_ray.annotation import parquet as ann
 
     src = transferal(tmp_path, 12, corrupt=5)
     raw = tiny_raw_config(tmp_path, teachers=[
@@ -243,7 +243,7 @@ def test_student_registered_through_an_mlflow_server_and_a_clear_error_when_it_i
 
     from nakt_ray import config
     from nakt_ray.cli import main
-    from nakt_ray.student import train_student
+    from nakt_ray.training.student import train_student
     from nakt_ray.tracking import TrackingUnreachable
 
     base, summary, _ = annotated
@@ -330,7 +330,7 @@ def test_job_passes_config_overrides_and_address_to_the_stage(tmp_path, monkeypa
 @pytest.mark.timeout(600)  # several Ray and server processes: minutes on a loaded 2-core machine
 def test_pipeline_job_runs_every_stage_then_resumes_with_nothing_left(ray_session, tmp_path, synthetic_dirs,
                                                                        capsys):
-    from nakt_ray import annotations as ann
+    from nakt_ray.annotation import parquet as ann
 
     raw = tiny_raw_config(tmp_path, teachers=[
         {"name": "t1", "arch": "unet", "arch_args": TINY_UNET, "train_data": str(synthetic_dirs["site_a"])},

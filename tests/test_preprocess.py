@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nakt_ray.config import PreprocessConfig
-from nakt_ray.preprocess import geometry_for, preprocess_image, preprocess_mask, restore
+from nakt_ray.data.preprocess import geometry_for, preprocess_image, preprocess_mask, restore
 
 
 def disc(h, w, cy, cx, r):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nakt_ray.sources import DataError, list_cases, read_image, read_mask
+from nakt_ray.data.readers import DataError, list_cases, read_image, read_mask
 
 
 def write(path, array, fmt=None):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nakt_ray import storage
+from nakt_ray.runtime import storage
 
 from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
@@ -58,11 +58,11 @@ def test_unknown_scheme_is_refused_naming_the_location():
 def test_annotations_and_ray_train_storage_on_uris(ray_session, tmp_path, synthetic_dirs, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from nakt_ray import annotations as ann
+    from nakt_ray.annotation import parquet as ann
     from nakt_ray import config
-    from nakt_ray.annotate import annotate
+    from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.cli import main
-    from nakt_ray.student import train_student
+    from nakt_ray.training.student import train_student
 
     bucket = tmp_path / "bucket"
     raw = tiny_raw_config(tmp_path, teachers=[

@@ -35,7 +35,7 @@ def _mlflow_client(cfg):
 
 
 def test_agreement_weights_from_the_stored_maps(annotated):
-    from nakt_ray.datasets import annotation_dataset
+    from nakt_ray.training.student_data import annotation_dataset
 
     cfg, _, _ = annotated
     rows = annotation_dataset(str(cfg.annotations_dir), agreement="pixel").take_all()
@@ -49,14 +49,14 @@ def test_agreement_weights_from_the_stored_maps(annotated):
 
 
 def _ok_rows(cfg):
-    from nakt_ray import annotations as ann
+    from nakt_ray.annotation import parquet as ann
 
     t = ann.read_table(cfg.annotations_dir, columns=["case_id", "status", "agreement"]).to_pylist()
     return [r for r in t if r["status"] == "ok"]
 
 
 def test_student_with_every_loss_part_validation_metrics_and_early_stopping(annotated, tmp_path, synthetic_dirs):
-    from nakt_ray.student import train_student
+    from nakt_ray.training.student import train_student
 
     # lr so small that validation cannot improve after epoch 0: patience 1 stops after epoch 1 of 5
     cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
@@ -76,8 +76,8 @@ def test_student_with_every_loss_part_validation_metrics_and_early_stopping(anno
 
 def test_the_same_seed_trains_the_same_student_and_another_seed_does_not(annotated, tmp_path, synthetic_dirs):
     """File shuffle, shuffle buffer, augmentation and initialisation all follow ``training.seed`` (decision 34)."""
-    from nakt_ray.checkpoint import load_model
-    from nakt_ray.student import train_student
+    from nakt_ray.models.model_file import load_model
+    from nakt_ray.training.student import train_student
 
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
         cfg = _student_cfg(annotated, tmp_path / name, synthetic_dirs, training=dict(epochs=2, seed=seed))
@@ -89,8 +89,8 @@ def test_the_same_seed_trains_the_same_student_and_another_seed_does_not(annotat
 
 
 def test_finetuning_starts_from_the_distilled_student_and_scratch_does_not(annotated, tmp_path, synthetic_dirs):
-    from nakt_ray.checkpoint import load_model
-    from nakt_ray.student import finetune_student, train_student
+    from nakt_ray.models.model_file import load_model
+    from nakt_ray.training.student import finetune_student, train_student
 
     labeled = corrupt_copy(synthetic_dirs["site_a"], tmp_path / "few", ["site_a_0002.png"])
     cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(epochs=1),
@@ -161,7 +161,7 @@ def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_pa
     import os
     import signal
 
-    from nakt_ray.student import train_student
+    from nakt_ray.training.student import train_student
 
     cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
         epochs=3, num_workers=2, cpus_per_worker=0.5, torch_threads=1, max_failures=2))

@@ -1,4 +1,4 @@
-"""Tests for nakt_ray.synthetic: determinism, shapes, image content matching the masks, site differences, files."""
+"""Tests for nakt_ray.demo.synthetic: determinism, shapes, image content matching the masks, site differences, files."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,15 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from nakt_ray.synthetic import (
-    IMAGE_FORMATS,
-    SITES,
-    SiteStyle,
-    generate_case,
-    generate_mixed_case,
-    get_site,
-    write_folder,
-)
+from nakt_ray.demo.synthetic import IMAGE_FORMATS, SITES, SiteStyle, generate_case, generate_mixed_case, get_site, write_folder
 
 SITE_NAMES = sorted(SITES)
 SMALL = (64, 80)  # (height, width) for fast tests

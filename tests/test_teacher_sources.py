@@ -14,9 +14,8 @@ from torch import nn
 
 from conftest import TINY_UNET, make_teacher
 from nakt_ray import zoo
-from nakt_ray.checkpoint import fingerprint, load_model
-from nakt_ray.teacher_sources import (TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS,
-                                      InferenceOptions, TeacherLoadError, load_teacher)
+from nakt_ray.models.model_file import fingerprint, load_model
+from nakt_ray.teachers.sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS, InferenceOptions, TeacherLoadError, load_teacher
 
 # Tracing a MONAI UNet warns about shape checks that become constants; harmless at a fixed input size.
 pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nakt_ray import config, tracking
-from nakt_ray.checkpoint import ModelSpec
+from nakt_ray.models.model_file import ModelSpec
 
 from conftest import tiny_raw_config
 

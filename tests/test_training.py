@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from nakt_ray import config
-from nakt_ray.checkpoint import load_model
-from nakt_ray.teachers import labeled_split, model_spec
+from nakt_ray.models.model_file import load_model
+from nakt_ray.data.datasets import labeled_split
+from nakt_ray.models.model_file import model_spec
 from nakt_ray.metrics import dice_per_class, foreground_mean
-from nakt_ray.training import fit
+from nakt_ray.training.loop import fit
 
 from conftest import TINY_UNET, tiny_raw_config
 
@@ -40,8 +41,8 @@ def test_fit_trains_and_writes_a_loadable_model(ray_session, tmp_path, synthetic
 
 
 def test_a_held_set_is_reshuffled_whole_and_a_streaming_one_through_four_batches(ray_session, monkeypatch):
-    from nakt_ray import training
-    from nakt_ray.training import shuffle_rows
+    from nakt_ray.training import loop as training
+    from nakt_ray.training.loop import shuffle_rows
 
     rows = [{"image": torch.zeros(1, 16, 16).numpy()} for _ in range(50)]
     held = ray_session.data.from_items(rows).materialize()
@@ -54,7 +55,7 @@ def test_a_held_set_is_reshuffled_whole_and_a_streaming_one_through_four_batches
 
 
 def test_annotation_sets_are_decoded_in_tasks_of_megabytes_not_in_training_batches():
-    from nakt_ray.datasets import DECODE_BYTES, decode_rows, decoded_row_bytes
+    from nakt_ray.training.student_data import DECODE_BYTES, decode_rows, decoded_row_bytes
 
     manifest = {"image_shape": [1, 128, 128], "label_shape": [2, 128, 128], "prob_dtype": "uint8"}
     assert decoded_row_bytes(manifest) == 4 * 128 * 128 + 2 * 128 * 128

@@ -70,7 +70,7 @@ def test_bad_tune_settings_are_refused(tmp_path):
 
 
 def test_trial_values_decode_choices_conditions_and_weights(tmp_path):
-    from nakt_ray.search import parse_space, trial_config, trial_values
+    from nakt_ray.search.tune import parse_space, trial_config, trial_values
 
     space = {"student.arch": {"choice": ["unet", "basic_unet"]},
              "student.arch_args.channels": {"choice": [[4, 8], [8, 16]], "when": {"student.arch": "unet"}},
@@ -94,7 +94,7 @@ def test_trial_values_decode_choices_conditions_and_weights(tmp_path):
 
 
 def test_per_teacher_weights_fill_from_the_base_weights(tmp_path):
-    from nakt_ray.search import parse_space, trial_values
+    from nakt_ray.search.tune import parse_space, trial_values
 
     space = {"fusion.weights.1": {"uniform": [0.0, 1.0]}}
     cfg = config.from_dict({**_raw(tmp_path, space), "fusion": {"rule": "weighted_mean", "weights": [2.0, 1.0]}})
@@ -133,7 +133,7 @@ def _search_raw(annotated, tmp_path: Path, synthetic_dirs, **tune) -> dict:
 def test_smoke_search_registers_the_champion_with_child_runs_and_artifacts(annotated, tmp_path, synthetic_dirs):
     from mlflow.tracking import MlflowClient
 
-    from nakt_ray.search import tune_student
+    from nakt_ray.search.tune import tune_student
     from nakt_ray.tracking import tracking_uri
 
     cfg = config.from_dict(_search_raw(annotated, tmp_path, synthetic_dirs))
@@ -186,7 +186,7 @@ def test_smoke_search_registers_the_champion_with_child_runs_and_artifacts(annot
 
 
 def test_tune_needs_a_validation_set_and_a_space(annotated, tmp_path, synthetic_dirs):
-    from nakt_ray.search import tune_student
+    from nakt_ray.search.tune import tune_student
 
     raw = _search_raw(annotated, tmp_path, synthetic_dirs)
     raw["data"]["val"] = None
@@ -277,7 +277,7 @@ def test_workers_release_a_dead_executions_share_of_the_cluster_sooner(ray_sessi
     workers (trials, Train workers) run with a 45 s expiry instead of 180 s (runtime.DATA_REQUEST_EXPIRE)."""
     import os
 
-    from nakt_ray.runtime import DATA_REQUEST_EXPIRE
+    from nakt_ray.runtime.cluster import DATA_REQUEST_EXPIRE
 
     @ray_session.remote(num_cpus=0.1)
     def expiry() -> tuple[str | None, int]:
@@ -294,7 +294,7 @@ def test_every_search_algorithm_keeps_to_max_concurrent_trials(ray_session, tmp_
     come from the searcher itself, or every trial starts at once (and on 2 CPUs their datasets starve)."""
     from ray import tune
 
-    from nakt_ray.search import _search_alg
+    from nakt_ray.search.tune import _search_alg
 
     cfg = config.from_dict(_raw(tmp_path, {"training.lr": {"uniform": [1e-3, 1e-2]}}, search_alg=alg, seed=1,
                                 num_samples=3, max_concurrent_trials=1))

@@ -11,16 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nakt_ray import zoo
-from nakt_ray.zoo import (
-    UnknownArchitectureError,
-    check_arch_args,
-    check_spatial_size,
-    count_parameters,
-    create_model,
-    describe,
-    list_architectures,
-    register_architecture,
-)
+from nakt_ray.zoo import UnknownArchitectureError, check_arch_args, check_spatial_size, count_parameters, create_model, describe, list_architectures, register_architecture
 
 ARCHITECTURES = ["attention_unet", "basic_unet", "segresnet", "swin_unetr", "timm_unet", "unet"]
 
@@ -205,7 +196,7 @@ def test_bad_channel_counts(in_channels, num_classes):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """A copy of the registry, so tests can register architectures without leaking them."""
-    monkeypatch.setattr(zoo, "_ARCHITECTURES", dict(zoo._ARCHITECTURES))
+    monkeypatch.setattr(zoo.registry, "_ARCHITECTURES", dict(zoo.registry._ARCHITECTURES))
 
 
 def test_register_and_duplicate_registration(scratch_registry):

@@ -44,12 +44,13 @@ def student_key(student: str, teacher: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from nakt_ray import config, protocol
-    from nakt_ray.annotate import annotate
-    from nakt_ray.evaluate import evaluate
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.student import train_student
-    from nakt_ray.teachers import train_teacher
+    from nakt_ray import config
+    import protocol
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.evaluation.evaluate import evaluate
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.student import train_student
+    from nakt_ray.training.teacher import train_teacher
 
     run_dir, archs = Path(args.run_dir), list(args.archs)
     splits = protocol.materialise(args.data, run_dir / "splits", seed=args.seed)

@@ -48,13 +48,14 @@ SEARCHED = "student_searched"
 
 
 def run(args: argparse.Namespace) -> dict:
-    from nakt_ray import config, protocol
-    from nakt_ray.annotate import annotate
-    from nakt_ray.evaluate import ENSEMBLE, evaluate
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.search import tune_student
-    from nakt_ray.student import train_student
-    from nakt_ray.teachers import train_teacher
+    from nakt_ray import config
+    import protocol
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.search.tune import tune_student
+    from nakt_ray.training.student import train_student
+    from nakt_ray.training.teacher import train_teacher
 
     run_dir = Path(args.run_dir)
     splits = protocol.materialise(args.data, run_dir / "splits", seed=args.seed)

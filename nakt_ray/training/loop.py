@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nakt_ray.augment import Augmenter
-from nakt_ray.checkpoint import ModelSpec, cpu_state_dict, save_model
+from nakt_ray.data.augment import Augmenter
+from nakt_ray.models.model_file import ModelSpec, cpu_state_dict, save_model
 from nakt_ray.config import TrainingConfig, build
 from nakt_ray.tracking import RunLogger
 
@@ -282,8 +282,8 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from nakt_ray.runtime import cluster_has_gpus
-    from nakt_ray.storage import absolute, is_uri
+    from nakt_ray.runtime.cluster import cluster_has_gpus
+    from nakt_ray.runtime.storage import absolute, is_uri
 
     use_gpu = training.use_gpu if training.use_gpu is not None else cluster_has_gpus()
     resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}

@@ -2,7 +2,7 @@
 
 ``tune.space`` in the run config maps dotted config keys to distributions (plain data, validated at load time).
 Every trial is the base config with its sampled values set: a plain ``train-student`` config, trained by
-:func:`nakt_ray.student.train_student` itself (same datasets, same ``training.fit``; no second loop). Fusion
+:func:`nakt_ray.training.student.train_student` itself (same datasets, same ``training.fit``; no second loop). Fusion
 rules and weights are applied to the per-teacher maps stored in the annotation set, so no teacher is ever loaded.
 
 Ray Tune with Train V2 (PLATFORM_NOTES): each trial is a Tune *function trainable* that runs ``train_student``
@@ -310,8 +310,8 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], space: dict[str, Any
     import ray
     from ray import tune
 
-    from nakt_ray._epoch_queue import EpochQueue
-    from nakt_ray.runtime import cluster_has_gpus
+    from nakt_ray.search.epoch_queue import EpochQueue
+    from nakt_ray.runtime.cluster import cluster_has_gpus
 
     # 1. The trial's typed config: base + sampled values, in a run_dir of its own (named by the stable trial id, so
     #    a trial restarted by `nakt tune --resume` continues its own training run and MLflow child run).
@@ -383,7 +383,7 @@ def _train_trial(cfg: RunConfig, values: dict[str, Any], trial_id: str, parent_r
 
     import ray.data
 
-    from nakt_ray.student import train_student, unfinished_run
+    from nakt_ray.training.student import train_student, unfinished_run
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("NAKT_PROGRESS", "1") != "0"
@@ -445,7 +445,7 @@ def _start_or_resume(cfg: RunConfig, resume: bool) -> dict[str, Any]:
     """The search's identity, persisted in ``<run_dir>/tune/search.json``: experiment name, parent run id, space."""
     f = _state_file(cfg)
     if resume:
-        from nakt_ray.student import read_unfinished
+        from nakt_ray.training.student import read_unfinished
 
         state = read_unfinished(f, "search in this run_dir", "search")
         if not _same(state.get("space"), cfg.tune.space):
@@ -509,10 +509,10 @@ def tune_student(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     import mlflow
     from ray import tune
 
-    from nakt_ray import annotations as ann
+    from nakt_ray.annotation import parquet as ann
     from nakt_ray import tracking
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.teachers import labeled_split
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.data.datasets import labeled_split
 
     # 1. Everything a trial needs, checked before Ray starts.
     if not cfg.tune.space:
@@ -594,8 +594,8 @@ def _register_champion(cfg: RunConfig, best: dict[str, Any], manifest: dict[str,
                        parent_run_id: str) -> tuple[str, str]:
     import mlflow
 
-    from nakt_ray.checkpoint import read_spec
-    from nakt_ray.student import lineage_tags, register_student
+    from nakt_ray.models.model_file import read_spec
+    from nakt_ray.training.student import lineage_tags, register_student
 
     trial_cfg = best["config"]
     weights = list(trial_cfg.fusion.weights) if trial_cfg.fusion.weights else None

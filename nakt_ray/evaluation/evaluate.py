@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nakt_ray import annotations as ann
-from nakt_ray.annotate import TeacherRef, add_teacher_pools, check_teachers
+from nakt_ray.annotation import parquet as ann
+from nakt_ray.annotation.pipeline import TeacherRef, add_teacher_pools, check_teachers
 
 ENSEMBLE = "teachers_ensemble"
 
@@ -22,9 +22,9 @@ ENSEMBLE = "teachers_ensemble"
 def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: list[str],
                 num_classes: int) -> dict[str, np.ndarray]:
     """Per-case foreground Dice and IoU of each model (and of the mean of ``ensemble``'s probabilities)."""
-    from nakt_ray.datasets import geometry_of
+    from nakt_ray.data.datasets import geometry_of
     from nakt_ray.metrics import dice_per_class, foreground_mean, iou_per_class
-    from nakt_ray.preprocess import restore
+    from nakt_ray.data.preprocess import restore
 
     n = len(batch["case_id"])
     names = models + ([ENSEMBLE] if ensemble else [])
@@ -53,9 +53,9 @@ def evaluate(cfg: Any, models: dict[str, str], data: str, out_dir: str | Path, e
 
     Returns ``{"models": {name: {"dice", "dice_ci", "iou", "n"}}, "failed": [...], "table": markdown}``.
     """
-    from nakt_ray.datasets import cases_dataset, decode_batch
+    from nakt_ray.data.datasets import cases_dataset, decode_batch
     from nakt_ray.metrics import bootstrap_ci
-    from nakt_ray.sources import list_cases
+    from nakt_ray.data.readers import list_cases
 
     pre = cfg.preprocess
     num_classes = cfg.data.num_classes

@@ -370,7 +370,7 @@ class TuneConfig:
     space: dict[str, Any] = field(default_factory=dict)
 
     def _validate(self, p: str) -> None:
-        from nakt_ray.search import parse_space  # the space's semantics live with the search
+        from nakt_ray.search.tune import parse_space  # the space's semantics live with the search
 
         for key in ("num_samples", "max_concurrent_trials", "grace_period"):
             if getattr(self, key) < 1:
@@ -419,7 +419,7 @@ class RunConfig:
             _fail(f"{p}tune.metric", self.tune.metric, f"a metric the trials compute: add "
                   f"'{self.tune.metric[4:]}' to training.val_metrics, or use val_dice or val_iou")
         if self.tune.space:
-            from nakt_ray.search import check_trials  # every trial the space can produce must be a valid config
+            from nakt_ray.search.tune import check_trials  # every trial the space can produce must be a valid config
 
             check_trials(self, f"{p}tune.space")
 

@@ -7,8 +7,8 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from nakt_ray import annotations as ann
-from nakt_ray import storage
+from nakt_ray.annotation import parquet as ann
+from nakt_ray.runtime import storage
 from nakt_ray.config import RunConfig
 
 
@@ -61,7 +61,7 @@ def _start_or_resume(out_path: Path, resume: bool, ray_name: str) -> dict[str, A
 
     ``resume`` reuses the last run's identity (its checkpoints and its MLflow run); otherwise a new one starts.
     """
-    from nakt_ray.training import new_run_name
+    from nakt_ray.training.loop import new_run_name
 
     f = _run_state_file(out_path)
     if resume:
@@ -92,7 +92,7 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
     import mlflow
 
     from nakt_ray import tracking
-    from nakt_ray.training import fit
+    from nakt_ray.training.loop import fit
 
     state = state or _start_or_resume(out_path, resume, label)
     with tracking.stage_run(cfg, stage, run_name=label, params=params, tags={**tags, **(run_tags or {})},
@@ -119,7 +119,7 @@ def register_student(model_path: str | Path, spec: Any, registered_name: str, al
     """Log the model file ``model_path`` to the active MLflow run and register it with ``alias`` and ``tags``
     (plus its architecture). Returns ``(model_uri, version)``."""
     from nakt_ray import tracking
-    from nakt_ray.checkpoint import load_model
+    from nakt_ray.models.model_file import load_model
 
     model, _ = load_model(model_path)
     tags = {**tags, "nakt.arch": spec.arch, "nakt.arch_args": json.dumps(spec.arch_args)}
@@ -142,9 +142,10 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     the search's parent run, ``callbacks`` (a Ray Train ``UserCallback`` that hands epochs to Tune) and ``val_ds``,
     the decoded ``data.val`` (the search decodes it once for all its trials; default: decoded here).
     """
-    from nakt_ray.datasets import annotation_dataset, decoded_row_bytes
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.teachers import labeled_split, model_spec
+    from nakt_ray.training.student_data import annotation_dataset, decoded_row_bytes
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.data.datasets import labeled_split
+    from nakt_ray.models.model_file import model_spec
 
     src = str(annotations_dir or cfg.student.annotations or cfg.annotations_dir)  # a path or a URI
     manifest = ann.read_manifest(src)
@@ -182,7 +183,7 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
 
 def _init_state(path: str | Path, spec: Any) -> dict[str, Any]:
     """The weights of the nakt model file ``path``, checked to fit ``spec``'s architecture."""
-    from nakt_ray.checkpoint import read_spec
+    from nakt_ray.models.model_file import read_spec
     import torch
 
     other = read_spec(path)
@@ -205,8 +206,9 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
     are the three variants to compare on one test set (``nakt evaluate``). Only the fine-tuned student is
     registered (alias ``<tracking.alias>-finetuned``).
     """
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.teachers import labeled_split, model_spec
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.data.datasets import labeled_split
+    from nakt_ray.models.model_file import model_spec
 
     if start not in FINETUNE_VARIANTS:
         raise ValueError(f"fine-tuning start {start!r}: expected one of {FINETUNE_VARIANTS}")
@@ -224,7 +226,7 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
         if not source.exists():
             raise FileNotFoundError(f"no distilled student at {str(source)!r}: run `nakt train-student` first "
                                     "or set student.init")
-        from nakt_ray.checkpoint import read_spec
+        from nakt_ray.models.model_file import read_spec
 
         tags = {**{k: str(v) for k, v in read_spec(source).lineage.items()}, **tags, "nakt.init": str(source)}
     suffix = "finetuned" if start == "distilled" else "scratch"

@@ -457,7 +457,7 @@ def _description_for(name: str, source: str) -> tuple[Path, Path, TeacherDescrip
 
 
 def _load_nakt(name: str, source: str, device: torch.device) -> _Loaded:
-    from nakt_ray.checkpoint import CheckpointError, fingerprint, load_model
+    from nakt_ray.models.model_file import CheckpointError, fingerprint, load_model
 
     try:
         model, spec = load_model(source, device)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from nakt_ray import annotations as ann
-from nakt_ray import storage
-from nakt_ray.teacher_sources import InferenceOptions, LoadedTeacher, TeacherLoadError, load_teacher
+from nakt_ray.annotation import parquet as ann
+from nakt_ray.runtime import storage
+from nakt_ray.teachers.sources import InferenceOptions, LoadedTeacher, TeacherLoadError, load_teacher
 
 # Shared with the student / evaluation pipelines: columns the teachers read and add.
 TEACHER_INPUT = "image"
@@ -213,7 +213,7 @@ ACTOR_RESTARTS = 3
 
 def pool_layout(pools: str) -> str:
     """``annotate.pools`` resolved on the connected cluster: ``auto`` is ``per_teacher`` with GPUs, else ``shared``."""
-    from nakt_ray.runtime import cluster_has_gpus
+    from nakt_ray.runtime.cluster import cluster_has_gpus
 
     if pools not in ("auto", "per_teacher", "shared"):
         raise ValueError(f"annotate.pools {pools!r}: expected auto, per_teacher or shared")
@@ -234,7 +234,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
     """
     from ray.data import ActorPoolStrategy
 
-    from nakt_ray.runtime import cluster_has_gpus
+    from nakt_ray.runtime.cluster import cluster_has_gpus
 
     def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
         return dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes, in_channels=in_channels,
@@ -352,8 +352,9 @@ def annotate(cfg: Any, transferal: str | None = None, output: str | None = None,
     """
     import ray
 
-    from nakt_ray.datasets import LIGHT_CPU, cases_dataset, decode_batch
-    from nakt_ray.sources import list_cases
+    from nakt_ray.runtime.cluster import LIGHT_CPU
+    from nakt_ray.data.datasets import cases_dataset, decode_batch
+    from nakt_ray.data.readers import list_cases
 
     source = transferal or cfg.data.transferal
     if not source:

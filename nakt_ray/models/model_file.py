@@ -131,3 +131,9 @@ def fingerprint(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def model_spec(cfg: Any, name: str, arch: str, arch_args: dict[str, Any], role: str,
+               lineage: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(name=name, arch=arch, arch_args=dict(arch_args), labels=tuple(cfg.data.labels),
+                     preprocess=cfg.preprocess, role=role, lineage=lineage)

@@ -3,7 +3,7 @@
 Ray's ``TuneReportCallback`` does the same through the Tune session's own queue, but Tune's polling thread drains
 that one and can see the trial function return before it picks up the last epoch (measured: the last epoch of a
 local-mode trial was lost when its training task returned right after reporting it). With this queue the trial
-function itself drains every epoch, in order, before it returns. Its own module so that ``nakt_ray.search``,
+function itself drains every epoch, in order, before it returns. Its own module so that ``nakt_ray.search.tune``,
 which config validation imports, does not import Ray Train.
 """
 from __future__ import annotations

@@ -9,28 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nakt_ray.checkpoint import ModelSpec
 from nakt_ray.config import RunConfig, TeacherConfig
-
-
-def model_spec(cfg: RunConfig, name: str, arch: str, arch_args: dict[str, Any], role: str,
-               lineage: dict[str, Any]) -> ModelSpec:
-    return ModelSpec(name=name, arch=arch, arch_args=dict(arch_args), labels=tuple(cfg.data.labels),
-                     preprocess=cfg.preprocess, role=role, lineage=lineage)
-
-
-def labeled_split(cfg: RunConfig, folder: str, batch_size: int) -> tuple[Any, list[dict[str, str]], int]:
-    """Decode a labeled folder for training: (dataset of good cases, failed cases, number of cases listed)."""
-    from nakt_ray.datasets import labeled_dataset, split_errors
-    from nakt_ray.sources import list_cases
-
-    cases = list_cases(folder, require_masks=True, mask_suffix=cfg.data.mask_suffix)
-    ds = labeled_dataset(cases, cfg.preprocess, cfg.data.num_classes, cfg.data.mask_values, batch_size=batch_size)
-    good, failed = split_errors(ds)
-    if len(failed) == len(cases):
-        raise ValueError(f"none of the {len(cases)} cases in {folder!r} could be read; first error: "
-                         f"{failed[0]['error']}")
-    return good, failed, len(cases)
+from nakt_ray.data.datasets import labeled_split
+from nakt_ray.models.model_file import model_spec
 
 
 def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
@@ -38,8 +19,8 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
     import mlflow
 
     from nakt_ray import tracking
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.training import fit
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.loop import fit
 
     if not teacher.train_data:
         raise ValueError(f"teacher {teacher.name!r} has no train_data; set teachers[].train_data to a labeled "

@@ -1,10 +1,10 @@
 """``nakt predict``: segment a folder of images with any model and write masks and overlays at the original size.
 
-The model is loaded with :func:`nakt_ray.teacher_sources.load_teacher`, so any source works: a nakt model file, an
+The model is loaded with :func:`nakt_ray.teachers.sources.load_teacher`, so any source works: a nakt model file, an
 exported TorchScript / ONNX file with its description YAML, or an MLflow URI. Cases come from
-:func:`nakt_ray.sources.list_cases` (a folder with ``images/`` or a bare folder of images; a volume gives one case
-per slice) and are decoded and preprocessed by :func:`nakt_ray.datasets.decode_batch`; probabilities are mapped
-back to the original image size with :func:`nakt_ray.preprocess.restore` (as in evaluation) and arg-maxed.
+:func:`nakt_ray.data.readers.list_cases` (a folder with ``images/`` or a bare folder of images; a volume gives one case
+per slice) and are decoded and preprocessed by :func:`nakt_ray.data.datasets.decode_batch`; probabilities are mapped
+back to the original image size with :func:`nakt_ray.data.preprocess.restore` (as in evaluation) and arg-maxed.
 
 Outputs under ``out_dir`` (a ``case_id`` with folders, ``site/a``, keeps them; slices are ``case#0012``)::
 
@@ -109,10 +109,10 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
     from PIL import Image
 
     from nakt_ray.config import PreprocessConfig
-    from nakt_ray.datasets import decode_batch, geometry_of
-    from nakt_ray.preprocess import restore
-    from nakt_ray.sources import list_cases, read_image
-    from nakt_ray.teacher_sources import load_teacher
+    from nakt_ray.data.datasets import decode_batch, geometry_of
+    from nakt_ray.data.preprocess import restore
+    from nakt_ray.data.readers import list_cases, read_image
+    from nakt_ray.teachers.sources import load_teacher
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: got {batch_size!r}; expected an integer >= 1")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nakt_ray import annotations as ann
+from nakt_ray.annotation import parquet as ann
 
 
 def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: list[float] | None = None,
@@ -19,7 +19,8 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     """Write ``output``: the set in ``annotations_dir`` fused by ``rule``/``weights``. Returns a summary."""
     import ray
 
-    from nakt_ray.datasets import LIGHT_CPU, read_parquet
+    from nakt_ray.runtime.cluster import LIGHT_CPU
+    from nakt_ray.annotation.parquet import read_parquet
     from nakt_ray.fusion import FUSION_RULES
 
     src, out_dir = Path(annotations_dir), Path(output)

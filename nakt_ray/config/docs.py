@@ -1,6 +1,6 @@
 """The key table of docs/config.md, generated from the config dataclasses (so the docs cannot drift).
 
-    .venv/bin/python -m nakt_ray._docs     # rewrites the table under "## All keys" in docs/config.md
+    .venv/bin/python -m nakt_ray.config.docs     # rewrites the table under "## All keys" in docs/config.md
 
 ``tests/test_config.py`` fails when the committed table differs from what this renders.
 """
@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from nakt_ray import config
+from nakt_ray.config import schema
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 HEADER = "## All keys"
 
 
@@ -33,7 +34,7 @@ def _rows(cls: type, prefix: str, defaults: Any = None) -> list[tuple[str, str, 
             continue
         value = getattr(defaults, f.name) if defaults is not None else _default(f)
         text = "(required)" if value is dataclasses.MISSING else str(list(value) if isinstance(value, tuple) else value)
-        rows.append((key, config._type_name(tp), text))
+        rows.append((key, schema._type_name(tp), text))
     return rows
 
 

@@ -782,7 +782,7 @@ def write_folder(
         cases.append({"case_id": case_id, "site": name, "height": image.shape[0], "width": image.shape[1]})
 
     meta = {
-        "generator": "nakt_ray.synthetic",
+        "generator": "nakt_ray.demo.synthetic",
         "site": site.name if isinstance(site, SiteStyle) else site,
         "seed": int(seed),
         "num_cases": int(num_cases),

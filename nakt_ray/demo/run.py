@@ -68,7 +68,7 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     t0 = time.perf_counter()
 
     progress("generating synthetic ultrasound-like data (3 teacher sites, transferal, test)")
-    from nakt_ray import synthetic
+    from nakt_ray.demo import synthetic
 
     data = Path(run_dir) / "data"
     for i, (_, _, site) in enumerate(TEACHERS):
@@ -83,11 +83,11 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     print(f"  data in {data}; run config written to {Path(run_dir) / 'run.yaml'}")
 
     from nakt_ray import tracking
-    from nakt_ray.annotate import annotate
-    from nakt_ray.evaluate import evaluate
-    from nakt_ray.runtime import init_ray
-    from nakt_ray.student import train_student
-    from nakt_ray.teachers import train_teacher
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.evaluation.evaluate import evaluate
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.student import train_student
+    from nakt_ray.training.teacher import train_teacher
 
     init_ray(cfg.ray)
     progress(f"training {len(cfg.teachers)} teachers with Ray Train: "
@@ -142,9 +142,9 @@ def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path
     from PIL import Image
 
     from nakt_ray import tracking
-    from nakt_ray.predict import overlay
-    from nakt_ray.preprocess import preprocess_image, restore
-    from nakt_ray.sources import list_cases, read_image
+    from nakt_ray.inference.predict import overlay
+    from nakt_ray.data.preprocess import preprocess_image, restore
+    from nakt_ray.data.readers import list_cases, read_image
 
     tracking.setup(cfg)
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()

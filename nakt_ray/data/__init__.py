@@ -1,0 +1,7 @@
+"""Data: transferal, labeled and test cases from folders (PNG, JPEG, TIFF, BMP, DICOM, NIfTI) -> preprocessed
+arrays ``[C, H, W]`` with the geometry that maps them back, and Ray Datasets of decoded cases.
+
+Takes in: a folder (``images/`` + optional ``masks/``) and a :class:`~nakt_ray.config.PreprocessConfig`. Gives out:
+:class:`~nakt_ray.data.readers.Case` lists, decoded batches (``image``, ``target``, ``geometry``, ``error``) and
+augmentations. Knows no model and no trainer.
+"""

@@ -1,0 +1,19 @@
+"""Fusion: several teachers' probability maps of one case -> one soft label, and the figures that say how much the
+teachers agree. Pure NumPy over arrays ``[T, C, H, W]`` (T teachers, C classes, probabilities); no Ray, nothing of
+the pipeline. The annotation stage applies it per batch; re-fusion and student training apply it again to the
+stored per-teacher maps.
+"""
+from nakt_ray.fusion.rules import (
+    FUSION_RULES,
+    entropy,
+    fuse,
+    hard_label,
+    majority_vote,
+    mean,
+    pairwise_dice,
+    staple,
+    weighted_mean,
+)
+
+__all__ = ["FUSION_RULES", "entropy", "fuse", "hard_label", "majority_vote", "mean", "pairwise_dice", "staple",
+           "weighted_mean"]
