@@ -8,8 +8,8 @@ Cost on 2 CPU cores: ~6-9 min with defaults (plain loop and both pipeline layout
 
 Both paths run the same three teachers of different architectures (unet, segresnet, attention_unet; random
 weights: throughput does not depend on them) over the same images with the same code for decoding and
-preprocessing (``datasets.decode_batch``), inference (``annotate.TeacherPredictor``), fusion
-(``annotate.fuse_batch``, mean) and the same Parquet schema. The plain loop runs them one after another in this
+preprocessing (``data.datasets.decode_batch``), inference (``annotation.pools.TeacherPredictor``),
+fusion (``annotation.pipeline.fuse_batch``, mean) and the same Parquet schema. The plain loop runs them one after another in this
 process with all cores for torch; the pipeline runs ``annotate.annotate`` on a fresh local Ray instance, in the
 layout ``--pools`` (default ``auto``: one shared pool of all-teacher actors on a machine without GPUs) and, side
 by side, again with one actor pool per teacher.
@@ -134,8 +134,8 @@ def usage(mem: PeakMemory) -> dict:
 def make_teachers(folder: Path, size: int) -> list[tuple[str, str]]:
     import torch
 
-    from nakt_ray.models.model_file import ModelSpec, save_model
     from nakt_ray.config import PreprocessConfig
+    from nakt_ray.models.model_file import ModelSpec, save_model
 
     out = []
     for i, (name, arch) in enumerate(TEACHERS):
@@ -176,7 +176,8 @@ def plain_loop(cfg, out_dir: Path) -> dict:
     import torch
 
     from nakt_ray.annotation import parquet as ann
-    from nakt_ray.annotation.pipeline import TeacherPredictor, fuse_batch
+    from nakt_ray.annotation.pipeline import fuse_batch
+    from nakt_ray.annotation.pools import TeacherPredictor
     from nakt_ray.data.datasets import decode_batch
     from nakt_ray.data.readers import list_cases
 

@@ -70,8 +70,8 @@ def training_config(args, num_workers: int, threads: int):
 
 
 def spec_for(manifest: dict, arch: str):
-    from nakt_ray.models.model_file import ModelSpec
     from nakt_ray.config import PreprocessConfig
+    from nakt_ray.models.model_file import ModelSpec
 
     return ModelSpec(name="bench", arch=arch, arch_args={}, labels=tuple(manifest["labels"]),
                      preprocess=PreprocessConfig(**{**manifest["preprocess"],
@@ -85,9 +85,9 @@ def ray_fit(args, annotations: Path, num_workers: int, work: Path, held: bool = 
     from mlflow.tracking import MlflowClient
 
     from nakt_ray.annotation import parquet as ann
-    from nakt_ray.training.student_data import annotation_dataset
     from nakt_ray.tracking import RunLogger
     from nakt_ray.training.loop import fit
+    from nakt_ray.training.student_data import annotation_dataset
 
     cpus = os.cpu_count() or 1
     tc = training_config(args, num_workers, max(1, cpus // num_workers))

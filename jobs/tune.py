@@ -17,7 +17,7 @@ from common import Job, has_command, log, parser, run_nakt
 def main(argv: list[str] | None = None) -> int:
     args = parser("tune", __doc__).parse_args(argv)
     if not has_command("tune"):
-        log("tune", "error: this nakt-ray has no `nakt tune` command (nakt_ray/search.py); upgrade the image")
+        log("tune", "error: this nakt-ray has no `nakt tune` command (nakt_ray/search/); upgrade the image")
         return 2
     job = Job("tune", args)
     return run_nakt(job.argv("tune", *(["--resume"] if args.resume else [])))

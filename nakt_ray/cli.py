@@ -46,8 +46,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
 def cmd_annotate(args: argparse.Namespace) -> int:
     from nakt_ray import tracking
-    from nakt_ray.runtime import storage
     from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.runtime import storage
     from nakt_ray.runtime.cluster import init_ray
 
     cfg = _load(args)
@@ -66,13 +66,13 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
+    from nakt_ray.annotation.re_fuse import re_fuse
     from nakt_ray.config import RayConfig
-    from nakt_ray.annotation.re_fuse import refuse
     from nakt_ray.runtime.cluster import init_ray
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     init_ray(RayConfig(address=args.ray_address))
-    print(json.dumps(refuse(args.annotations, args.output, args.rule, weights), indent=2))
+    print(json.dumps(re_fuse(args.annotations, args.output, args.rule, weights), indent=2))
     return 0
 
 
@@ -279,17 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nakt_ray.annotation.pipeline import TeacherError
-    from nakt_ray.models.model_file import CheckpointError
-    from nakt_ray.config import ConfigError
-    from nakt_ray.data.readers import DataError
+    from nakt_ray.errors import NaktError
     from nakt_ray.tracking import TrackingUnreachable
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, CheckpointError, TeacherError, FileExistsError, FileNotFoundError,
-            ValueError, TrackingUnreachable) as err:
+    # NaktError: every bad-input error of nakt (config, data, model files, teachers, export). ValueError: a bad
+    # argument checked where no NaktError applies (a device name, a batch size).
+    except (NaktError, FileExistsError, FileNotFoundError, ValueError, TrackingUnreachable) as err:
         print(f"nakt {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,60 @@ from typing import Any
 
 from nakt_ray.config import RunConfig, flatten
 
+# ----------------------------------------------------------------------------------------------------------------
+# The ``nakt.*`` MLflow tag names that stage runs and registered models carry, each spelled once, here.
+
+# On every stage run: the stage (`nakt <stage>`), the run directory, and "true" on a resumed run.
+TAG_STAGE = "nakt.stage"
+TAG_RUN_DIR = "nakt.run_dir"
+TAG_RESUMED = "nakt.resumed"
+
+# What a model is (on a registered model version, or on the run that logged the model), read by the MLflow teacher
+# source kind (nakt_ray/teachers/kinds/mlflow_model.py). Values are JSON, except ``nakt.outputs`` which may also be
+# the bare word: labels '["background", "head"]', in_channels '1', input_size '[128, 128]', outputs 'logits',
+# preprocess '{"normalize": "zscore"}'.
+TAG_LABELS = "nakt.labels"
+TAG_IN_CHANNELS = "nakt.in_channels"
+TAG_INPUT_SIZE = "nakt.input_size"
+TAG_OUTPUTS = "nakt.outputs"
+TAG_PREPROCESS = "nakt.preprocess"
+# TeacherDescription field -> its tag.
+DESCRIPTION_TAGS = {"labels": TAG_LABELS, "in_channels": TAG_IN_CHANNELS, "input_size": TAG_INPUT_SIZE,
+                    "outputs": TAG_OUTPUTS, "preprocess": TAG_PREPROCESS}
+
+# Tags: lineage of a student (written at registration, read by people and by `nakt predict`'s report).
+TAG_TEACHER = "nakt.teacher"
+TAG_TEACHERS = "nakt.teachers"
+TAG_TEACHER_ARCHS = "nakt.teacher_archs"
+TAG_TEACHER_FINGERPRINTS = "nakt.teacher_fingerprints"
+TAG_TRANSFERAL = "nakt.transferal"
+TAG_ANNOTATIONS = "nakt.annotations"
+TAG_ANNOTATION_FINGERPRINT = "nakt.annotation_fingerprint"
+TAG_FUSION_RULE = "nakt.fusion_rule"
+TAG_FUSION_WEIGHTS = "nakt.fusion_weights"
+TAG_ARCH = "nakt.arch"
+TAG_ARCH_ARGS = "nakt.arch_args"
+TAG_FINETUNE_DATA = "nakt.finetune_data"
+TAG_FINETUNE_CASES = "nakt.finetune_cases"
+TAG_START = "nakt.start"
+TAG_INIT = "nakt.init"
+
+# Tags: a search: its parent run, its trials and its champion.
+TAG_TUNE_NAME = "nakt.tune_name"
+TAG_TUNE_EXPERIMENT = "nakt.tune_experiment"
+TAG_TUNE_SEARCH_ALG = "nakt.tune_search_alg"
+TAG_TUNE_SCHEDULER = "nakt.tune_scheduler"
+TAG_TUNE_PARENT_RUN_ID = "nakt.tune_parent_run_id"
+TAG_TUNE_TRIAL_ID = "nakt.tune_trial_id"
+TAG_TUNE_VALUES = "nakt.tune_values"
+TAG_TUNE_TRIAL_CONFIG = "nakt.tune_trial_config"
+TAG_TUNE_STATUS = "nakt.tune_status"
+TAG_CHAMPION_TRIAL = "nakt.champion_trial"
+TAG_CHAMPION_RUN_ID = "nakt.champion_run_id"
+TAG_CHAMPION_MODEL_URI = "nakt.champion_model_uri"
+TAG_CHAMPION_VERSION = "nakt.champion_version"
+TAG_TUNE_BEST_PREFIX = "nakt.tune_best_"  # + the search metric, e.g. nakt.tune_best_val_dice
+
 
 def tracking_uri(cfg: RunConfig) -> str:
     if cfg.tracking.uri:
@@ -113,11 +167,11 @@ def stage_run(cfg: RunConfig, stage: str, run_name: str | None = None, params: d
     exp_id = setup(cfg)
     if run_id is not None:
         with mlflow.start_run(run_id=run_id) as run:
-            mlflow.set_tag("nakt.resumed", "true")
+            mlflow.set_tag(TAG_RESUMED, "true")
             yield run
         return
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name or stage) as run:
-        mlflow.set_tags({"nakt.stage": stage, "nakt.run_dir": str(Path(cfg.run_dir).resolve()), **(tags or {})})
+        mlflow.set_tags({TAG_STAGE: stage, TAG_RUN_DIR: str(Path(cfg.run_dir).resolve()), **(tags or {})})
         mlflow.log_params({k: _param(v) for k, v in flatten(cfg.to_dict()).items()})
         if params:
             mlflow.log_params({k: _param(v) for k, v in params.items()})
@@ -159,12 +213,10 @@ def pip_requirements() -> list[str]:
 
 
 def description_tags(spec: Any) -> dict[str, str]:
-    """The ``nakt.*`` tags that let any loader (``teacher_sources``, ``nakt predict``/``export``) use the
-    registered model without its nakt file: labels, input channels and size, output kind, preprocessing."""
+    """The ``nakt.*`` tags that let any loader (the MLflow teacher source kind, ``nakt predict``/``export``) use
+    the registered model without its nakt file: labels, input channels and size, output kind, preprocessing."""
     import json
     from dataclasses import asdict
-
-    from nakt_ray.teachers.sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS
 
     return {TAG_LABELS: json.dumps(list(spec.labels)), TAG_IN_CHANNELS: json.dumps(spec.in_channels),
             TAG_INPUT_SIZE: json.dumps(list(spec.preprocess.size)), TAG_OUTPUTS: "logits",

@@ -20,9 +20,10 @@ import time
 
 import ray
 
-from nakt_ray.annotation import parquet as ann
 from nakt_ray import config
-from nakt_ray.annotation.pipeline import TeacherPredictor, annotate
+from nakt_ray.annotation import parquet as ann
+from nakt_ray.annotation.pipeline import annotate
+from nakt_ray.annotation.pools import TeacherPredictor
 from nakt_ray.config import RayConfig
 from nakt_ray.runtime.cluster import init_ray
 

@@ -21,9 +21,8 @@ def ray_session():
     """A local Ray instance shared by every test that needs one (starting Ray costs ~4 s and ~0.8 GB)."""
     import ray
 
-    from nakt_ray.runtime.cluster import init_ray
-
     from nakt_ray.config import RayConfig
+    from nakt_ray.runtime.cluster import init_ray
 
     init_ray(RayConfig(num_cpus=2))
     yield ray
@@ -52,8 +51,8 @@ def make_teacher(path: Path, name: str, num_classes: int = 2, size=(32, 32), see
     """Save an untrained tiny UNet as a nakt model file (random but deterministic weights)."""
     import torch
 
-    from nakt_ray.models.model_file import ModelSpec, save_model
     from nakt_ray.config import PreprocessConfig
+    from nakt_ray.models.model_file import ModelSpec, save_model
 
     torch.manual_seed(seed)
     labels = ("background",) + tuple(f"c{i}" for i in range(1, num_classes))

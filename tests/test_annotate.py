@@ -5,14 +5,15 @@ import json
 
 import numpy as np
 import pytest
+from conftest import corrupt_copy, make_teacher, tiny_raw_config
 
-from nakt_ray.annotation import parquet as ann
 from nakt_ray import config
-from nakt_ray.annotation.pipeline import EnsemblePredictor, TeacherError, TeacherPredictor, annotate, fuse_batch, pool_layout, shared_pool_size
+from nakt_ray.annotation import parquet as ann
+from nakt_ray.annotation.pipeline import annotate, fuse_batch
+from nakt_ray.annotation.pools import EnsemblePredictor, TeacherPredictor, pool_layout, shared_pool_size
 from nakt_ray.data.datasets import decode_batch
 from nakt_ray.data.readers import list_cases
-
-from conftest import corrupt_copy, make_scripted_teacher, make_teacher, tiny_raw_config
+from nakt_ray.errors import TeacherLoadError, TeacherOutputError
 
 
 def _batch(cases):
@@ -113,16 +114,17 @@ def test_teacher_with_other_input_size_is_resampled(tmp_path):
 
 def test_teacher_errors_name_the_teacher(tmp_path):
     path = make_teacher(tmp_path / "t.pt", "three", num_classes=3)
-    with pytest.raises(TeacherError, match="teacher 'three'.*predicts 3 classes.*use 2"):
+    with pytest.raises(TeacherLoadError, match="teacher 'three'.*predicts 3 classes.*use 2"):
         TeacherPredictor(str(path), "three", num_classes=2, in_channels=1)
-    with pytest.raises(TeacherError, match="teacher 'three'.*takes 1 input channels.*gives 3"):
+    with pytest.raises(TeacherLoadError, match="teacher 'three'.*takes 1 input channels.*gives 3"):
         TeacherPredictor(str(path), "three", num_classes=3, in_channels=3)
     predictor = TeacherPredictor(str(path), "three", num_classes=3, in_channels=1)
     predictor.teacher._forward = lambda x: x.new_full((x.shape[0], 3, 32, 32), float("nan"))
-    with pytest.raises(TeacherError, match="teacher 'three'.*NaN"):
+    unusable = (TeacherLoadError, TeacherOutputError)  # a prediction that cannot be used, caught as it is made
+    with pytest.raises(unusable, match="teacher 'three'.*NaN"):
         predictor.predict(np.zeros((1, 1, 32, 32), np.float32))
     predictor.teacher._forward = lambda x: x.new_zeros((x.shape[0], 2, 32, 32))
-    with pytest.raises(TeacherError, match="teacher 'three'.*returns 2 classes but its labels declare 3"):
+    with pytest.raises(unusable, match="teacher 'three'.*returns 2 classes but its labels declare 3"):
         predictor.predict(np.zeros((1, 1, 32, 32), np.float32))
 
 
@@ -181,11 +183,11 @@ def test_refused_output_and_mismatched_teachers(annotated, tmp_path):
     raw = cfg.to_dict()
     raw["teachers"][1]["checkpoint"] = str(make_teacher(tmp_path / "t3.pt", "t3", num_classes=3))
     raw["annotate"]["output"] = str(tmp_path / "out")
-    with pytest.raises(TeacherError, match="teacher 't2'.*predicts 3 classes.*use 2"):  # before any actor
+    with pytest.raises(TeacherLoadError, match="teacher 't2'.*predicts 3 classes.*use 2"):  # before any actor
         annotate(config.from_dict(raw))
 
 
-def test_student_dataset_refuses_from_stored_maps(annotated):
+def test_student_dataset_re_fuses_from_stored_maps(annotated):
     from nakt_ray.training.student_data import annotation_dataset
 
     cfg, _, _ = annotated
@@ -209,13 +211,13 @@ def test_annotation_batch_called_directly():
     stored = annotation_batch(batch, image_shape=(1, 4, 4), label_shape=(2, 4, 4))
     np.testing.assert_array_equal(stored["target"], a)
     np.testing.assert_allclose(stored["image"], image.astype(np.float32))
-    refused = annotation_batch(batch, image_shape=(1, 4, 4), label_shape=(2, 4, 4), teachers=["a", "b"],
+    re_fused = annotation_batch(batch, image_shape=(1, 4, 4), label_shape=(2, 4, 4), teachers=["a", "b"],
                                rule="weighted_mean", weights=[0.0, 1.0])
-    assert np.abs(refused["target"].astype(int) - b.astype(int)).max() <= 1
+    assert np.abs(re_fused["target"].astype(int) - b.astype(int)).max() <= 1
 
 
-def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
-    from nakt_ray.annotation.re_fuse import refuse
+def test_re_fuse_changes_fusion_without_any_teacher(annotated, tmp_path):
+    from nakt_ray.annotation.re_fuse import re_fuse
 
     cfg, _, _ = annotated
     hidden = []
@@ -224,7 +226,7 @@ def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
         hidden.append((path, path.with_suffix(".hidden")))
         path.rename(hidden[-1][1])
     try:
-        only_t2 = refuse(cfg.annotations_dir, tmp_path / "t2", "weighted_mean", [0.0, 1.0])
+        only_t2 = re_fuse(cfg.annotations_dir, tmp_path / "t2", "weighted_mean", [0.0, 1.0])
     finally:
         for path, moved in hidden:
             moved.rename(path)
@@ -236,7 +238,7 @@ def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
 
     stored = ann.read_table(cfg.annotations_dir).to_pydict()
     batch = {k: np.array(v, dtype=object) for k, v in stored.items()}
-    same = ann.refuse_batch(batch, teachers=["t1", "t2"], label_shape=(2, 32, 32), rule="mean", weights=None)
+    same = ann.re_fuse_batch(batch, teachers=["t1", "t2"], label_shape=(2, 32, 32), rule="mean", weights=None)
     assert list(same["soft_label"]) == stored["soft_label"]  # re-fusing by the same rule reproduces the set
     stored_t2 = by_case(cfg.annotations_dir, "prob__t2")
     for case, soft in by_case(tmp_path / "t2", "soft_label").items():
@@ -248,7 +250,7 @@ def test_refuse_changes_fusion_without_any_teacher(annotated, tmp_path):
     assert manifest["fusion"] == {"rule": "weighted_mean", "weights": [0.0, 1.0]}
     assert manifest["fused_from"] == str(cfg.annotations_dir.resolve())
     with pytest.raises(ValueError, match="3 weights given but annotation set .* holds 2 teachers"):
-        refuse(cfg.annotations_dir, tmp_path / "bad", "weighted_mean", [1.0, 1.0, 1.0])
+        re_fuse(cfg.annotations_dir, tmp_path / "bad", "weighted_mean", [1.0, 1.0, 1.0])
 
 
 def test_decode_batch_reads_slices_of_a_volume(tmp_path):
@@ -281,7 +283,7 @@ def test_annotate_with_teachers_from_all_four_sources(ray_session, tmp_path, syn
     from mlflow.tracking import MlflowClient
 
     from nakt_ray.models.model_file import load_model
-    from nakt_ray.teachers.sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS
+    from nakt_ray.tracking import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS
 
     nakt_file = make_teacher(tmp_path / "nakt.pt", "n", seed=5)
     model, _ = load_model(nakt_file)

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_teacher
 
 from nakt_ray.models.model_file import CheckpointError, load_model, read_spec
-
-from conftest import make_teacher
 
 
 def test_round_trip_needs_nothing_but_the_path(tmp_path):

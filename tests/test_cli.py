@@ -5,11 +5,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import HC18
 
 pytestmark = pytest.mark.slow

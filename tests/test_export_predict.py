@@ -1,5 +1,6 @@
-"""Tests for nakt_ray/export.py and nakt_ray/predict.py (and their CLI commands): parity of exported files, exported
-files as teacher sources, and a folder segmented at the original sizes with a corrupt file in it."""
+"""Tests for nakt_ray/inference/export.py and nakt_ray/inference/predict.py (and their CLI commands): parity of
+exported files, exported files as teacher sources, and a folder segmented at the original sizes with a corrupt file
+in it."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_teacher
 from PIL import Image
 
-from conftest import make_teacher
-from nakt_ray.demo import synthetic
-from nakt_ray.models.model_file import load_model
 from nakt_ray.cli import main
+from nakt_ray.demo import synthetic
 from nakt_ray.inference.export import ExportError, check_parity, export, export_torchscript
 from nakt_ray.inference.predict import PALETTE, mask_scale, overlay, predict_folder
-from nakt_ray.teachers.sources import load_teacher
+from nakt_ray.models.model_file import load_model
+from nakt_ray.teachers.registry import load_teacher
 
 SIZE = (32, 32)
 # (case id prefix, site, seed, original (H, W)): two image sizes, neither the model's.
@@ -85,8 +86,8 @@ def test_export_refuses_unknown_formats_and_non_torch_sources(exported, student,
 
 def test_timm_unet_student_exports_to_torchscript(tmp_path):
     # TorchScript only: the ONNX export of a timm encoder alone takes ~10 s on 2 cores (it works: ~5e-8 apart).
-    from nakt_ray.models.model_file import ModelSpec
     from nakt_ray.config import PreprocessConfig
+    from nakt_ray.models.model_file import ModelSpec
 
     spec = ModelSpec(name="timm", arch="timm_unet", arch_args={"encoder": "resnet10t"},
                      labels=("background", "head"), preprocess=PreprocessConfig(size=(64, 64)), role="student")

@@ -4,9 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nakt_ray import fusion
+from nakt_ray.fusion import (
+    FUSION_RULES,
+    entropy,
+    fuse,
+    hard_label,
+    majority_vote,
+    mean,
+    pairwise_dice,
+    staple,
+    weighted_mean,
+)
 from nakt_ray.fusion import rules as fusion_rules
-from nakt_ray.fusion import FUSION_RULES, entropy, fuse, hard_label, majority_vote, mean, pairwise_dice, staple, weighted_mean
 
 
 def one_hot(labels: list | np.ndarray, num_classes: int) -> np.ndarray:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
 # two driver processes per test, each starting Ray: minutes on a loaded 2-core machine

@@ -13,8 +13,8 @@ import contextlib
 import importlib.util
 import json
 import os
-import shutil
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,8 +242,8 @@ def test_student_registered_through_an_mlflow_server_and_a_clear_error_when_it_i
 
     from nakt_ray import config
     from nakt_ray.cli import main
-    from nakt_ray.training.student import train_student
     from nakt_ray.tracking import TrackingUnreachable
+    from nakt_ray.training.student import train_student
 
     base, summary, _ = annotated
     raw = base.to_dict()
@@ -391,7 +390,7 @@ def test_distil_job_trains_fine_tunes_then_keeps_both_on_resume(annotated, tmp_p
 def test_tune_job_runs_nakt_tune(annotated, tmp_path, capsys):
     common, tune = load_job("common"), load_job("tune")
     if not common.has_command("tune"):
-        pytest.skip("this nakt-ray has no `nakt tune` yet (nakt_ray/search.py)")
+        pytest.skip("this nakt-ray has no `nakt tune` yet (nakt_ray/search/)")
     base, summary, _ = annotated
     raw = base.to_dict()
     raw.update(run_dir=str(tmp_path / "run"), student={"name": "s", "arch": "unet", "arch_args": TINY_UNET,

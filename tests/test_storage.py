@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
 from nakt_ray.runtime import storage
-
-from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
 
 
 @pytest.mark.parametrize("location, names, expected", [
@@ -58,8 +57,8 @@ def test_unknown_scheme_is_refused_naming_the_location():
 def test_annotations_and_ray_train_storage_on_uris(ray_session, tmp_path, synthetic_dirs, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from nakt_ray.annotation import parquet as ann
     from nakt_ray import config
+    from nakt_ray.annotation import parquet as ann
     from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.cli import main
     from nakt_ray.training.student import train_student

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_UNET, corrupt_copy
 
 from nakt_ray import config
-
-from conftest import TINY_UNET, corrupt_copy
 
 
 def _student_cfg(annotated, tmp_path: Path, synthetic_dirs, training: dict | None = None, **extra):

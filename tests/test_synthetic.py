@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from nakt_ray.demo.synthetic import IMAGE_FORMATS, SITES, SiteStyle, generate_case, generate_mixed_case, get_site, write_folder
+from nakt_ray.demo.synthetic import (
+    IMAGE_FORMATS,
+    SITES,
+    SiteStyle,
+    generate_case,
+    generate_mixed_case,
+    get_site,
+    write_folder,
+)
 
 SITE_NAMES = sorted(SITES)
 SMALL = (64, 80)  # (height, width) for fast tests

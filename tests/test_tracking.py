@@ -7,11 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import tiny_raw_config
 
 from nakt_ray import config, tracking
 from nakt_ray.models.model_file import ModelSpec
-
-from conftest import tiny_raw_config
 
 
 @pytest.fixture

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_UNET, tiny_raw_config
 
 from nakt_ray import config
-from nakt_ray.models.model_file import load_model
 from nakt_ray.data.datasets import labeled_split
-from nakt_ray.models.model_file import model_spec
 from nakt_ray.metrics import dice_per_class, foreground_mean
+from nakt_ray.models.model_file import load_model, model_spec
 from nakt_ray.training.loop import fit
-
-from conftest import TINY_UNET, tiny_raw_config
 
 
 @pytest.mark.parametrize("num_workers", [0, pytest.param(1, marks=pytest.mark.slow)])

@@ -11,7 +11,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from nakt_ray import zoo
-from nakt_ray.zoo import UnknownArchitectureError, check_arch_args, check_spatial_size, count_parameters, create_model, describe, list_architectures, register_architecture
+from nakt_ray.zoo import (
+    UnknownArchitectureError,
+    check_arch_args,
+    check_spatial_size,
+    count_parameters,
+    create_model,
+    describe,
+    list_architectures,
+    register_architecture,
+)
 
 ARCHITECTURES = ["attention_unet", "basic_unet", "segresnet", "swin_unetr", "timm_unet", "unet"]
 

@@ -7,7 +7,7 @@ Full-run cost, measured 2026-12-01 on 2 cores (the host's speed drifts by up to 
 46 + 71 + 113 s (40 epochs), annotation 38 s, the nine students 27-112 s each (20 epochs; a UNet ~1.5-2.5 s an
 epoch on 178 cases, a SegResNet or timm student ~4-5.5 s), test evaluation of the 12 models 124 s.
 
-Protocol (``nakt_ray/protocol.py``, seed 0, split by subject): three teachers of different families, all trained
+Protocol (``jobs/experiments/protocol.py``, seed 0, split by subject): three teachers of different families, all trained
 on ``site_a`` only so that they differ by architecture alone:
   unet        MONAI UNet (strided convolutions, residual units, instance norm);
   segresnet   MONAI SegResNet (ResNet blocks, group norm, asymmetric encoder-decoder);
@@ -32,7 +32,8 @@ import os
 import time
 from pathlib import Path
 
-from _common import add_common_args, main as common_main  # (the script's folder is on sys.path)
+from _common import add_common_args  # (the script's folder is on sys.path)
+from _common import main as common_main
 
 
 def teacher_key(arch: str) -> str:
@@ -44,8 +45,9 @@ def student_key(student: str, teacher: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from nakt_ray import config
     import protocol
+
+    from nakt_ray import config
     from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.evaluation.evaluate import evaluate
     from nakt_ray.runtime.cluster import init_ray

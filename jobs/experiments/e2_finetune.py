@@ -3,7 +3,7 @@
     .venv/bin/python jobs/experiments/e2_finetune.py            # full: ~15 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e2_finetune.py --smoke    # same path, tiny: ~4 min
 
-Protocol (``nakt_ray/protocol.py``, seed 0, split by subject): a UNet teacher is trained on ``site_a`` only; it
+Protocol (``jobs/experiments/protocol.py``, seed 0, split by subject): a UNet teacher is trained on ``site_a`` only; it
 annotates the ``transferal`` split (whose masks are never read); a student (AttentionUnet, another architecture) is
 distilled from those annotations. Then, for each labeled-set size n (5, 10, 20 cases of the ``labeled`` split):
   scratch        the student architecture trained from random weights on the n labeled cases only;
@@ -27,8 +27,9 @@ HC18 = ROOT.parent / "shared" / "data" / "hc18"
 
 
 def run(args: argparse.Namespace) -> dict:
-    from nakt_ray import config
     import protocol
+
+    from nakt_ray import config
     from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.evaluation.evaluate import evaluate
     from nakt_ray.runtime.cluster import init_ray

@@ -8,7 +8,7 @@ Full-run cost, measured 2026-12-01 on 2 cores (the host's speed drifts by up to 
 98 + 122 + 75 s (40 epochs), annotation and evaluations ~2 min, four timm_unet students ~100 s each (24 epochs),
 the search 760 s (8 trials, ASHA stopped 4).
 
-Protocol (``nakt_ray/protocol.py``, seed 0, split by subject): three teachers of different architectures
+Protocol (``jobs/experiments/protocol.py``, seed 0, split by subject): three teachers of different architectures
 (SegResNet, a timm ResNet-18 U-Net, AttentionUnet), each trained on its own site (``site_a``, ``site_b``,
 ``site_c``: disjoint subjects, a "hospital" each). One annotation run with the three over the ``transferal`` split
 (masks never read) stores every teacher's map. Students of one architecture (default: timm_unet, whose capacity
@@ -40,7 +40,9 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import add_common_args, main as common_main  # (the script's folder is on sys.path)
+from _common import add_common_args  # (the script's folder is on sys.path)
+from _common import main as common_main
+
 SITES = ("site_a", "site_b", "site_c")
 RULES = ("mean", "weighted_mean", "majority_vote", "staple")
 DEFAULT = "student_mean"  # the default configuration
@@ -48,8 +50,9 @@ SEARCHED = "student_searched"
 
 
 def run(args: argparse.Namespace) -> dict:
-    from nakt_ray import config
     import protocol
+
+    from nakt_ray import config
     from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate
     from nakt_ray.runtime.cluster import init_ray

@@ -2,7 +2,7 @@
 
 One row per transferal case (documented in ``docs/annotations.md``)::
 
-    case_id      string   stable id of the case (see sources.py)
+    case_id      string   stable id of the case (see nakt_ray/data/readers.py)
     source       string   path of the original image
     status       string   "ok" or "error"
     error        string   why the case failed ("" when ok); stage and reason
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from nakt_ray.errors import DataError, error
 from nakt_ray.runtime import storage
 from nakt_ray.runtime.cluster import LIGHT_CPU
 
@@ -36,6 +37,7 @@ PROB_PREFIX = "prob__"
 
 
 def prob_column(teacher: str) -> str:
+    """The column that holds ``teacher``'s probability maps: ``prob__<teacher>``."""
     return f"{PROB_PREFIX}{teacher}"
 
 
@@ -73,7 +75,7 @@ def from_bytes(column: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         if raw is not None and len(raw):
             arr = np.frombuffer(raw, dtype=dtype)
             if arr.size != n:
-                raise ValueError(f"annotation value {i} holds {arr.size} values; expected shape {shape} ({n})")
+                raise error(DataError, f"annotation value {i}", f"holds {arr.size} values; expected shape {shape} ({n})")
             out[i] = arr.reshape(shape)
     return out
 
@@ -122,9 +124,10 @@ def fused_columns(probs_q: np.ndarray, ok: np.ndarray, rule: str,
     return out
 
 
-def refuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_shape: tuple[int, ...], rule: str,
-                 weights: list[float] | None, prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
-    """Stored annotation rows -> the same rows with the fused columns recomputed by another rule / weights."""
+def re_fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_shape: tuple[int, ...], rule: str,
+                  weights: list[float] | None, prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
+    """Stored annotation rows -> the same rows with the fused columns recomputed by another rule / weights from
+    the stored per-teacher maps (``prob__<t>``, each ``label_shape`` ``[C, H, W]`` of ``prob_dtype``)."""
     ok = np.asarray(batch["status"]) == "ok"
     probs_q = np.stack([from_bytes(batch[prob_column(t)], label_shape, prob_dtype) for t in teachers], axis=1)
     return {**batch, **fused_columns(probs_q, ok, rule, weights)}
@@ -138,14 +141,16 @@ def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> str:
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    """The manifest of the annotation set at ``out_dir`` (a path or a URI); raises when it is missing or was
+    written for another schema version."""
     path = storage.join(out_dir, MANIFEST)
     if not storage.exists(path):
         raise FileNotFoundError(f"annotation set {str(out_dir)!r} has no {MANIFEST}; was it written by "
                                 "`nakt annotate`?")
     manifest = json.loads(storage.read_text(path))
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"annotation set {str(out_dir)!r} has schema version {manifest.get('schema_version')}; "
-                         f"this nakt-ray reads version {SCHEMA_VERSION}")
+        raise error(DataError, f"annotation set {str(out_dir)!r}", f"has schema version "
+                    f"{manifest.get('schema_version')}; this nakt-ray reads version {SCHEMA_VERSION}")
     return manifest
 
 

@@ -1,8 +1,8 @@
 """``nakt fuse``: re-fuse a stored annotation set with another rule or other weights, without any teacher.
 
 Every teacher's probability map is stored, so fusion is a cheap pass over Parquet: read, recompute
-``soft_label``/``hard_label``/``agreement``/``entropy`` with :func:`annotations.refuse_batch`, write a new set
-whose manifest records the new fusion and the set it came from.
+``soft_label``/``hard_label``/``agreement``/``entropy`` with :func:`nakt_ray.annotation.parquet.re_fuse_batch`,
+write a new set whose manifest records the new fusion and the set it came from.
 """
 from __future__ import annotations
 
@@ -12,25 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from nakt_ray.annotation import parquet as ann
+from nakt_ray.errors import ConfigError, error, expected
 
 
-def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: list[float] | None = None,
-           batch_size: int = 32) -> dict[str, Any]:
-    """Write ``output``: the set in ``annotations_dir`` fused by ``rule``/``weights``. Returns a summary."""
-    import ray
-
-    from nakt_ray.runtime.cluster import LIGHT_CPU
+def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: list[float] | None = None,
+            batch_size: int = 32) -> dict[str, Any]:
+    """Write ``output``: the set in ``annotations_dir`` re-fused by ``rule``/``weights`` (one weight per teacher,
+    in the set's order) from its stored per-teacher maps, in Ray Data tasks of ``batch_size`` rows. Returns a
+    summary (cases, ok, rule, weights, source, output, wall_s)."""
     from nakt_ray.annotation.parquet import read_parquet
     from nakt_ray.fusion import FUSION_RULES
+    from nakt_ray.runtime.cluster import LIGHT_CPU
 
     src, out_dir = Path(annotations_dir), Path(output)
     manifest = ann.read_manifest(src)
     teachers = [t["name"] for t in manifest["teachers"]]
     if rule not in FUSION_RULES:
-        raise ValueError(f"fusion rule {rule!r} is unknown; valid rules: {', '.join(sorted(FUSION_RULES))}")
+        raise error(ConfigError, "fusion rule", expected(rule, f"one of {', '.join(sorted(FUSION_RULES))}"))
     if weights is not None and len(weights) != len(teachers):
-        raise ValueError(f"{len(weights)} weights given but annotation set {str(src)!r} holds {len(teachers)} "
-                         f"teachers ({', '.join(teachers)})")
+        raise error(ConfigError, f"fusion weights {weights}", f"{len(weights)} weights given but annotation set "
+                    f"{str(src)!r} holds {len(teachers)} teachers ({', '.join(teachers)})")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"fusion output {str(out_dir)!r} is not empty; remove it or choose another")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -38,7 +39,7 @@ def refuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: 
     new_manifest.update(fusion={"rule": rule, "weights": weights}, fused_from=str(src.resolve()))
     t0 = time.perf_counter()
     ds = read_parquet(ann.parquet_files(src))
-    ds = ds.map_batches(ann.refuse_batch, batch_size=batch_size, num_cpus=0.5,
+    ds = ds.map_batches(ann.re_fuse_batch, batch_size=batch_size, num_cpus=0.5,
                         fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
                                        weights=weights, prob_dtype=manifest["prob_dtype"]))
     ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256, schema=ann.arrow_schema(teachers, new_manifest),

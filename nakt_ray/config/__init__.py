@@ -2,12 +2,20 @@
 (data only), overridden from the command line, validated at load time.
 
 Takes in: a YAML file or a mapping, plus ``KEY=VALUE`` overrides. Gives out: a :class:`RunConfig`, or a
-:class:`ConfigError` naming the key, the value and what is allowed. Imports only the zoo (architecture names and
-arguments are checked here) and the search-space language.
+:class:`ConfigError` naming the key, the value and what is allowed.
+
+Modules, low to high: ``convert`` (plain data <-> dataclasses, types checked), ``schema`` (the sections and their
+ranges), ``overrides`` (dotted keys set in plain data), ``space`` (the language of ``tune.space``: its syntax, and
+the trial configs it produces), ``io`` (``from_dict``, ``load``, ``dump``: the boundary where a whole run is
+validated, its search space included), ``docs`` (the key table of docs/config.md), ``volume`` (volume preprocessing: target spacing,
+orientation, modality normalisation; not yet part of ``RunConfig``). Imports the zoo (architecture
+names and arguments are checked here) and no Ray: the search itself lives in ``nakt_ray.search``.
 """
+from nakt_ray.config.convert import build, flatten
+from nakt_ray.config.io import dump, from_dict, load
+from nakt_ray.config.overrides import apply_overrides, field_type, set_values
 from nakt_ray.config.schema import (
     AnnotateConfig,
-    ConfigError,
     DataConfig,
     FusionConfig,
     PreprocessConfig,
@@ -18,15 +26,8 @@ from nakt_ray.config.schema import (
     TrackingConfig,
     TrainingConfig,
     TuneConfig,
-    apply_overrides,
-    build,
-    dump,
-    field_type,
-    flatten,
-    from_dict,
-    load,
-    set_values,
 )
+from nakt_ray.errors import ConfigError
 
 __all__ = [
     "AnnotateConfig", "ConfigError", "DataConfig", "FusionConfig", "PreprocessConfig", "RayConfig", "RunConfig",

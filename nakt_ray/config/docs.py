@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nakt_ray import config
-from nakt_ray.config import schema
+from nakt_ray.config.convert import type_name
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 HEADER = "## All keys"
@@ -34,7 +34,7 @@ def _rows(cls: type, prefix: str, defaults: Any = None) -> list[tuple[str, str, 
             continue
         value = getattr(defaults, f.name) if defaults is not None else _default(f)
         text = "(required)" if value is dataclasses.MISSING else str(list(value) if isinstance(value, tuple) else value)
-        rows.append((key, schema._type_name(tp), text))
+        rows.append((key, type_name(tp), text))
     return rows
 
 

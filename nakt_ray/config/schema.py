@@ -1,48 +1,22 @@
-"""One YAML file describes a whole run; this module turns it into frozen, typed, validated dataclasses.
+"""The run config's sections: one frozen, typed dataclass per stage, composed into :class:`RunConfig`.
 
-Validation happens at load time, at the boundary: an unknown key, a value of the wrong type or outside its range
-raises :class:`ConfigError`, whose message names the key (as a dotted path such as ``teachers[1].arch``), the value
-and what is allowed. YAML is data only (``yaml.safe_load``): no tags, no code.
+Each dataclass checks its own ranges in ``_validate(prefix)`` (``prefix``: the section's dotted key, such as
+``"teachers[1]."``), and :class:`RunConfig` checks the sections against each other; types, unknown and missing keys
+are checked generically by ``convert.py``, which builds them. A bad value raises :class:`ConfigError`, whose message
+names the key, the value and what is allowed. What ``tune.space`` may hold is checked by ``space.py``, when
+``io.from_dict`` loads a whole run (it builds trial configs, so it sits above this module).
 
-Relative paths in a config are relative to the working directory of the command (documented in README.md).
-
-Example (every key is optional except ``teachers``; see ``docs/config.md`` for all keys)::
-
-    run_dir: runs/hc18
-    data:
-      labels: [background, head]
-      transferal: ../shared/data/hc18/images
-      test: data/test
-    preprocess: {size: [128, 128], mode: resize, normalize: zscore}
-    teachers:
-      - {name: unet_a, arch: unet, train_data: data/site_a}
-      - {name: segresnet_b, arch: segresnet, train_data: data/site_b}
-    student: {arch: basic_unet}
+An example run config is in ``io.py``; every key is in ``docs/config.md``.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration value that is missing, unknown, of the wrong type or out of range."""
-
-
-def _fail(key: str, value: Any, allowed: str) -> typing.NoReturn:
-    raise ConfigError(f"config key '{key}': got {value!r}; expected {allowed}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The typed config. Each dataclass checks its own ranges in `_validate(prefix)`; types are checked generically.
+from nakt_ray.config.convert import to_plain
+from nakt_ray.errors import ConfigError, error, expected
 
 
 @dataclass(frozen=True)
@@ -62,7 +36,8 @@ class PreprocessConfig:
 
     def _validate(self, p: str) -> None:
         if any(s < 16 or s > 8192 for s in self.size):
-            _fail(f"{p}size", list(self.size), "two integers (height, width) between 16 and 8192")
+            raise error(ConfigError, f"config key '{p}size'",
+                        expected(list(self.size), "two integers (height, width) between 16 and 8192"))
 
 
 @dataclass(frozen=True)
@@ -89,13 +64,16 @@ class DataConfig:
 
     def _validate(self, p: str) -> None:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            _fail(f"{p}labels", list(self.labels), "at least two distinct class names, background first")
+            raise error(ConfigError, f"config key '{p}labels'",
+                        expected(list(self.labels), "at least two distinct class names, background first"))
         if self.mask_values is not None:
             if len(self.mask_values) != len(self.labels) or len(set(self.mask_values)) != len(self.mask_values):
-                _fail(f"{p}mask_values", list(self.mask_values),
-                      f"{len(self.labels)} distinct pixel values, one per label {list(self.labels)}")
+                raise error(ConfigError, f"config key '{p}mask_values'",
+                            expected(list(self.mask_values),
+                                     f"{len(self.labels)} distinct pixel values, one per label {list(self.labels)}"))
             if any(not 0 <= v <= 65535 for v in self.mask_values):
-                _fail(f"{p}mask_values", list(self.mask_values), "pixel values between 0 and 65535")
+                raise error(ConfigError, f"config key '{p}mask_values'",
+                            expected(list(self.mask_values), "pixel values between 0 and 65535"))
 
 
 @dataclass(frozen=True)
@@ -151,36 +129,46 @@ class TrainingConfig:
     def _validate(self, p: str) -> None:
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
-                _fail(f"{p}{key}", getattr(self, key), "an integer >= 1")
+                raise error(ConfigError, f"config key '{p}{key}'", expected(getattr(self, key), "an integer >= 1"))
         if not 0 < self.lr < 1:
-            _fail(f"{p}lr", self.lr, "a learning rate in (0, 1)")
+            raise error(ConfigError, f"config key '{p}lr'", expected(self.lr, "a learning rate in (0, 1)"))
         if self.weight_decay < 0:
-            _fail(f"{p}weight_decay", self.weight_decay, "a number >= 0")
+            raise error(ConfigError, f"config key '{p}weight_decay'", expected(self.weight_decay, "a number >= 0"))
         if self.num_workers < 0:
-            _fail(f"{p}num_workers", self.num_workers, "an integer >= 0 (0 runs the loop in the driver)")
+            raise error(ConfigError, f"config key '{p}num_workers'",
+                        expected(self.num_workers, "an integer >= 0 (0 runs the loop in the driver)"))
         if not 0 < self.cpus_per_worker <= 256:
-            _fail(f"{p}cpus_per_worker", self.cpus_per_worker, "a number in (0, 256]; fractions are allowed")
+            raise error(ConfigError, f"config key '{p}cpus_per_worker'",
+                        expected(self.cpus_per_worker, "a number in (0, 256]; fractions are allowed"))
         if self.torch_threads is not None and self.torch_threads < 1:
-            _fail(f"{p}torch_threads", self.torch_threads, "an integer >= 1 or null")
+            raise error(ConfigError, f"config key '{p}torch_threads'",
+                        expected(self.torch_threads, "an integer >= 1 or null"))
         for key in ("dice_weight", "ce_weight", "kl_weight", "hard_weight"):
             if getattr(self, key) < 0:
-                _fail(f"{p}{key}", getattr(self, key), "a number >= 0")
+                raise error(ConfigError, f"config key '{p}{key}'", expected(getattr(self, key), "a number >= 0"))
         if self.dice_weight + self.ce_weight + self.kl_weight + self.hard_weight <= 0:
-            _fail(f"{p}dice_weight", self.dice_weight, "loss weights (dice, ce, kl, hard) whose sum is > 0")
+            raise error(ConfigError, f"config key '{p}dice_weight'",
+                        expected(self.dice_weight, "loss weights (dice, ce, kl, hard) whose sum is > 0"))
         if not 0 <= self.augment_strength <= 3:
-            _fail(f"{p}augment_strength", self.augment_strength, "a number in [0, 3] (1 is the default strength)")
+            raise error(ConfigError, f"config key '{p}augment_strength'",
+                        expected(self.augment_strength, "a number in [0, 3] (1 is the default strength)"))
         if len(set(self.val_metrics)) != len(self.val_metrics):
-            _fail(f"{p}val_metrics", list(self.val_metrics), "distinct names among hd95, nsd")
+            raise error(ConfigError, f"config key '{p}val_metrics'",
+                        expected(list(self.val_metrics), "distinct names among hd95, nsd"))
         if self.nsd_tolerance <= 0:
-            _fail(f"{p}nsd_tolerance", self.nsd_tolerance, "a tolerance in pixels > 0")
+            raise error(ConfigError, f"config key '{p}nsd_tolerance'",
+                        expected(self.nsd_tolerance, "a tolerance in pixels > 0"))
         if self.cache_mb < 0:
-            _fail(f"{p}cache_mb", self.cache_mb, "an integer >= 0 (MiB; 0 always streams)")
+            raise error(ConfigError, f"config key '{p}cache_mb'",
+                        expected(self.cache_mb, "an integer >= 0 (MiB; 0 always streams)"))
         if self.patience is not None and self.patience < 1:
-            _fail(f"{p}patience", self.patience, "an integer >= 1 or null (no early stopping)")
+            raise error(ConfigError, f"config key '{p}patience'",
+                        expected(self.patience, "an integer >= 1 or null (no early stopping)"))
         if self.max_failures < -1:
-            _fail(f"{p}max_failures", self.max_failures, "an integer >= 0, or -1 for unlimited restarts")
+            raise error(ConfigError, f"config key '{p}max_failures'",
+                        expected(self.max_failures, "an integer >= 0, or -1 for unlimited restarts"))
         if self.temperature <= 0:
-            _fail(f"{p}temperature", self.temperature, "a number > 0")
+            raise error(ConfigError, f"config key '{p}temperature'", expected(self.temperature, "a number > 0"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +178,7 @@ class TeacherConfig:
     ``checkpoint`` is where the teacher comes from: a nakt model file (default
     ``<run_dir>/teachers/<name>/model.pt``, where ``nakt train-teacher`` writes it), a TorchScript or ONNX file with
     a description YAML beside it (``<file>.yaml``), a teacher YAML, or an MLflow model URI (``models:/name@alias``,
-    ``runs:/<id>/model``); see ``nakt_ray/teacher_sources.py``. ``actors``, ``batch_size``, ``num_cpus`` and
+    ``runs:/<id>/model``); see ``nakt_ray/teachers/``. ``actors``, ``batch_size``, ``num_cpus`` and
     ``num_gpus`` size this teacher's Ray Data actor pool; ``num_gpus`` null means 1 when the cluster has GPUs and
     0 otherwise (fractions share a GPU). ``sliding_window`` runs MONAI sliding-window inference with the
     teacher's input size as window (``overlap``, gaussian blending) instead of resampling the image;
@@ -214,20 +202,24 @@ class TeacherConfig:
 
     def _validate(self, p: str) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
-            _fail(f"{p}name", self.name, "a non-empty name of letters, digits, '_', '-' or '.'")
+            raise error(ConfigError, f"config key '{p}name'",
+                        expected(self.name, "a non-empty name of letters, digits, '_', '-' or '.'"))
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
         if not 0 <= self.overlap < 1:
-            _fail(f"{p}overlap", self.overlap, "a number in [0, 1)")
+            raise error(ConfigError, f"config key '{p}overlap'", expected(self.overlap, "a number in [0, 1)"))
         if any(a not in (-1, -2) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
-            _fail(f"{p}tta_flips", list(self.tta_flips), "distinct axes among -1 (width) and -2 (height), e.g. [-1]")
+            raise error(ConfigError, f"config key '{p}tta_flips'",
+                        expected(list(self.tta_flips), "distinct axes among -1 (width) and -2 (height), e.g. [-1]"))
         if self.actors < 1:
-            _fail(f"{p}actors", self.actors, "an integer >= 1")
+            raise error(ConfigError, f"config key '{p}actors'", expected(self.actors, "an integer >= 1"))
         if self.batch_size < 1:
-            _fail(f"{p}batch_size", self.batch_size, "an integer >= 1")
+            raise error(ConfigError, f"config key '{p}batch_size'", expected(self.batch_size, "an integer >= 1"))
         if not 0 < self.num_cpus <= 256:
-            _fail(f"{p}num_cpus", self.num_cpus, "a number in (0, 256]; fractions are allowed")
+            raise error(ConfigError, f"config key '{p}num_cpus'",
+                        expected(self.num_cpus, "a number in (0, 256]; fractions are allowed"))
         if self.num_gpus is not None and not 0 <= self.num_gpus <= 16:
-            _fail(f"{p}num_gpus", self.num_gpus, "a number in [0, 16] (fractions share a GPU) or null")
+            raise error(ConfigError, f"config key '{p}num_gpus'",
+                        expected(self.num_gpus, "a number in [0, 16] (fractions share a GPU) or null"))
 
 
 @dataclass(frozen=True)
@@ -246,7 +238,8 @@ class StudentConfig:
 
     def _validate(self, p: str) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
-            _fail(f"{p}name", self.name, "a non-empty name of letters, digits, '_', '-' or '.'")
+            raise error(ConfigError, f"config key '{p}name'",
+                        expected(self.name, "a non-empty name of letters, digits, '_', '-' or '.'"))
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
 
 
@@ -259,15 +252,17 @@ class FusionConfig:
 
     def _validate(self, p: str) -> None:
         if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
-            _fail(f"{p}weights", list(self.weights), "non-negative numbers, not all zero, one per teacher")
+            raise error(ConfigError, f"config key '{p}weights'",
+                        expected(list(self.weights), "non-negative numbers, not all zero, one per teacher"))
         if self.rule == "weighted_mean" and self.weights is None:
-            _fail(f"{p}weights", None, "a list of weights, one per teacher, for rule 'weighted_mean'")
+            raise error(ConfigError, f"config key '{p}weights'",
+                        expected(None, "a list of weights, one per teacher, for rule 'weighted_mean'"))
 
 
 @dataclass(frozen=True)
 class AnnotateConfig:
     """The annotation run. ``output`` defaults to ``<run_dir>/annotations``; it may be an object-store URI
-    (``s3://bucket/prefix``, ``gs://...``, ``file:///...``; see ``nakt_ray/storage.py``). ``prob_dtype``: how
+    (``s3://bucket/prefix``, ``gs://...``, ``file:///...``; see ``nakt_ray/runtime/storage.py``). ``prob_dtype``: how
     probability maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16.
 
     ``pools`` lays out the teachers' actors: ``per_teacher`` gives each teacher an actor pool of its own, sized
@@ -287,11 +282,13 @@ class AnnotateConfig:
 
     def _validate(self, p: str) -> None:
         if self.shared_actors is not None and self.shared_actors < 1:
-            _fail(f"{p}shared_actors", self.shared_actors, "an integer >= 1, or null (one per GPU, else per 4 CPUs)")
+            raise error(ConfigError, f"config key '{p}shared_actors'",
+                        expected(self.shared_actors, "an integer >= 1, or null (one per GPU, else per 4 CPUs)"))
         if self.decode_batch_size < 1:
-            _fail(f"{p}decode_batch_size", self.decode_batch_size, "an integer >= 1")
+            raise error(ConfigError, f"config key '{p}decode_batch_size'",
+                        expected(self.decode_batch_size, "an integer >= 1"))
         if self.rows_per_file < 1:
-            _fail(f"{p}rows_per_file", self.rows_per_file, "an integer >= 1")
+            raise error(ConfigError, f"config key '{p}rows_per_file'", expected(self.rows_per_file, "an integer >= 1"))
 
 
 @dataclass(frozen=True)
@@ -305,11 +302,14 @@ class TrackingConfig:
 
     def _validate(self, p: str) -> None:
         if not self.experiment:
-            _fail(f"{p}experiment", self.experiment, "a non-empty experiment name")
+            raise error(ConfigError, f"config key '{p}experiment'",
+                        expected(self.experiment, "a non-empty experiment name"))
         if not self.registered_model:
-            _fail(f"{p}registered_model", self.registered_model, "a non-empty model name")
+            raise error(ConfigError, f"config key '{p}registered_model'",
+                        expected(self.registered_model, "a non-empty model name"))
         if not self.alias or self.alias[0].isdigit() or not all(c.isalnum() or c in "_-" for c in self.alias):
-            _fail(f"{p}alias", self.alias, "an MLflow alias: letters, digits, '_' or '-', not starting with a digit")
+            raise error(ConfigError, f"config key '{p}alias'",
+                        expected(self.alias, "an MLflow alias: letters, digits, '_' or '-', not starting with a digit"))
 
 
 @dataclass(frozen=True)
@@ -329,23 +329,24 @@ class RayConfig:
 
     def _validate(self, p: str) -> None:
         if self.storage_path is not None and not self.storage_path:
-            _fail(f"{p}storage_path", self.storage_path, "a path, a URI such as s3://bucket/prefix, or null")
+            raise error(ConfigError, f"config key '{p}storage_path'",
+                        expected(self.storage_path, "a path, a URI such as s3://bucket/prefix, or null"))
         for key in ("num_cpus", "num_gpus"):
             value = getattr(self, key)
             if value is not None and value < 0:
-                _fail(f"{p}{key}", value, "an integer >= 0 or null")
+                raise error(ConfigError, f"config key '{p}{key}'", expected(value, "an integer >= 0 or null"))
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """A Ray Tune search over student training (``nakt tune``; ``nakt_ray/search.py``).
+    """A Ray Tune search over student training (``nakt tune``; ``nakt_ray/search/tune.py``).
 
     ``space`` maps dotted config keys (``training.*``, ``student.*``, ``fusion.*``) to distributions, e.g.
     ``{"training.lr": {"loguniform": [1e-4, 1e-2]}, "fusion.weights": {"simplex": 3}}``; kinds: ``choice``,
     ``uniform``, ``loguniform``, ``randint`` (both ends included) and, for ``fusion.weights`` only, ``simplex``
     (one weight per teacher, summing to 1); ``when`` limits an entry to trials where other choices hold
     (``{"choice": [[8, 16]], "when": {"student.arch": "unet"}}``). Every trial is the base config with its sampled
-    values set, and must validate; this is checked at load time.
+    values set, and must validate; this is checked at load time (the language: ``nakt_ray/config/space.py``).
 
     Each trial's Tune function takes ``cpus_per_trial`` (it only coordinates); the trial's training takes what
     ``nakt train-student`` takes: ``training.num_workers`` x ``training.cpus_per_worker`` (+1 GPU each with
@@ -370,18 +371,19 @@ class TuneConfig:
     space: dict[str, Any] = field(default_factory=dict)
 
     def _validate(self, p: str) -> None:
-        from nakt_ray.search.tune import parse_space  # the space's semantics live with the search
-
+        # (``space`` is checked with the whole run by ``space.check_trials``: a trial is a RunConfig)
         for key in ("num_samples", "max_concurrent_trials", "grace_period"):
             if getattr(self, key) < 1:
-                _fail(f"{p}{key}", getattr(self, key), "an integer >= 1")
+                raise error(ConfigError, f"config key '{p}{key}'", expected(getattr(self, key), "an integer >= 1"))
         if not 0 < self.cpus_per_trial <= 256:
-            _fail(f"{p}cpus_per_trial", self.cpus_per_trial, "a number in (0, 256]; fractions are allowed")
+            raise error(ConfigError, f"config key '{p}cpus_per_trial'",
+                        expected(self.cpus_per_trial, "a number in (0, 256]; fractions are allowed"))
         if self.reduction_factor <= 1:
-            _fail(f"{p}reduction_factor", self.reduction_factor, "a number > 1 (ASHA keeps 1/reduction_factor)")
+            raise error(ConfigError, f"config key '{p}reduction_factor'",
+                        expected(self.reduction_factor, "a number > 1 (ASHA keeps 1/reduction_factor)"))
         if not self.alias or self.alias[0].isdigit() or not all(c.isalnum() or c in "_-" for c in self.alias):
-            _fail(f"{p}alias", self.alias, "an MLflow alias: letters, digits, '_' or '-', not starting with a digit")
-        parse_space(self.space, f"{p}space")
+            raise error(ConfigError, f"config key '{p}alias'",
+                        expected(self.alias, "an MLflow alias: letters, digits, '_' or '-', not starting with a digit"))
 
 
 @dataclass(frozen=True)
@@ -404,28 +406,30 @@ class RunConfig:
 
     def _validate(self, p: str) -> None:
         if not self.teachers:
-            _fail(f"{p}teachers", [], "a list of at least one teacher")
+            raise error(ConfigError, f"config key '{p}teachers'", expected([], "a list of at least one teacher"))
         names = [t.name for t in self.teachers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            _fail(f"{p}teachers", names, f"unique teacher names (repeated: {', '.join(dupes)})")
+            raise error(ConfigError, f"config key '{p}teachers'",
+                        expected(names, f"unique teacher names (repeated: {', '.join(dupes)})"))
         if self.fusion.weights is not None and len(self.fusion.weights) != len(self.teachers):
-            _fail(f"{p}fusion.weights", list(self.fusion.weights),
-                  f"{len(self.teachers)} weights, one per teacher ({', '.join(names)})")
+            raise error(ConfigError, f"config key '{p}fusion.weights'",
+                        expected(list(self.fusion.weights),
+                                 f"{len(self.teachers)} weights, one per teacher ({', '.join(names)})"))
         if self.tune.scheduler == "asha" and self.tune.grace_period > self.training.epochs:
-            _fail(f"{p}tune.grace_period", self.tune.grace_period,
-                  f"at most training.epochs ({self.training.epochs}): ASHA's first rung must fall within a trial")
+            raise error(ConfigError, f"config key '{p}tune.grace_period'",
+                        expected(self.tune.grace_period, f"at most training.epochs ({self.training.epochs}): "
+                                 "ASHA's first rung must fall within a trial"))
         if self.tune.metric in ("val_hd95", "val_nsd") and self.tune.metric[4:] not in self.training.val_metrics:
-            _fail(f"{p}tune.metric", self.tune.metric, f"a metric the trials compute: add "
-                  f"'{self.tune.metric[4:]}' to training.val_metrics, or use val_dice or val_iou")
-        if self.tune.space:
-            from nakt_ray.search.tune import check_trials  # every trial the space can produce must be a valid config
-
-            check_trials(self, f"{p}tune.space")
+            raise error(ConfigError, f"config key '{p}tune.metric'",
+                        expected(self.tune.metric, f"a metric the trials compute: add '{self.tune.metric[4:]}' "
+                                 "to training.val_metrics, or use val_dice or val_iou"))
 
     # Paths derived from run_dir, in one place.
     def teacher_checkpoint(self, teacher: TeacherConfig) -> Path:
-        return Path(teacher.checkpoint) if teacher.checkpoint else Path(self.run_dir) / "teachers" / teacher.name / "model.pt"
+        if teacher.checkpoint:
+            return Path(teacher.checkpoint)
+        return Path(self.run_dir) / "teachers" / teacher.name / "model.pt"
 
     @property
     def annotations_dir(self) -> Path | str:
@@ -450,7 +454,7 @@ class RunConfig:
         raise ConfigError(f"no teacher named {name!r}; teachers in this config: {[t.name for t in self.teachers]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
 
 def _check_arch(key: str, arch: str, args_key: str, arch_args: dict[str, Any]) -> None:
@@ -460,250 +464,10 @@ def _check_arch(key: str, arch: str, args_key: str, arch_args: dict[str, Any]) -
     if arch not in valid:
         close = difflib.get_close_matches(arch, valid, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        _fail(key, arch, f"{hint}one of the zoo's architectures: {', '.join(valid)}")
+        raise error(ConfigError, f"config key '{key}'",
+                    expected(arch, f"{hint}one of the zoo's architectures: {', '.join(valid)}"))
     try:
         zoo.check_arch_args(arch, arch_args)
     except ValueError as err:
-        raise ConfigError(f"config key '{args_key}': {err}") from None
+        raise error(ConfigError, f"config key '{args_key}'", str(err)) from None
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Generic conversion of plain data (from YAML) into the dataclasses above, checking types and unknown keys.
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list, each {_type_name(args[0])}"
-        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
-    if origin is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        options = typing.get_args(tp)
-        if value not in options or isinstance(value, bool) != any(isinstance(o, bool) for o in options):
-            close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            _fail(key, value, hint + _type_name(tp))
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            _fail(key, value, _type_name(tp))
-        non_null = [a for a in args if a is not type(None)]
-        errors = []
-        for arg in non_null:
-            try:
-                return _convert(arg, value, key)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:
-            raise errors[0]
-        _fail(key, value, _type_name(tp))
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            _fail(key, value, _type_name(tp))
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            _fail(key, value, _type_name(tp))
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            _fail(key, value, "a mapping with string keys")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(key, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            _fail(key, value, "a string")
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"config type {tp!r} of '{key}' is not supported")  # a bug in this module, not user input
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix or "the config file's top level"
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config key '{where}': got {data!r}; expected a mapping of keys to values")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    dot = f"{prefix}." if prefix else ""
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(f"unknown config key '{dot}{key}'; {hint}allowed keys here: {', '.join(fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], f"{dot}{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"config key '{dot}{name}' is required ({_type_name(hints[name])})")
-    obj = cls(**kwargs)
-    obj._validate(dot)
-    return obj
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def from_dict(data: Mapping[str, Any]) -> RunConfig:
-    """Validate plain data (as loaded from YAML) into a :class:`RunConfig`."""
-    return _build(RunConfig, data, "")
-
-
-def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Validate plain data into any config dataclass of this module (e.g. a Ray Tune trial's dict)."""
-    return _build(cls, data, prefix)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (value parsed as YAML) to plain config data, before validation.
-
-    List items are addressed by index: ``teachers.0.epochs=3``.
-    """
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. training.epochs=3")
-        path, raw = item.split("=", 1)
-        _set_path(data, path.strip(), yaml.safe_load(raw), f"override {item!r}")
-    return data
-
-
-def set_values(data: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of plain config data with ``{"dotted.key": value}`` set (as :func:`apply_overrides` does, without
-    parsing values as YAML), before validation; e.g. a search trial's sampled values."""
-    data = yaml.safe_load(yaml.safe_dump(data))
-    for path, value in values.items():
-        _set_path(data, path, _to_plain(value), f"setting {path!r}")
-    return data
-
-
-def _set_path(data: dict[str, Any], path: str, value: Any, what: str) -> None:
-    parts = path.split(".")
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"{what}: '{'.'.join(parts[:i + 1])}' is not a valid list index")
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node.setdefault(part, {})
-        else:
-            raise ConfigError(f"{what}: '{'.'.join(parts[:i])}' is not a mapping")
-    last = parts[-1]
-    if isinstance(node, list):
-        if not last.isdigit() or int(last) >= len(node):
-            raise ConfigError(f"{what}: '{path}' is not a valid list index")
-        node[int(last)] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        raise ConfigError(f"{what}: '{'.'.join(parts[:-1])}' is not a mapping")
-
-
-def field_type(key: str, cls: type | None = None) -> Any:
-    """The declared type of the dotted config key ``key`` (e.g. ``training.lr`` -> float), walking the dataclasses
-    above: list items by index (``fusion.weights.0``, ``teachers.1.arch``), free mappings by any sub-key
-    (``student.arch_args.channels`` -> Any). An unknown key raises :class:`ConfigError` with the closest match."""
-    tp: Any = cls or RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        where = ".".join(parts[:i + 1])
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-            tp = args[0]  # X | None
-        if dataclasses.is_dataclass(tp):
-            names = [f.name for f in dataclasses.fields(tp)]
-            if part not in names:
-                close = difflib.get_close_matches(part, names, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ConfigError(f"unknown config key '{where}'; {hint}allowed keys here: {', '.join(names)}")
-            tp = typing.get_type_hints(tp)[part]
-        elif typing.get_origin(tp) is tuple:
-            items = typing.get_args(tp)
-            if not part.isdigit() or (items[-1] is not Ellipsis and int(part) >= len(items)):
-                raise ConfigError(f"config key '{where}': '{part}' is not a list index")
-            tp = items[0] if items[-1] is Ellipsis else items[int(part)]
-        elif typing.get_origin(tp) is dict or tp is Any:
-            return Any
-        else:
-            raise ConfigError(f"unknown config key '{where}': '{'.'.join(parts[:i])}' has no sub-keys")
-    return tp
-
-
-def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load, override and validate a run config from a YAML file. Errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-    try:
-        return from_dict(apply_overrides(data, overrides or []))
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
-def dump(cfg: RunConfig, path: str | Path) -> Path:
-    """Write a config as YAML that :func:`load` reads back to an equal config."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return path
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten nested plain data into ``{"a.b.c": value}`` (for MLflow parameters)."""
-    if dataclasses.is_dataclass(data):
-        data = _to_plain(data)
-    out: dict[str, Any] = {}
-    if isinstance(data, Mapping):
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(data, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in data):
-        for i, v in enumerate(data):
-            out.update(flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix.rstrip(".")] = data
-    return out

@@ -45,14 +45,12 @@ from typing import Any
 
 import numpy as np
 
+from nakt_ray.errors import DataError  # re-exported: callers import DataError from here too
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".nii", ".nii.gz")
 _DICOM_EXTENSIONS = (".dcm", ".dicom")
 _NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-class DataError(ValueError):
-    """A data source or file that cannot be used; the message names the path and what was expected."""
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,9 @@ def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path
     from PIL import Image
 
     from nakt_ray import tracking
-    from nakt_ray.inference.predict import overlay
     from nakt_ray.data.preprocess import preprocess_image, restore
     from nakt_ray.data.readers import list_cases, read_image
+    from nakt_ray.inference.predict import overlay
 
     tracking.setup(cfg)
     model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()

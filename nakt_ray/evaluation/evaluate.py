@@ -1,20 +1,27 @@
 """Evaluation: Dice and IoU of models (and of the teachers' ensemble) on a labeled set, at original resolution.
 
-The same Ray Data path as annotation: decode (keeping the original mask) -> one actor pool per model -> a
-metrics task that maps each model's probabilities back to the original image size (``preprocess.restore``),
-takes the argmax, and scores it against the original mask. Written as Markdown and JSON (plus per-case CSV).
+The same Ray Data path as annotation: decode (keeping the original mask) -> the actor pools of
+:mod:`nakt_ray.annotation.pools` (``annotate.pools`` decides the layout) -> a metrics task that maps each model's
+probabilities back to the original image size (``preprocess.restore``), takes the argmax, and scores it against the
+original mask. Written as Markdown and JSON (plus per-case CSV).
+
+A model named like one of the run's teachers is scored as that teacher annotates: with its inference options
+(sliding window, TTA flips, AMP) and its pool's resources (``pools.teacher_ref``).
 """
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nakt_ray.annotation import parquet as ann
-from nakt_ray.annotation.pipeline import TeacherRef, add_teacher_pools, check_teachers
+from nakt_ray.annotation.pools import TeacherRef, add_teacher_pools, check_teachers, teacher_ref
+
+if TYPE_CHECKING:
+    from nakt_ray.config import RunConfig
 
 ENSEMBLE = "teachers_ensemble"
 
@@ -23,8 +30,8 @@ def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: li
                 num_classes: int) -> dict[str, np.ndarray]:
     """Per-case foreground Dice and IoU of each model (and of the mean of ``ensemble``'s probabilities)."""
     from nakt_ray.data.datasets import geometry_of
-    from nakt_ray.metrics import dice_per_class, foreground_mean, iou_per_class
     from nakt_ray.data.preprocess import restore
+    from nakt_ray.metrics import dice_per_class, foreground_mean, iou_per_class
 
     n = len(batch["case_id"])
     names = models + ([ENSEMBLE] if ensemble else [])
@@ -47,21 +54,31 @@ def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: li
     return out
 
 
-def evaluate(cfg: Any, models: dict[str, str], data: str, out_dir: str | Path, ensemble: list[str] | None = None,
-             batch_size: int = 8) -> dict[str, Any]:
-    """Score ``models`` (name -> any teacher source: model file or MLflow URI) on the labeled folder ``data``; writes ``evaluation.{md,json,csv}``.
+def model_refs(cfg: RunConfig, models: dict[str, str], batch_size: int = 8) -> list[TeacherRef]:
+    """The pool entry of each model to score: a model named like a teacher of ``cfg`` runs as that teacher is
+    configured (inference options, actors, batch size, CPUs, GPUs) from the source given; any other model (a
+    student, a foreign file) runs plainly, in batches of ``batch_size``."""
+    teachers = {t.name: t for t in cfg.teachers}
+    return [teacher_ref(cfg, teachers[name], source) if name in teachers
+            else TeacherRef(name, source, batch_size=batch_size) for name, source in models.items()]
 
-    Returns ``{"models": {name: {"dice", "dice_ci", "iou", "n"}}, "failed": [...], "table": markdown}``.
+
+def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | Path,
+             ensemble: list[str] | None = None, batch_size: int = 8) -> dict[str, Any]:
+    """Score ``models`` (name -> any teacher source: model file or MLflow URI) on the labeled folder ``data``;
+    writes ``evaluation.{md,json}`` and ``evaluation_cases.csv`` (per-case Dice) into ``out_dir``.
+
+    Models named like the run's teachers run with those teachers' settings (:func:`model_refs`). Returns
+    ``{"models": {name: {"dice", "dice_ci", "iou", "n"}}, "failed": [...], "table": markdown}``.
     """
     from nakt_ray.data.datasets import cases_dataset, decode_batch
-    from nakt_ray.metrics import bootstrap_ci
     from nakt_ray.data.readers import list_cases
+    from nakt_ray.metrics import bootstrap_ci
+    from nakt_ray.tracking import tracking_uri
 
     pre = cfg.preprocess
     num_classes = cfg.data.num_classes
-    refs = [TeacherRef(name, path, batch_size=batch_size) for name, path in models.items()]
-    from nakt_ray.tracking import tracking_uri
-
+    refs = model_refs(cfg, models, batch_size)
     uri = tracking_uri(cfg)
     check_teachers(refs, num_classes, pre.in_channels, uri)  # fail fast, by name, before any actor starts
     cases = list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix)

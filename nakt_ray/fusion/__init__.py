@@ -3,17 +3,8 @@ teachers agree. Pure NumPy over arrays ``[T, C, H, W]`` (T teachers, C classes, 
 the pipeline. The annotation stage applies it per batch; re-fusion and student training apply it again to the
 stored per-teacher maps.
 """
-from nakt_ray.fusion.rules import (
-    FUSION_RULES,
-    entropy,
-    fuse,
-    hard_label,
-    majority_vote,
-    mean,
-    pairwise_dice,
-    staple,
-    weighted_mean,
-)
+from nakt_ray.fusion.quality import entropy, hard_label, pairwise_dice
+from nakt_ray.fusion.rules import FUSION_RULES, fuse, majority_vote, mean, staple, weighted_mean
 
 __all__ = ["FUSION_RULES", "entropy", "fuse", "hard_label", "majority_vote", "mean", "pairwise_dice", "staple",
            "weighted_mean"]

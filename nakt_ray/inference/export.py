@@ -1,6 +1,6 @@
 """Deployable students: a model exported to TorchScript and ONNX, each file checked against the torch model.
 
-Every exported file gets the description YAML that :func:`nakt_ray.teachers.sources.load_teacher` reads, so an
+Every exported file gets the description YAML that :func:`nakt_ray.teachers.registry.load_teacher` reads, so an
 exported student is itself a teacher source (and ``nakt predict`` input)::
 
     <out>/model.ts      + model.ts.yaml      TorchScript (torch.jit.trace at the model's input size)
@@ -9,7 +9,7 @@ exported student is itself a teacher source (and ``nakt predict`` input)::
 
 Both files take a float32 batch ``[B, in_channels, H, W]`` at the model's ``input_size`` (the batch dimension is
 dynamic) and return what the torch model returns (``logits`` ``[B, K, H, W]`` for nakt models). Other sizes are
-for the caller to resample to, as :class:`~nakt_ray.teachers.sources.LoadedTeacher` does.
+for the caller to resample to, as :class:`~nakt_ray.teachers.inference.LoadedTeacher` does.
 
 The parity check runs the saved file (``torch.jit.load`` / onnxruntime) and the torch model on the same random
 batch of :data:`PARITY_BATCH` images (another batch size than the one traced, so a batch dimension frozen by the
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from nakt_ray.errors import ExportError  # re-exported: callers import ExportError from here too
 from nakt_ray.models.model_file import ModelSpec
 
 FORMATS = ("torchscript", "onnx")
@@ -36,12 +37,9 @@ TRACE_BATCH = 2
 PARITY_BATCH = 3
 
 
-class ExportError(ValueError):
-    """A model that cannot be exported, or an exported file that does not reproduce the model."""
-
-
 def description(spec: ModelSpec, outputs: str = "logits", file: str | None = None) -> dict[str, Any]:
-    """The description YAML data (``teacher_sources.TeacherDescription``) of a model exported from ``spec``."""
+    """The description YAML data (``nakt_ray.teachers.description.TeacherDescription``) of a model exported from
+    ``spec``."""
     pre = spec.preprocess
     data: dict[str, Any] = {
         "labels": list(spec.labels), "in_channels": spec.in_channels, "input_size": list(pre.size),
@@ -174,12 +172,13 @@ def load_for_export(source: str | Path) -> tuple[torch.nn.Module, ModelSpec, str
     """``(model, spec, outputs)`` from a nakt model file or an MLflow URI (``models:/...``, ``runs:/...``).
 
     A nakt model file carries its spec. An MLflow model is described by its ``nakt.*`` tags, else by its
-    signature and a probe (see ``teacher_sources``); preprocessing it does not declare defaults to a resize to its
-    input size with z-score normalisation, and ``spec.lineage["inferred"]`` lists what was not declared.
+    signature and a probe (see ``nakt_ray/teachers/kinds/mlflow_model.py``); preprocessing it does not declare
+    defaults to a resize to its input size with z-score normalisation, and ``spec.lineage["inferred"]`` lists
+    what was not declared.
     """
-    from nakt_ray.models.model_file import load_model
     from nakt_ray.config import PreprocessConfig
-    from nakt_ray.teachers.sources import load_teacher, source_kind
+    from nakt_ray.models.model_file import load_model
+    from nakt_ray.teachers.registry import load_teacher, source_kind
 
     src = str(source)
     kind = source_kind(src, "export")
@@ -214,7 +213,7 @@ def export(source: str | Path, out_dir: str | Path, formats: Iterable[str] | str
     Raises:
         ExportError: an unknown format, a source that is not a torch model, an export or parity failure.
     """
-    from nakt_ray.teachers.sources import load_teacher
+    from nakt_ray.teachers.registry import load_teacher
 
     fmts = _parse_formats(formats)
     model, spec, outputs = load_for_export(source)

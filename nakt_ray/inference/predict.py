@@ -1,6 +1,6 @@
 """``nakt predict``: segment a folder of images with any model and write masks and overlays at the original size.
 
-The model is loaded with :func:`nakt_ray.teachers.sources.load_teacher`, so any source works: a nakt model file, an
+The model is loaded with :func:`nakt_ray.teachers.registry.load_teacher`, so any source works: a nakt model file, an
 exported TorchScript / ONNX file with its description YAML, or an MLflow URI. Cases come from
 :func:`nakt_ray.data.readers.list_cases` (a folder with ``images/`` or a bare folder of images; a volume gives one case
 per slice) and are decoded and preprocessed by :func:`nakt_ray.data.datasets.decode_batch`; probabilities are mapped
@@ -112,7 +112,7 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
     from nakt_ray.data.datasets import decode_batch, geometry_of
     from nakt_ray.data.preprocess import restore
     from nakt_ray.data.readers import list_cases, read_image
-    from nakt_ray.teachers.sources import load_teacher
+    from nakt_ray.teachers.registry import load_teacher
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: got {batch_size!r}; expected an integer >= 1")
@@ -146,7 +146,7 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
         if ok:
             try:
                 probs = teacher.predict(torch.from_numpy(decoded["image"][ok])).cpu().numpy()
-            except Exception as err:  # noqa: BLE001 - e.g. NaN output: record the batch's cases, go on
+            except Exception as err:  # noqa: BLE001 - e.g. TeacherOutputError (NaN): record the batch's cases, go on
                 for i in ok:
                     reasons[i] = f"predict: {type(err).__name__}: {err}"
         # 4. Back to the original size; write the mask and the overlay.

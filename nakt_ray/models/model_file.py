@@ -19,6 +19,7 @@ import torch
 
 from nakt_ray import zoo
 from nakt_ray.config import PreprocessConfig, build
+from nakt_ray.errors import CheckpointError  # re-exported: callers import CheckpointError from here too
 
 FORMAT = "nakt-model"
 VERSION = 1
@@ -65,10 +66,6 @@ class ModelSpec:
         d["preprocess"] = build(PreprocessConfig, d["preprocess"], "spec.preprocess")
         d["labels"] = tuple(d["labels"])
         return cls(**d)
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be used; the message names the file."""
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -125,7 +122,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
 
 def fingerprint(path: str | Path) -> str:
-    """A short content hash of a model file (identifies a teacher in annotation lineage)."""
+    """A short content hash of any file: the first 16 hex digits of its SHA-256.
+
+    The one file fingerprint of nakt: it identifies a teacher in annotation lineage (the weights file of a nakt,
+    TorchScript or ONNX teacher, and the description YAML beside it).
+    """
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -1,10 +1,11 @@
-"""A Ray Train callback that hands every epoch's metrics to a Tune trial through a Ray queue (``nakt_ray/search.py``).
+"""A Ray Train callback that hands every epoch's metrics to a Tune trial through a Ray queue
+(``nakt_ray/search/trials.py``).
 
 Ray's ``TuneReportCallback`` does the same through the Tune session's own queue, but Tune's polling thread drains
 that one and can see the trial function return before it picks up the last epoch (measured: the last epoch of a
 local-mode trial was lost when its training task returned right after reporting it). With this queue the trial
-function itself drains every epoch, in order, before it returns. Its own module so that ``nakt_ray.search.tune``,
-which config validation imports, does not import Ray Train.
+function itself drains every epoch, in order, before it returns. Its own module, imported by the trial function
+only (in the trial's process), so that importing the search does not import Ray Train.
 """
 from __future__ import annotations
 

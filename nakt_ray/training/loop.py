@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from nakt_ray.config import TrainingConfig, build
 from nakt_ray.data.augment import Augmenter
 from nakt_ray.models.model_file import ModelSpec, cpu_state_dict, save_model
-from nakt_ray.config import TrainingConfig, build
 from nakt_ray.tracking import RunLogger
 
 MODEL_FILE = "model.pt"  # the model after the checkpoint's epoch
@@ -273,7 +273,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     of an interrupted run resumes it from its latest checkpoint (Ray Train V2 restores runs by storage path and
     name). A worker that dies mid-run restarts the worker group from the latest checkpoint, up to
     ``training.max_failures`` times. ``init_state`` is a state dict the model starts from (fine-tuning).
-    ``callbacks`` are Ray Train ``UserCallback`` objects (e.g. a search trial's epoch reporter, ``search.py``);
+    ``callbacks`` are Ray Train ``UserCallback`` objects (e.g. a search trial's epoch reporter, ``search/trials.py``);
     in local mode, where Ray Train runs none, the loop calls their ``after_report`` itself.
     """
     import shutil

@@ -8,8 +8,24 @@ from pathlib import Path
 from typing import Any
 
 from nakt_ray.annotation import parquet as ann
-from nakt_ray.runtime import storage
 from nakt_ray.config import RunConfig
+from nakt_ray.runtime import storage
+from nakt_ray.tracking import (
+    TAG_ANNOTATION_FINGERPRINT,
+    TAG_ANNOTATIONS,
+    TAG_ARCH,
+    TAG_ARCH_ARGS,
+    TAG_FINETUNE_CASES,
+    TAG_FINETUNE_DATA,
+    TAG_FUSION_RULE,
+    TAG_FUSION_WEIGHTS,
+    TAG_INIT,
+    TAG_START,
+    TAG_TEACHER_ARCHS,
+    TAG_TEACHER_FINGERPRINTS,
+    TAG_TEACHERS,
+    TAG_TRANSFERAL,
+)
 
 
 def annotation_fingerprint(annotations_dir: str | Path) -> str:
@@ -25,14 +41,14 @@ def lineage_tags(manifest: dict[str, Any], annotations_dir: str | Path, rule: st
                  weights: list[float] | None) -> dict[str, str]:
     teachers = manifest["teachers"]
     return {
-        "nakt.teachers": ",".join(t["name"] for t in teachers),
-        "nakt.teacher_archs": ",".join(t.get("arch", t.get("kind", "?")) for t in teachers),
-        "nakt.teacher_fingerprints": ",".join(t["fingerprint"] for t in teachers),
-        "nakt.transferal": manifest["transferal"],
-        "nakt.annotations": storage.absolute(annotations_dir),
-        "nakt.annotation_fingerprint": annotation_fingerprint(annotations_dir),
-        "nakt.fusion_rule": rule,
-        "nakt.fusion_weights": json.dumps(weights),
+        TAG_TEACHERS: ",".join(t["name"] for t in teachers),
+        TAG_TEACHER_ARCHS: ",".join(t.get("arch", t.get("kind", "?")) for t in teachers),
+        TAG_TEACHER_FINGERPRINTS: ",".join(t["fingerprint"] for t in teachers),
+        TAG_TRANSFERAL: manifest["transferal"],
+        TAG_ANNOTATIONS: storage.absolute(annotations_dir),
+        TAG_ANNOTATION_FINGERPRINT: annotation_fingerprint(annotations_dir),
+        TAG_FUSION_RULE: rule,
+        TAG_FUSION_WEIGHTS: json.dumps(weights),
     }
 
 
@@ -122,7 +138,7 @@ def register_student(model_path: str | Path, spec: Any, registered_name: str, al
     from nakt_ray.models.model_file import load_model
 
     model, _ = load_model(model_path)
-    tags = {**tags, "nakt.arch": spec.arch, "nakt.arch_args": json.dumps(spec.arch_args)}
+    tags = {**tags, TAG_ARCH: spec.arch, TAG_ARCH_ARGS: json.dumps(spec.arch_args)}
     return tracking.log_and_register_model(model, spec, registered_name, alias, tags)
 
 
@@ -137,15 +153,15 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     stream from Parquet into the Ray Train workers' shards. ``resume`` continues an interrupted run from its last
     checkpoint, in the same MLflow run.
 
-    A search trial (``nakt_ray/search.py``) is this same function with ``register=False`` (the search registers
+    A search trial (``nakt_ray/search/``) is this same function with ``register=False`` (the search registers
     only its best trial), its own ``stage`` and ``run_name`` (MLflow run, Ray Train run prefix), ``run_tags`` naming
     the search's parent run, ``callbacks`` (a Ray Train ``UserCallback`` that hands epochs to Tune) and ``val_ds``,
     the decoded ``data.val`` (the search decodes it once for all its trials; default: decoded here).
     """
-    from nakt_ray.training.student_data import annotation_dataset, decoded_row_bytes
-    from nakt_ray.runtime.cluster import init_ray
     from nakt_ray.data.datasets import labeled_split
     from nakt_ray.models.model_file import model_spec
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.student_data import annotation_dataset, decoded_row_bytes
 
     src = str(annotations_dir or cfg.student.annotations or cfg.annotations_dir)  # a path or a URI
     manifest = ann.read_manifest(src)
@@ -157,12 +173,12 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     if weights is not None and len(weights) != len(manifest["teachers"]):
         raise ValueError(f"fusion.weights has {len(weights)} values but annotation set {str(src)!r} holds "
                          f"{len(manifest['teachers'])} teachers")
-    refuse = manifest["fusion"] != {"rule": rule, "weights": weights}
+    needs_re_fusion = manifest["fusion"] != {"rule": rule, "weights": weights}
     label = run_name or f"student-{cfg.student.name}"
     state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
     init_ray(cfg.ray)
     tc = cfg.training
-    train_ds = annotation_dataset(str(src), rule=rule if refuse else None, weights=weights,
+    train_ds = annotation_dataset(str(src), rule=rule if needs_re_fusion else None, weights=weights,
                                   batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True,
                                   seed=tc.seed)
     cases = _ok_rows(src)
@@ -183,8 +199,9 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
 
 def _init_state(path: str | Path, spec: Any) -> dict[str, Any]:
     """The weights of the nakt model file ``path``, checked to fit ``spec``'s architecture."""
-    from nakt_ray.models.model_file import read_spec
     import torch
+
+    from nakt_ray.models.model_file import read_spec
 
     other = read_spec(path)
     if (other.arch, other.arch_args, other.num_classes, other.in_channels) != (
@@ -206,9 +223,9 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
     are the three variants to compare on one test set (``nakt evaluate``). Only the fine-tuned student is
     registered (alias ``<tracking.alias>-finetuned``).
     """
-    from nakt_ray.runtime.cluster import init_ray
     from nakt_ray.data.datasets import labeled_split
     from nakt_ray.models.model_file import model_spec
+    from nakt_ray.runtime.cluster import init_ray
 
     if start not in FINETUNE_VARIANTS:
         raise ValueError(f"fine-tuning start {start!r}: expected one of {FINETUNE_VARIANTS}")
@@ -218,8 +235,8 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
     tc = cfg.finetune
     train_ds, failed, n = labeled_split(cfg, cfg.data.finetune, tc.batch_size)
     val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0] if cfg.data.val else None
-    tags = {"nakt.finetune_data": str(Path(cfg.data.finetune).resolve()), "nakt.finetune_cases": str(n - len(failed)),
-            "nakt.start": start}
+    tags = {TAG_FINETUNE_DATA: str(Path(cfg.data.finetune).resolve()), TAG_FINETUNE_CASES: str(n - len(failed)),
+            TAG_START: start}
     init_state = None
     if start == "distilled":
         source = Path(cfg.student.init or cfg.student_checkpoint)
@@ -228,7 +245,7 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
                                     "or set student.init")
         from nakt_ray.models.model_file import read_spec
 
-        tags = {**{k: str(v) for k, v in read_spec(source).lineage.items()}, **tags, "nakt.init": str(source)}
+        tags = {**{k: str(v) for k, v in read_spec(source).lineage.items()}, **tags, TAG_INIT: str(source)}
     suffix = "finetuned" if start == "distilled" else "scratch"
     name = f"{cfg.student.name}-{suffix}"
     spec = model_spec(cfg, name, cfg.student.arch, cfg.student.arch_args, "student", tags)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from nakt_ray.config import RunConfig, TeacherConfig
 from nakt_ray.data.datasets import labeled_split
 from nakt_ray.models.model_file import model_spec
+from nakt_ray.tracking import TAG_TEACHER
 
 
 def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
@@ -35,7 +35,7 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
     with tracking.stage_run(cfg, "train-teacher", run_name=f"teacher-{teacher.name}",
                             params={"teacher.name": teacher.name, "teacher.arch": teacher.arch,
                                     "teacher.cases": n - len(failed), "teacher.failed_cases": len(failed)},
-                            tags={"nakt.teacher": teacher.name}) as run:
+                            tags={TAG_TEACHER: teacher.name}) as run:
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
         result = fit(spec, train_ds, tc, out_path=out_path, storage=cfg.train_storage,
                      name=f"teacher-{teacher.name}", val_ds=val_ds, logger=logger)

@@ -1,5 +1,6 @@
-"""Tests for nakt_ray/teacher_sources.py: each source kind against the original model, every error path, sliding
-window and flip TTA. Tiny models are built here; MLflow uses a SQLite store under a temporary folder."""
+"""Tests for nakt_ray/teachers/: each source kind against the original model, the registry (order, duplicates,
+unknown sources, a kind registered by a test), every error path (load time and prediction time), sliding window
+and flip TTA. Tiny models are built here; MLflow uses a SQLite store under a temporary folder."""
 from __future__ import annotations
 
 import json
@@ -10,12 +11,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY_UNET, make_teacher
 from torch import nn
 
-from conftest import TINY_UNET, make_teacher
 from nakt_ray import zoo
+from nakt_ray.errors import TeacherLoadError, TeacherOutputError
 from nakt_ray.models.model_file import fingerprint, load_model
-from nakt_ray.teachers.sources import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS, InferenceOptions, TeacherLoadError, load_teacher
+from nakt_ray.teachers.description import InferenceOptions, TeacherDescription
+from nakt_ray.teachers.inference import RawTeacher
+from nakt_ray.teachers.registry import (
+    load_teacher,
+    register_teacher_source,
+    source_kind,
+    teacher_source_kinds,
+    unregister_teacher_source,
+)
+from nakt_ray.tracking import TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS
 
 # Tracing a MONAI UNet warns about shape checks that become constants; harmless at a fixed input size.
 pytestmark = [pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
@@ -255,8 +266,90 @@ def test_errors_name_the_teacher(tmp_path, make, match):
 def test_output_is_checked_on_every_predict(tmp_path, batch):
     teacher = load_teacher("late", str(write_scripted(tmp_path, NaNOnBrightInput(), description())))
     teacher.predict(batch)
-    with pytest.raises(TeacherLoadError, match="teacher 'late'.*NaN"):
+    with pytest.raises(TeacherOutputError, match=r"^teacher 'late' \(.*model.ts\): .*NaN") as err:
         teacher.predict(batch + 100)
+    assert not isinstance(err.value, TeacherLoadError)  # loading went fine; this batch's output did not
+
+
+def test_a_wrong_class_count_at_predict_time_is_an_output_error(tmp_path, batch):
+    teacher = load_teacher("late", str(write_scripted(tmp_path, ConvNet(), description())))
+    teacher._forward = lambda x: x.new_zeros((x.shape[0], 3, *x.shape[-2:]))
+    with pytest.raises(TeacherOutputError, match="returns 3 classes but its labels declare 2"):
+        teacher.predict(batch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registry of source kinds
+
+
+def test_built_in_kinds_and_their_order(tmp_path):
+    assert teacher_source_kinds() == ["mlflow", "onnx", "torchscript", "teacher_yaml", "nakt"]
+    path = make_teacher(tmp_path / "a.pt", "a")
+    scripted = write_scripted(tmp_path, ConvNet(), description())
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(description(file="model.ts")))
+    assert [source_kind(s) for s in (path, scripted, tmp_path / "teacher.yaml", "models:/t@champion")] == \
+        ["nakt", "torchscript", "torchscript", "mlflow"]  # a teacher YAML is recorded as the kind it names
+
+
+def test_a_duplicate_kind_raises():
+    with pytest.raises(ValueError, match="teacher source kind 'onnx' is already registered"):
+        register_teacher_source("onnx", lambda source: False, lambda name, source, device: None, "anything")
+    with pytest.raises(ValueError, match="'nope' is not registered; registered kinds: mlflow, onnx"):
+        unregister_teacher_source("nope")
+
+
+@pytest.mark.parametrize("where", ["missing_file", "folder", "unknown_uri"])
+def test_an_unknown_source_lists_every_kind_and_what_it_expects(tmp_path, where):
+    source, reason = {"missing_file": (str(tmp_path / "gone.pt"), r"file '.*gone.pt' does not exist"),
+                      "folder": (str(tmp_path), r"'.*' is a folder, which no teacher source kind reads"),
+                      "unknown_uri": ("http://example.org/model", "no teacher source kind reads URIs")}[where]
+    with pytest.raises(TeacherLoadError, match=rf"^teacher 'u' \(.*\): {reason}") as err:
+        load_teacher("u", source)
+    message = str(err.value)
+    for kind, expects in [("mlflow", "models:/NAME@ALIAS"), ("onnx", "a .onnx file with model.onnx.yaml beside it"),
+                          ("torchscript", "TorchScript"), ("teacher_yaml", "'file:'"), ("nakt", "a nakt model file")]:
+        assert f"{kind}: " in message and expects in message.split(f"{kind}: ", 1)[1]
+    with pytest.raises(TeacherLoadError, match=reason):
+        source_kind(source, "u")
+
+
+@pytest.fixture
+def registry_restored():
+    """Unregister whatever a test registers, so no kind leaks into other tests."""
+    before = teacher_source_kinds()
+    yield
+    for kind in set(teacher_source_kinds()) - set(before):
+        unregister_teacher_source(kind)
+    assert teacher_source_kinds() == before
+
+
+def _conv_kind(model: nn.Module, loads: list[str]):
+    def load(name: str, source: str, device: torch.device) -> RawTeacher:
+        loads.append(source)
+        desc = TeacherDescription(labels=tuple(LABELS), in_channels=1, input_size=SIZE, outputs="logits")
+        return RawTeacher(model.eval().to(device), desc, "0" * 16, {"source": source})
+    return load
+
+
+def test_a_registered_kind_is_picked_by_load_teacher(registry_restored, tmp_path, batch):
+    model, loads = ConvNet(seed=4), []
+    register_teacher_source("echo", lambda source: source.startswith("echo:"), _conv_kind(model, loads),
+                            "an echo:NAME URI (a test kind)")
+    assert teacher_source_kinds()[-2:] == ["echo", "nakt"]  # after the built-ins, but before the catch-all nakt
+    teacher = load_teacher("e", "echo:conv")
+    assert (teacher.kind, teacher.details, loads) == ("echo", {"source": "echo:conv"}, ["echo:conv"])
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(model, batch), atol=1e-5, rtol=0)
+    with pytest.raises(TeacherLoadError, match=r"echo: an echo:NAME URI \(a test kind\)"):
+        load_teacher("u", str(tmp_path / "gone.pt"))
+
+
+def test_a_file_kind_registered_later_is_asked_before_the_nakt_catch_all(registry_restored, tmp_path, batch):
+    model, loads = ConvNet(seed=5), []
+    register_teacher_source("fancy", lambda source: source.endswith(".fancy"), _conv_kind(model, loads),
+                            "a .fancy file (a test kind)")
+    (tmp_path / "m.fancy").write_bytes(b"anything")
+    assert load_teacher("f", str(tmp_path / "m.fancy")).kind == "fancy"
+    assert source_kind(make_teacher(tmp_path / "a.pt", "a")) == "nakt"
 
 
 @pytest.mark.parametrize("kwargs", [{"overlap": 1.0}, {"tta_flips": (0,)}, {"tta_flips": (-1, -1)},

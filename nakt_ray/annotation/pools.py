@@ -1,0 +1,288 @@
+"""The teachers' Ray Data actor pools, shared by annotation (``nakt annotate``) and evaluation (``nakt evaluate``).
+
+A teacher enters as a :class:`TeacherRef` (its source, its pool's resources, its inference options), made from
+a config's ``TeacherConfig`` by :func:`teacher_ref`, the one place that reads a teacher's pool and inference
+settings. :func:`add_teacher_pools` appends the pools to a dataset of decoded cases (an ``image`` and an
+``error`` column) in either layout:
+
+- ``per_teacher`` (the default on GPU clusters): one ``map_batches(TeacherPredictor,
+  compute=ActorPoolStrategy(size=actors))`` per teacher, with the teacher's own batch size, CPUs and GPUs;
+- ``shared`` (the default without GPUs): one pool whose actors (:class:`EnsemblePredictor`, one per
+  ``SHARED_ACTOR_THREADS`` CPUs or one per GPU) each host every teacher (``docs/decisions.md``, 39).
+
+Either way each teacher adds its column ``prob__<name>``: probabilities ``[B, C, H, W]`` at the batch's image
+size. :func:`check_teachers` loads every teacher once in the driver first, so a teacher that does not fit the run
+fails by name before any actor starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from nakt_ray.annotation import parquet as ann
+from nakt_ray.errors import ConfigError, TeacherLoadError, error
+from nakt_ray.teachers.description import InferenceOptions
+from nakt_ray.teachers.inference import LoadedTeacher
+from nakt_ray.teachers.registry import load_teacher
+
+if TYPE_CHECKING:
+    from nakt_ray.config import RunConfig, TeacherConfig
+
+# The column of decoded cases that the teachers read: preprocessed images [B, C_in, H, W] float32.
+TEACHER_INPUT = "image"
+
+# CPUs kept free of actor pools for the decode and fuse tasks: actors that hold every CPU starve the tasks that
+# feed them and the pipeline hangs without an error (measured: read_parquet -> map_batches(ActorPoolStrategy(
+# size=2), num_cpus=1) hangs on 2 CPUs: the actors hold both CPUs and the read task never runs).
+TASK_CPU_RESERVE = 0.5
+# Share of the cluster's CPUs (as Ray counts them) that the actor pools leave to the decode, fuse and write tasks.
+# Ray Data budgets each operator from what the actors do not hold: with the actors at 1.5 of 2 CPUs, decoding and
+# fusion ran one task at a time and paced the whole run (measured, 600 HC18 images: docs/decisions.md, 39). A Ray
+# CPU is a scheduling figure, not a thread limit, so this changes placement and budgets, not how many threads
+# compute.
+TASK_CPU_SHARE = 0.5
+# Torch threads per actor of the shared layout on CPU: one actor per this many CPUs (at least one actor).
+SHARED_ACTOR_THREADS = 4
+# A teacher actor that dies (OOM, a crashed GPU, a killed process, a lost node) is restarted this many times;
+# beyond that the run fails loudly instead of looping on a batch that kills every actor. The batch itself is
+# retried without a count of its own (max_task_retries=-1), so the restart bound is the only one: a bounded retry
+# count is used up within seconds while the cluster has not yet noticed that a node is gone (every retry meets
+# "actor temporarily unavailable"), which failed the whole run when a worker node was lost (measured, Ray 2.60;
+# tests/test_jobs_cluster.py).
+ACTOR_RESTARTS = 3
+POOL_LAYOUTS = ("auto", "per_teacher", "shared")
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    """A teacher as its actor pool runs it: a source (any form ``load_teacher`` reads), the pool's resources
+    (``num_gpus`` None: 1 on a cluster with GPUs, else 0) and the inference options."""
+
+    name: str
+    checkpoint: str
+    actors: int = 1
+    batch_size: int = 8
+    num_cpus: float = 0.5
+    num_gpus: float | None = None
+    options: InferenceOptions | None = None
+
+
+def inference_options(teacher: TeacherConfig) -> InferenceOptions:
+    """The inference options of a ``config.TeacherConfig``: sliding window and its overlap, TTA flips, AMP."""
+    return InferenceOptions(sliding_window=teacher.sliding_window, overlap=teacher.overlap,
+                            tta_flips=tuple(teacher.tta_flips), amp=teacher.amp)
+
+
+def teacher_ref(cfg: RunConfig, teacher: TeacherConfig, source: str | None = None) -> TeacherRef:
+    """``teacher`` of the run ``cfg`` as annotation and evaluation run it: from ``source`` (default: its
+    configured checkpoint, ``cfg.teacher_checkpoint``), with its pool's actors, batch size, CPUs and GPUs and its
+    inference options."""
+    return TeacherRef(teacher.name, str(source if source is not None else cfg.teacher_checkpoint(teacher)),
+                      teacher.actors, teacher.batch_size, teacher.num_cpus, teacher.num_gpus,
+                      inference_options(teacher))
+
+
+def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int) -> None:
+    """Raise ``TeacherLoadError`` when a loaded teacher's classes or input channels do not fit the run."""
+    where = f"teacher {teacher.name!r} ({teacher.source})"
+    if teacher.num_classes != num_classes:
+        raise error(TeacherLoadError, where, f"predicts {teacher.num_classes} classes {list(teacher.labels)}, but "
+                                             f"the run (and the other teachers) use {num_classes}")
+    if teacher.in_channels != in_channels:
+        raise error(TeacherLoadError, where, f"takes {teacher.in_channels} input channels; the run's "
+                                             f"preprocessing gives {in_channels}")
+
+
+def _use_tracking_uri(source: str, uri: str | None) -> None:
+    """MLflow teachers (``models:/``, ``runs:/``) are resolved against ``uri`` (set in this process)."""
+    if uri and str(source).startswith(("models:/", "runs:/")):
+        from nakt_ray.tracking import use_uri
+
+        use_uri(uri)
+
+
+class TeacherPredictor:
+    """Ray Data actor UDF: hosts one teacher on its device and adds its probabilities to each batch.
+
+    The teacher can come from anywhere ``load_teacher`` reads (a nakt model file, TorchScript or ONNX with a
+    description YAML, an MLflow model URI). Adds column ``prob__<name>``: probabilities ``[B, C, H, W]`` (uint8 x
+    255, or float16) at the batch's image size; a teacher with another input size gets its input resampled (or
+    tiled, with sliding-window inference) and its output mapped back. Rows with an ``error`` pass through with
+    zeros.
+    """
+
+    def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1,
+                 options: InferenceOptions | None = None, tracking_uri: str | None = None,
+                 prob_dtype: str = "uint8"):
+        torch.set_num_threads(num_threads)
+        _use_tracking_uri(checkpoint, tracking_uri)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.teacher = load_teacher(name, checkpoint, device, options)
+        check_fits(self.teacher, num_classes, in_channels)
+        self.name = name
+        self.column = ann.prob_column(name)
+        self.prob_dtype = prob_dtype
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Images ``[B, C_in, H, W]`` float32 -> probabilities ``[B, C, H, W]`` float32."""
+        x = torch.from_numpy(images)
+        if self.teacher.device.type == "cuda":
+            x = x.pin_memory().to(self.teacher.device, non_blocking=True)
+        return self.teacher.predict(x).cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = batch["error"] == ""
+        images = batch[TEACHER_INPUT]
+        out = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), dtype=self.prob_dtype)
+        if ok.any():
+            out[ok] = ann.quantize(self.predict(np.ascontiguousarray(images[ok], dtype=np.float32)), self.prob_dtype)
+        batch[self.column] = out
+        return batch
+
+
+class EnsemblePredictor:
+    """Ray Data actor UDF of the ``shared`` layout: hosts every teacher and adds each one's ``prob__<name>``
+    column, running the teachers one after another on a batch, each in slices of its own batch size.
+
+    ``teachers`` are :class:`TeacherPredictor` keyword arguments, one dict per teacher; ``predictor_cls`` builds
+    each (a subclass, e.g. for fault injection, works as in the ``per_teacher`` layout). Rows with an ``error``
+    pass through with zeros, as there.
+    """
+
+    def __init__(self, teachers: list[dict[str, Any]], batch_sizes: list[int], num_threads: int = 1,
+                 predictor_cls: type = TeacherPredictor):
+        self.predictors = [predictor_cls(**kw, num_threads=num_threads) for kw in teachers]
+        self.batch_sizes = batch_sizes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["error"])
+        for predictor, size in zip(self.predictors, self.batch_sizes):
+            parts = [predictor({TEACHER_INPUT: batch[TEACHER_INPUT][i:i + size], "error": batch["error"][i:i + size]})
+                     [predictor.column] for i in range(0, max(n, 1), size)]
+            batch[predictor.column] = np.concatenate(parts)
+        return batch
+
+
+def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
+    """Factor (<= 1) applied to every pool's ``num_cpus`` so all actors together leave ``TASK_CPU_SHARE`` of the
+    cluster's CPUs to the tasks. Warns when the pools ask for more than the cluster has.
+    """
+    import warnings
+
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    wanted = sum(t.num_cpus * t.actors for t in teachers)
+    room = max(total * (1 - TASK_CPU_SHARE), 0.05 * len(teachers))
+    if wanted > total - TASK_CPU_RESERVE:
+        warnings.warn(f"teacher pools ask for {wanted:g} CPUs but the cluster has {total:g}; scaling every pool's "
+                      f"num_cpus by {room / wanted:.2f} so decoding tasks can still run", stacklevel=2)
+    return min(1.0, room / wanted)
+
+
+def shared_pool_size(cpus: float, gpus: float, requested: int | None = None) -> tuple[int, int, float]:
+    """Actors, torch threads per actor and Ray CPUs per actor of the shared layout on a cluster with ``cpus`` CPUs
+    and ``gpus`` GPUs: one actor per GPU, else one per ``SHARED_ACTOR_THREADS`` CPUs (one with 2 threads on a
+    2-core machine: one process starts instead of one per teacher, ~5 s of CPU each for torch and MONAI), unless
+    ``requested``."""
+    actors = requested or (int(gpus) if gpus >= 1 else max(1, int(cpus) // SHARED_ACTOR_THREADS))
+    threads = max(1, int(cpus) // actors)
+    return actors, threads, max(0.05, cpus * (1 - TASK_CPU_SHARE) / actors)
+
+
+def light_task_pool() -> Any:
+    """At most one decode (or fuse) task per cluster CPU at a time (a ``ray.data.TaskPoolStrategy``).
+
+    The tasks ask for ``LIGHT_CPU`` so they are not starved beside the actor pools, but Ray would then run four per
+    CPU, each in a worker process of its own: on 2 cores, 8 task workers that each spend ~3 s of CPU starting
+    (Ray, torch) for a few seconds of decoding (measured: 11 worker processes in a 600-image run).
+    """
+    import ray
+    from ray.data import TaskPoolStrategy
+
+    return TaskPoolStrategy(size=max(1, int(ray.cluster_resources().get("CPU", 1))))
+
+
+def pool_layout(pools: str) -> str:
+    """``annotate.pools`` resolved on the connected cluster: ``auto`` is ``per_teacher`` with GPUs, else ``shared``."""
+    from nakt_ray.runtime.cluster import cluster_has_gpus
+
+    if pools not in POOL_LAYOUTS:
+        raise error(ConfigError, f"annotate.pools {pools!r}", "expected auto, per_teacher or shared")
+    if pools != "auto":
+        return pools
+    return "per_teacher" if cluster_has_gpus() else "shared"
+
+
+def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int,
+                      tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor,
+                      prob_dtype: str = "uint8", pools: str = "per_teacher",
+                      shared_actors: int | None = None) -> Any:
+    """Append the teachers' actor pools to ``ds`` (the ``image``/``error`` columns of ``decode_batch``):
+    one pool per teacher, or with ``pools="shared"`` one pool of :class:`EnsemblePredictor` actors
+    (``shared_actors`` of them; see ``config.AnnotateConfig``). Either way every teacher's column is added.
+
+    ``predictor_cls`` is the per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection).
+    """
+    from ray.data import ActorPoolStrategy
+
+    from nakt_ray.runtime.cluster import cluster_has_gpus
+
+    def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
+        return dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes, in_channels=in_channels,
+                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype)
+
+    gpus = cluster_has_gpus()
+    if pool_layout(pools) == "shared":
+        # Every actor hosts all teachers (one per GPU, or one per few CPUs with that many torch threads), so the
+        # cores are shared by whole batches instead of being time-shared by one process per teacher.
+        import ray
+
+        resources = ray.cluster_resources()
+        size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
+        return ds.map_batches(
+            EnsemblePredictor,
+            fn_constructor_kwargs=dict(teachers=[teacher_kwargs(t) for t in teachers],
+                                       batch_sizes=[t.batch_size for t in teachers], num_threads=threads,
+                                       predictor_cls=predictor_cls),
+            compute=ActorPoolStrategy(size=size),
+            batch_size=max(t.batch_size for t in teachers),
+            num_cpus=cpus,
+            num_gpus=1.0 if gpus else 0.0,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=-1,
+        )
+    scale = pool_cpu_scale(teachers)
+    for t in teachers:
+        num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
+        ds = ds.map_batches(
+            predictor_cls,
+            fn_constructor_kwargs=dict(**teacher_kwargs(t), num_threads=max(1, int(t.num_cpus))),
+            compute=ActorPoolStrategy(size=t.actors),
+            batch_size=t.batch_size,
+            num_cpus=t.num_cpus * scale,
+            num_gpus=num_gpus,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=-1,
+        )
+    return ds
+
+
+def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: int,
+                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Load and probe every teacher once in the driver (on CPU), with its inference options, before any actor
+    starts: a teacher that does not fit fails here, by name, not inside an actor. Returns their lineage records
+    (``LoadedTeacher.describe`` without the device, plus ``arch``)."""
+    records = []
+    for t in teachers:
+        _use_tracking_uri(t.checkpoint, tracking_uri)
+        teacher = load_teacher(t.name, t.checkpoint, "cpu", t.options)
+        check_fits(teacher, num_classes, in_channels)
+        record = teacher.describe()
+        record.pop("device")
+        record["arch"] = teacher.details.get("arch", teacher.kind)
+        records.append(record)
+    return records

@@ -1,0 +1,43 @@
+"""Synthetic fetal-head ultrasound: the project's embedded default data, with known masks.
+
+Each case mimics a 2D B-mode fetal-head image (the HC18 task): a bright elliptical skull ring with darker brain
+inside, amniotic fluid around it, textured maternal tissue, multiplicative speckle, depth attenuation, a convex-probe
+fan, acoustic shadows behind the skull, missing ring segments, and bright distractors (placenta, other ring-like
+cross-sections, bone-like lines). An acquisition *site* is a :class:`SiteStyle`; the presets in :data:`SITES` differ
+in intensity, noise, contrast and head-shape statistics, so teachers trained on one site are imperfect on the others.
+
+Label maps hold class indices: 0 background, 1 fetal head (the filled ellipse inside the outer edge of the skull
+ring), and with ``num_classes=3`` also 2, an inner fluid-filled structure (cavum / ventricles) drawn over class 1.
+The image content does not depend on ``num_classes``: the same generator state gives the same image, only the label
+map differs.
+
+Example::
+
+    rng = np.random.default_rng(0)
+    image, label = generate_case(rng, SITES["site_a"])          # uint8 [H, W], uint8 [H, W]
+    write_folder("data/site_a", 64, "site_a", seed=0)          # images/*.png + masks/*.png + synthetic.json
+    write_folder("data/transferal", 64, "mixed", seed=1, size=(128, 128))
+
+Takes in: a site (a preset name, ``"mixed"`` or a :class:`SiteStyle`), a seed and a case count. Gives out: uint8
+image and label arrays ``[H, W]``, or a labeled folder (``images/``, ``masks/``, ``synthetic.json``). Imports
+NumPy, SciPy and Pillow, nothing of the pipeline.
+
+The parts: :mod:`.sites` (the site statistics and presets), :mod:`.shapes` (smooth random fields and ellipse
+geometry), :mod:`.ultrasound` (probe, shadows, speckle, attenuation, compression), :mod:`.cases` (one case, layer
+by layer) and :mod:`.folders` (dataset folders and their ``synthetic.json``).
+"""
+from nakt_ray.demo.synthetic.cases import generate_case, generate_mixed_case
+from nakt_ray.demo.synthetic.folders import IMAGE_FORMATS, write_folder
+from nakt_ray.demo.synthetic.sites import MIXED, NUM_CLASSES_SUPPORTED, SITES, SiteStyle, get_site
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "MIXED",
+    "NUM_CLASSES_SUPPORTED",
+    "SITES",
+    "SiteStyle",
+    "generate_case",
+    "generate_mixed_case",
+    "get_site",
+    "write_folder",
+]

@@ -1,0 +1,219 @@
+"""A loaded teacher, whatever its source, turning images into checked class probabilities.
+
+A source kind (``nakt_ray/teachers/kinds/``) hands over a :class:`RawTeacher`: a forward function and its
+description. :class:`LoadedTeacher` adds what the model itself lacks: resampling to the teacher's input size (or
+MONAI sliding-window inference at full size), flip test-time augmentation, autocast on CUDA, the softmax, and a
+cheap check of every output (class count against the labels, spatial size against the input, NaN / inf, declared
+probabilities that are probabilities).
+
+Errors: the probe at load time raises :class:`TeacherLoadError` (a teacher that fails on its own declared input
+cannot be used at all); an output that cannot be used at prediction time raises :class:`TeacherOutputError`, for
+the batch at hand (a caller may record the batch's cases as failed and go on).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nakt_ray.config import PreprocessConfig
+from nakt_ray.errors import NaktError, TeacherLoadError, TeacherOutputError, error
+from nakt_ray.teachers.description import InferenceOptions, TeacherDescription, teacher_where
+
+__all__ = [
+    "PROB_TOLERANCE",
+    "PROB_TOLERANCE_16BIT",
+    "LoadedTeacher",
+    "RawTeacher",
+    "looks_like_probabilities",
+]
+
+# How far declared probabilities may stray from [0, 1] and from summing to 1 over classes. 16-bit outputs
+# (autocast on CUDA) carry ~3 significant digits, so they get a looser bound.
+PROB_TOLERANCE = 1e-3
+PROB_TOLERANCE_16BIT = 1e-2
+
+
+@dataclass
+class RawTeacher:
+    """What a source kind's loader hands to :class:`LoadedTeacher`: a raw forward and what it means.
+
+    ``forward`` maps ``[B, C_in, h, w]`` float32 at the model's ``input_size`` to raw scores ``[B, K, h, w]``
+    (``description.outputs`` says logits or probabilities). ``fingerprint``: 16 hex chars identifying the weights.
+    ``details``: JSON-ready lineage (paths, run ids...). ``autocast``: False for runtimes outside torch (ONNX).
+    """
+
+    forward: Callable[[torch.Tensor], Any]
+    description: TeacherDescription
+    fingerprint: str
+    details: dict[str, Any] = field(default_factory=dict)
+    autocast: bool = True
+
+
+def looks_like_probabilities(t: torch.Tensor, tol: float) -> bool:
+    """Whether ``t`` ``[B, K, H, W]`` lies in [0, 1] and sums to 1 over K, within ``tol``."""
+    return bool(t.min() >= -tol and t.max() <= 1 + tol and (t.sum(1) - 1).abs().max() <= tol)
+
+
+class LoadedTeacher:
+    """A teacher on a device, whatever its source, that turns images into class probabilities.
+
+    Attributes mirror the description: ``labels`` (K names, background first), ``num_classes`` (K),
+    ``in_channels``, ``input_size`` (H, W the model was trained at), ``outputs`` (what the raw model returns),
+    ``preprocess`` (when known), ``fingerprint`` (16 hex chars identifying the weights); ``kind`` is the source
+    kind that loaded it.
+    """
+
+    def __init__(self, name: str, source: str, kind: str, loaded: RawTeacher, device: torch.device,
+                 options: InferenceOptions):
+        d = loaded.description
+        self.name = name
+        self.source = source
+        self.kind = kind
+        self.labels: tuple[str, ...] = tuple(d.labels)
+        self.num_classes = len(self.labels)
+        self.in_channels = d.in_channels
+        self.input_size: tuple[int, int] = (int(d.input_size[0]), int(d.input_size[1]))
+        self.outputs: str = d.outputs
+        self.preprocess: PreprocessConfig | None = d.preprocess
+        self.fingerprint = loaded.fingerprint
+        self.device = device
+        self.options = options
+        self.details = dict(loaded.details)
+        self._forward = loaded.forward
+        self._autocast = (loaded.autocast and device.type == "cuda" and options.amp != "none")
+        self._amp_dtype = torch.bfloat16 if options.amp == "bf16" else torch.float16
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The raw model as a torch module (nakt, TorchScript and MLflow teachers; returns what ``outputs`` says),
+        for export; None for ONNX, which runs outside torch."""
+        return self._forward if isinstance(self._forward, torch.nn.Module) else None
+
+    def __repr__(self) -> str:
+        return (f"LoadedTeacher(name={self.name!r}, kind={self.kind!r}, source={self.source!r}, "
+                f"labels={list(self.labels)}, input_size={self.input_size}, outputs={self.outputs!r})")
+
+    # -- prediction -------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, C_in, H, W]`` (any H, W) -> probabilities ``[B, K, H, W]`` float32 on the teacher's device.
+
+        Without sliding window, an input whose size differs from ``input_size`` is resampled (bilinear) to it and
+        the probabilities are resampled back. With TTA, probabilities are averaged over the flips.
+
+        Raises:
+            TeacherOutputError: an output with the wrong class count, batch or spatial size, NaN / inf values, or
+                declared probabilities that are not; the message names the teacher and the source.
+        """
+        x = torch.as_tensor(images)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"teacher {self.name!r}: images must be [B, {self.in_channels}, H, W], got "
+                             f"{tuple(x.shape)}")
+        x = x.to(self.device, torch.float32)
+        flips = self.options.flip_sets()
+        total: torch.Tensor | None = None
+        for dims in flips:
+            probs = self._predict_once(x.flip(dims) if dims else x)
+            probs = probs.flip(dims) if dims else probs
+            total = probs if total is None else total + probs
+        assert total is not None
+        return total / len(flips) if len(flips) > 1 else total
+
+    def _predict_once(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[-2:])
+        if self.options.sliding_window:
+            from monai.inferers import sliding_window_inference  # importing MONAI costs seconds; only when used
+
+            # MONAI pads an input smaller than the window and crops the result back. Windows are blended as
+            # probabilities, so the blend of normalised weights still sums to 1 over classes.
+            out = sliding_window_inference(x, roi_size=self.input_size, sw_batch_size=self.options.sw_batch_size,
+                                           predictor=self._probabilities, overlap=self.options.overlap,
+                                           mode=self.options.blend)
+            return out.as_tensor() if hasattr(out, "as_tensor") else out
+        if size == self.input_size:
+            return self._probabilities(x)
+        x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        # Bilinear weights are convex, so resampled probabilities still sum to 1.
+        return F.interpolate(self._probabilities(x), size=size, mode="bilinear", align_corners=False)
+
+    def _raw(self, x: torch.Tensor) -> Any:
+        with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self._autocast):
+            return self._forward(x)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """One checked forward pass at the model's own size: ``[B, C_in, h, w]`` -> ``[B, K, h, w]``."""
+        return self._check(self._raw(x), x, TeacherOutputError)
+
+    def _check(self, raw: Any, x: torch.Tensor, kind: type[NaktError]) -> torch.Tensor:
+        """Check a raw output against the description and turn it into float32 probabilities; a bad output
+        raises ``kind`` (TeacherLoadError while probing at load time, TeacherOutputError when predicting)."""
+        where = teacher_where(self.name, self.source)
+        if not isinstance(raw, torch.Tensor):
+            raise error(kind, where, f"the model returned {type(raw).__name__}; expected one tensor [B, K, H, W]")
+        if raw.ndim != 4:
+            raise error(kind, where, f"the model returned shape {tuple(raw.shape)}; expected [B, K, H, W] with K = "
+                                     f"{self.num_classes}")
+        if raw.shape[1] != self.num_classes:
+            raise error(kind, where, f"the model returns {raw.shape[1]} classes but its labels declare "
+                                     f"{self.num_classes} {list(self.labels)}")
+        if raw.shape[0] != x.shape[0]:
+            raise error(kind, where, f"the model returned batch size {raw.shape[0]} for an input batch of "
+                                     f"{x.shape[0]}")
+        if tuple(raw.shape[-2:]) != tuple(x.shape[-2:]):
+            raise error(kind, where, f"the model returns spatial size {tuple(raw.shape[-2:])} for an input of "
+                                     f"{tuple(x.shape[-2:])}; a segmentation teacher must return one value per "
+                                     "input pixel")
+        tol = PROB_TOLERANCE if raw.dtype in (torch.float32, torch.float64) else PROB_TOLERANCE_16BIT
+        raw = raw.float()
+        if not torch.isfinite(raw).all():
+            raise error(kind, where, "the model produced NaN or infinite values")
+        if self.outputs == "logits":
+            return raw.softmax(1)
+        if not looks_like_probabilities(raw, tol):
+            lo, hi = raw.min().item(), raw.max().item()
+            sums = raw.sum(1)
+            raise error(kind, where, f"declared probabilities but the output looks like logits (values in "
+                                     f"[{lo:.3g}, {hi:.3g}], class sums in [{sums.min().item():.3g}, "
+                                     f"{sums.max().item():.3g}]); set outputs: logits")
+        return raw.clamp(0.0, 1.0)
+
+    def probe(self) -> None:
+        """Run a zero image and a small random batch once (at load time); raise TeacherLoadError on a bad output,
+        warn on logits that look like probabilities."""
+        h, w = self.input_size
+        gen = torch.Generator().manual_seed(0)
+        batches = [torch.zeros(1, self.in_channels, h, w), torch.randn(2, self.in_channels, h, w, generator=gen)]
+        all_probability_like = True
+        with torch.no_grad():
+            for x in batches:
+                x = x.to(self.device)
+                raw = self._raw(x)
+                self._check(raw, x, TeacherLoadError)
+                all_probability_like &= looks_like_probabilities(raw.float(), PROB_TOLERANCE)
+        if self.outputs == "logits" and all_probability_like:
+            # stacklevel 3: the caller of load_teacher (probe <- load_teacher <- caller)
+            warnings.warn(f"{teacher_where(self.name, self.source)}: declared logits but the output already lies in "
+                          "[0, 1] and sums to 1 over classes; it may be probabilities (softmax would then be applied "
+                          "twice; set outputs: probabilities)", UserWarning, stacklevel=3)
+
+    # -- lineage ----------------------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """Plain (JSON-ready) data for manifests and lineage."""
+        pre = None
+        if self.preprocess is not None:
+            pre = dataclasses.asdict(self.preprocess)
+            pre["size"] = list(self.preprocess.size)
+        options = dataclasses.asdict(self.options)
+        options["tta_flips"] = list(self.options.tta_flips)
+        return {"name": self.name, "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint,
+                "labels": list(self.labels), "num_classes": self.num_classes, "in_channels": self.in_channels,
+                "input_size": list(self.input_size), "outputs": self.outputs, "preprocess": pre,
+                "inference": options, "device": str(self.device), "details": dict(self.details)}
