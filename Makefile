@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# A rerun replaces the earlier demo's output (nakt_ray/demo/run.py: prepare_run_dir). nakt is not on PATH: say how.
 demo: setup
 	$(VENV)/bin/nakt demo
+	@echo "Run nakt as $(VENV)/bin/nakt (e.g. $(VENV)/bin/nakt evaluate --help), or 'source $(VENV)/bin/activate' first."
 
 smoke: setup
 	$(VENV)/bin/nakt demo --smoke
+	@echo "Run nakt as $(VENV)/bin/nakt (e.g. $(VENV)/bin/nakt evaluate --help), or 'source $(VENV)/bin/activate' first."
 
 test: setup
 	$(PY) -m pytest -q --durations=10 tests

@@ -60,7 +60,7 @@ def evaluate(job: Job) -> dict[str, Any]:
     if not job.cfg.data.test:
         return {"status": "skipped", "reason": "no data.test"}
     out_dir = Path(job.cfg.run_dir) / "evaluation"
-    rc, _ = run_nakt_captured(job.argv("evaluate", "--output", str(out_dir)))
+    rc, _ = run_nakt_captured(job.argv("evaluate", "--output", str(out_dir), "--overwrite"))
     result = None
     if rc == 0:
         report = json.loads((out_dir / "evaluation.json").read_text())

@@ -7,6 +7,50 @@ import sys
 import time
 from pathlib import Path
 
+from nakt_ray.runtime import console
+from nakt_ray.runtime.console import say
+
+
+def _quiet(log_dir: str | Path) -> None:
+    """Before Ray starts: Ray's output to ``<log_dir>/ray.log`` unless --verbose (``nakt_ray/runtime/console.py``)."""
+    console.divert(log_dir)
+
+
+def _max_failed(text: str) -> float:
+    """``--max-failed``: a count of cases (``3``), or a share of them with a decimal point or a % (``0.05``, ``5%``)."""
+    share = text.endswith("%") or "." in text
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf") or (share and value > 1) or (not share and value != int(value)):
+        raise argparse.ArgumentTypeError(f"got {text!r}; expected a count of cases (e.g. 3) or a share of them "
+                                         "(e.g. 0.05 or 5%)")
+    return value if share else int(value)
+
+
+def _failed_cases(command: str, failed: int, total: int, where: str, limit: float | None,
+                  announce: bool = True) -> int:
+    """Say how many cases failed and where their reasons are (unless the command said it already); 1 when
+    above ``--max-failed``, else 0."""
+    if announce:
+        say(f"nakt {command}: {failed} of {total} cases failed" + (f"; reasons in {where}" if failed else ""),
+            error=True)
+    if limit is None:
+        return 0
+    allowed = limit * total if isinstance(limit, float) else limit
+    if failed > allowed:
+        say(f"nakt {command}: error: {failed} of {total} cases failed, above --max-failed {limit:g}"
+            + (f" ({allowed:g} cases)" if isinstance(limit, float) else ""), error=True)
+        return 1
+    return 0
+
+
+def _add_max_failed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-failed", type=_max_failed, metavar="N|SHARE",
+                   help="exit with code 1 when more cases than this fail: a count (0: none may fail) or a share "
+                        "(0.05 or 5%%); the outputs are written either way (default: no limit, exit 0)")
+
 
 def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
     p.add_argument("--config", required=config_required, help="run config YAML (see docs/config.md)")
@@ -29,6 +73,42 @@ def _load(args: argparse.Namespace):
     return config.load(args.config, overrides)
 
 
+def _require(*inputs: tuple[str, object, str]) -> None:
+    """Refuse a missing input before Ray starts or an MLflow run opens (else: ~20 s of Ray start, then a FAILED
+    run left in MLflow). Each input is ``(config key or --flag, path or None when unset, what it must be)``; URIs
+    (``s3://``, ``models:/``, ``runs:/``) are checked where they are read."""
+    from nakt_ray.errors import ConfigError, error
+
+    for key, path, what in inputs:
+        where = key if key.startswith("--") else f"config key '{key}'"
+        text = str(path or "")
+        if not text:
+            raise error(ConfigError, where, f"not set; expected {what}")
+        if "://" not in text and not text.startswith(("models:/", "runs:/")) and not Path(text).exists():
+            raise error(ConfigError, where, f"{text!r} does not exist; expected {what}")
+
+
+def _given(flag: str, value: object, key: str, default: object) -> tuple[str, object]:
+    """``(name, path)`` of an input given by ``flag`` (when set) or else by config ``key``."""
+    return (flag, value) if value else (key, default)
+
+
+def _teacher_inputs(cfg) -> list[tuple[str, object, str]]:
+    return [(f"teachers[{i}].checkpoint", cfg.teacher_checkpoint(t),
+             f"teacher {t.name!r}'s model (or train it first: nakt train-teacher)") for i, t in enumerate(cfg.teachers)]
+
+
+def _annotation_input(cfg, flag_value: str | None = None) -> tuple[str, object, str]:
+    key, path = _given("--annotations", flag_value, "student.annotations" if cfg.student.annotations else
+                       "annotate.output", cfg.student.annotations or cfg.annotations_dir)
+    return key, path, "an annotation set written by `nakt annotate`"
+
+
+def _labeled(key: str, path: object) -> list[tuple[str, object, str]]:
+    """An optional labeled folder: checked only when set."""
+    return [(key, path, "a labeled folder with images/ and masks/")] if path else []
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from nakt_ray.training.teacher import train_teacher
 
@@ -37,10 +117,11 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     if not names:
         print("no teacher has train_data; nothing to train", file=sys.stderr)
         return 2
+    _quiet(Path(cfg.run_dir) / "logs")
     for name in names:
         t0 = time.perf_counter()
         path = train_teacher(cfg, cfg.teacher(name))
-        print(f"teacher {name}: {path} ({time.perf_counter() - t0:.1f} s)")
+        say(f"teacher {name}: {path} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -51,6 +132,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from nakt_ray.runtime.cluster import init_ray
 
     cfg = _load(args)
+    _require((*_given("--transferal", args.transferal, "data.transferal", cfg.data.transferal),
+              "a folder of images (or one holding images/)"), *_teacher_inputs(cfg))
+    _quiet(Path(cfg.run_dir) / "logs")
     init_ray(cfg.ray)
     with tracking.stage_run(cfg, "annotate") as run:
         import mlflow
@@ -61,8 +145,9 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         for name in ("manifest.json", "summary.json", "errors.json"):  # the output may be a URI (s3://...)
             mlflow.log_text(storage.read_text(storage.join(summary["output"], name)), f"annotations/{name}")
         summary["mlflow_run_id"] = run.info.run_id
-    print(json.dumps(summary, indent=2))
-    return 0
+    say(json.dumps(summary, indent=2))
+    return _failed_cases("annotate", summary["failed"], summary["cases_read"],
+                         storage.join(summary["output"], "errors.json"), args.max_failed)
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -71,8 +156,9 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     from nakt_ray.runtime.cluster import init_ray
 
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    _quiet(Path(args.output).resolve().parent / "logs")  # beside the output: re_fuse wants an empty folder
     init_ray(RayConfig(address=args.ray_address))
-    print(json.dumps(re_fuse(args.annotations, args.output, args.rule, weights), indent=2))
+    say(json.dumps(re_fuse(args.annotations, args.output, args.rule, weights), indent=2))
     return 0
 
 
@@ -80,8 +166,11 @@ def cmd_train_student(args: argparse.Namespace) -> int:
     from nakt_ray.training.student import train_student
 
     cfg = _load(args)
+    _require(_annotation_input(cfg, args.annotations), *_labeled("data.val", cfg.data.val),
+             *([("student.init", cfg.student.init, "a nakt model file")] if cfg.student.init else []))
+    _quiet(Path(cfg.run_dir) / "logs")
     result = train_student(cfg, annotations_dir=args.annotations, resume=args.resume)
-    print(json.dumps(result, indent=2, default=str))
+    say(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -89,8 +178,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from nakt_ray.training.student import finetune_student
 
     cfg = _load(args)
+    _require(*_labeled("data.finetune", cfg.data.finetune), *_labeled("data.val", cfg.data.val))
+    _quiet(Path(cfg.run_dir) / "logs")
     result = finetune_student(cfg, start="scratch" if args.from_scratch else "distilled", resume=args.resume)
-    print(json.dumps(result, indent=2, default=str))
+    say(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -98,12 +189,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from nakt_ray.search.tune import tune_student
 
     cfg = _load(args)
+    _require(_annotation_input(cfg), *_labeled("data.val", cfg.data.val))
+    _quiet(Path(cfg.run_dir) / "logs")
     result = tune_student(cfg, resume=args.resume)
-    print(result["table"])
+    say(result["table"])
     best = result["champion"]
-    print(f"champion: {result['model_uri']} (version {result['version']}; trial {best['trial_id']}, best "
+    say(f"champion: {result['model_uri']} (version {result['version']}; trial {best['trial_id']}, best "
           f"{cfg.tune.metric} {best['best']:.4f})")
-    print(f"search {result['name']}: {len(result['rows'])} trials in {result['wall_s']:.0f} s ({result['search_alg']}, "
+    say(f"search {result['name']}: {len(result['rows'])} trials in {result['wall_s']:.0f} s ({result['search_alg']}, "
           f"scheduler {cfg.tune.scheduler}); MLflow parent run {result['parent_run_id']}; "
           f"results: {result['files']['md']}, {result['files']['csv']}, {result['files']['png']}")
     return 0
@@ -111,7 +204,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nakt_ray import tracking
-    from nakt_ray.evaluation.evaluate import evaluate
+    from nakt_ray.evaluation.evaluate import evaluate, mlflow_metrics, models_from_args
+    from nakt_ray.evaluation.report import check_output
     from nakt_ray.runtime.cluster import init_ray
 
     cfg = _load(args)
@@ -119,28 +213,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not data:
         print("no labeled test set: set data.test in the config or pass --data", file=sys.stderr)
         return 2
-    models: dict[str, str] = {}
-    for item in args.model:
-        name, _, path = item.rpartition("=")
-        models[name or Path(path).parent.name] = path
+    models = models_from_args(args.model)  # unnamed: models:/NAME@ALIAS -> NAME@ALIAS, .../t1/model.pt -> t1
     ensemble = []
     if not args.model:  # default: every teacher, their ensemble, and the student if it exists
         models = {t.name: str(cfg.teacher_checkpoint(t)) for t in cfg.teachers}
         ensemble = list(models) if len(models) > 1 else []
         if cfg.student_checkpoint.exists():
             models[cfg.student.name] = str(cfg.student_checkpoint)
-    out_dir = Path(args.output or Path(cfg.run_dir) / "evaluation")
+    _require(*_labeled(*_given("--data", args.data, "data.test", cfg.data.test)),
+             *(_teacher_inputs(cfg) if not args.model else
+               [(f"--model {name}={src}", src, "a model file or an MLflow URI") for name, src in models.items()]))
+    if not args.nsd_tolerance > 0:
+        raise ValueError(f"--nsd-tolerance: got {args.nsd_tolerance}; expected a number of pixels > 0")
+    # before Ray starts or a run opens: an earlier evaluation (the demo's) is never replaced unasked
+    out_dir = check_output(args.output or Path(cfg.run_dir) / "evaluation", overwrite=args.overwrite)
+    _quiet(Path(cfg.run_dir) / "logs")
     init_ray(cfg.ray)
     with tracking.stage_run(cfg, "evaluate"):
         import mlflow
 
-        report = evaluate(cfg, models, data, out_dir, ensemble=ensemble)
-        for name, r in report["models"].items():
-            mlflow.log_metrics({f"dice.{name}": r["dice"], f"iou.{name}": r["iou"]})
-        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-    print(report["table"])
-    print(f"\nwritten: {out_dir / 'evaluation.md'}, {out_dir / 'evaluation.json'}")
-    return 0
+        report = evaluate(cfg, models, data, out_dir, ensemble=ensemble, seed=args.seed,
+                          nsd_tolerance=args.nsd_tolerance)
+        mlflow.log_metrics(mlflow_metrics(report))
+        for path in report["files"].values():  # only this evaluation's files, not whatever else the folder holds
+            mlflow.log_artifact(path, artifact_path="evaluation")
+    say(report["table"])
+    say(f"\nwritten: {', '.join(report['files'].values())}")
+    failed = len(report["failed"])
+    return _failed_cases("evaluate", failed, report["cases"] + failed,
+                         f"{Path(out_dir) / 'evaluation.json'} (its \"failed\" list)",
+                         args.max_failed)
 
 
 def _use_tracking_uri(uri: str | None) -> None:
@@ -176,7 +278,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _use_tracking_uri(args.tracking_uri)
     report = predict_folder(args.model, args.images, args.out, batch_size=args.batch_size, overlays=args.overlays,
-                            device=args.device, progress=progress)
+                            device=args.device, progress=progress, pseudonymize=args.pseudonymize)
     if report["model"]["inferred"]:
         print(f"nakt predict: note: the model does not declare its {', '.join(report['model']['inferred'])}; "
               "used what was inferred (preprocess: resize to its input size, z-score); declare them in its "
@@ -184,7 +286,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     counts = report["counts"]
     print(f"{counts['ok']} of {counts['cases']} cases segmented into {args.out} ({counts['failed']} failed; "
           f"per-case status and reasons: {Path(args.out) / 'predictions.json'})")
-    return 0
+    return _failed_cases("predict", counts["failed"], counts["cases"], str(Path(args.out) / "predictions.json"),
+                         args.max_failed, announce=False)  # the line above says it
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -194,25 +297,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nakt", description="Network-agnostic knowledge transfer with Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _sub(sub: argparse._SubParsersAction, name: str, summary: str, about: str, examples: str,
+         ray: bool = True) -> argparse.ArgumentParser:
+    """A subcommand with its one-line ``summary``, a description and examples (shown by ``nakt NAME --help``)."""
+    p = sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{about}",
+                       epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(verbose_help="show Ray's, MLflow's and the libraries' own output on the console (default: "
+                                "only nakt's; the rest goes to <run_dir>/logs/ray.log; also NAKT_VERBOSE=1)" if ray
+                   else "accepted by every command for scripts' sake; this one starts no Ray and shows all it prints")
+    return p
 
-    p = sub.add_parser("train-teacher", help="train teachers on their labeled data (Ray Train)")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nakt", description="Network-agnostic knowledge transfer with Ray: teachers annotate, a student "
+        "learns.\nAfter `make demo`, run it as .venv/bin/nakt, or `source .venv/bin/activate` first.",
+        epilog="examples:\n  nakt demo --smoke\n  nakt annotate --config runs/demo/run.yaml --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _sub(sub, "train-teacher", "train teachers on their labeled data (Ray Train)",
+             "Each teacher with train_data in the config is trained and written to\n"
+             "<run_dir>/teachers/NAME/model.pt; one MLflow run per teacher.",
+             "nakt train-teacher --config runs/demo/run.yaml --teacher unet_a --epochs 2")
     _common(p)
     p.add_argument("--teacher", action="append", help="teacher name (repeatable; default: all with train_data)")
     p.add_argument("--epochs", type=int, help="override teacher_training.epochs")
     p.set_defaults(fn=cmd_train_teacher, epochs_key="teacher_training.epochs")
 
-    p = sub.add_parser("annotate", help="annotate the transferal set with every teacher (Ray Data)")
+    p = _sub(sub, "annotate", "annotate the transferal set with every teacher (Ray Data)",
+             "Every teacher's soft map, the fused label and quality figures go to Parquet (one row per case);\n"
+             "cases that fail are listed in <output>/errors.json and the run goes on.",
+             "nakt annotate --config runs/demo/run.yaml --transferal data/new_images --output runs/ann\n"
+             "nakt annotate --config runs/demo/run.yaml --output runs/ann --resume --max-failed 0.05")
     _common(p)
+    _add_max_failed(p)
     p.add_argument("--transferal", help="override data.transferal (a folder of images)")
     p.add_argument("--output", help="override annotate.output")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted run: skip the cases already written to the output")
     p.set_defaults(fn=cmd_annotate)
 
-    p = sub.add_parser("fuse", help="re-fuse a stored annotation set with another rule/weights (no teacher runs)")
+    p = _sub(sub, "fuse", "re-fuse a stored annotation set with another rule/weights (no teacher runs)",
+             "Reads the per-teacher maps stored by `nakt annotate` and writes a new set fused by --rule.\n"
+             "Ray's output goes to logs/ray.log beside the output folder.",
+             "nakt fuse --annotations runs/demo/annotations --output runs/demo/ann-staple --rule staple\n"
+             "nakt fuse --annotations runs/demo/annotations --output runs/demo/ann-w --rule weighted_mean "
+             "--weights 2,1,1")
     p.add_argument("--annotations", required=True, help="annotation set folder written by `nakt annotate`")
     p.add_argument("--output", required=True, help="folder for the re-fused set")
     p.add_argument("--rule", required=True, help="mean, weighted_mean, majority_vote or staple")
@@ -220,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", help="join a running Ray cluster ('auto')")
     p.set_defaults(fn=cmd_fuse)
 
-    p = sub.add_parser("train-student", help="distil the annotations into a student (Ray Train), register it")
+    p = _sub(sub, "train-student", "distil the annotations into a student (Ray Train), register it",
+             "Trains config student on the annotation set, writes <run_dir>/student/NAME/model.pt and registers\n"
+             "it in MLflow as tracking.registered_model@tracking.alias.",
+             "nakt train-student --config runs/demo/run.yaml --epochs 3\n"
+             "nakt train-student --config runs/demo/run.yaml --resume")
     _common(p)
     p.add_argument("--annotations", help="annotation set folder (default: <run_dir>/annotations)")
     p.add_argument("--epochs", type=int, help="override training.epochs")
@@ -228,7 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run from its last checkpoint, in the same MLflow run")
     p.set_defaults(fn=cmd_train_student, epochs_key="training.epochs")
 
-    p = sub.add_parser("finetune", help="fine-tune the distilled student on the small labeled set data.finetune")
+    p = _sub(sub, "finetune", "fine-tune the distilled student on the small labeled set data.finetune",
+             "Continues the distilled student (or, with --from-scratch, its architecture from random weights)\n"
+             "on data.finetune, choosing the best epoch on data.val.",
+             "nakt finetune --config run.yaml --set data.finetune=data/few_labeled --epochs 10\n"
+             "nakt finetune --config run.yaml --from-scratch")
     _common(p)
     p.add_argument("--from-scratch", action="store_true",
                    help="the 'labeled set only' baseline: the student's architecture from random weights")
@@ -237,29 +377,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run from its last checkpoint, in the same MLflow run")
     p.set_defaults(fn=cmd_finetune, epochs_key="finetune.epochs")
 
-    p = sub.add_parser("tune", help="search students and fusion (Ray Tune over tune.space), register the best")
+    p = _sub(sub, "tune", "search students and fusion (Ray Tune over tune.space), register the best",
+             "Each trial is a student training; the table of trials and the champion are written to\n"
+             "<run_dir>/tune/ and the champion is registered in MLflow.",
+             "nakt tune --config run.yaml --set tune.num_samples=8\nnakt tune --config run.yaml --resume")
     _common(p)
     p.add_argument("--epochs", type=int, help="override training.epochs (each trial's budget)")
     p.add_argument("--resume", action="store_true",
                    help="finish the interrupted search recorded in <run_dir>/tune/search.json, same MLflow run")
     p.set_defaults(fn=cmd_tune, epochs_key="training.epochs")
 
-    p = sub.add_parser("evaluate", help="Dice/IoU of models and the teachers' ensemble on a labeled set")
+    p = _sub(sub, "evaluate", "Dice, IoU, HD95, NSD with CIs of models and the teachers' ensemble",
+             "Scores models on a labeled folder (images/ + masks/) at the original size; writes\n"
+             "evaluation.md, evaluation.json (failed cases in its \"failed\" list) and evaluation_cases.csv.",
+             "nakt evaluate --config runs/demo/run.yaml --output runs/demo/eval2\n"
+             "nakt evaluate --config runs/demo/run.yaml --data data/test --model models:/nakt-demo-student@candidate "
+             "--output runs/eval-test --max-failed 0")
     _common(p)
+    _add_max_failed(p)
     p.add_argument("--data", help="labeled folder (default: data.test)")
     p.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
-                   help="model file to score (repeatable; default: teachers, their ensemble, the student)")
-    p.add_argument("--output", help="output folder (default: <run_dir>/evaluation)")
+                   help="model file or MLflow URI to score (repeatable; default: teachers, their ensemble, the "
+                        "student); unnamed, models:/NAME@ALIAS is labelled NAME@ALIAS, .../t1/model.pt t1")
+    p.add_argument("--output", help="output folder (default: <run_dir>/evaluation); must be empty or new")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the evaluation files of a non-empty --output (other files stay)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CIs (default: 0; same seed, same CIs)")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0,
+                   help="NSD tolerance in pixels of the original images (default: 2)")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("export", help="export a model to TorchScript and ONNX (parity-checked, with descriptions)")
+    p = _sub(sub, "export", "export a model to TorchScript and ONNX (parity-checked, with descriptions)",
+             "Writes model.ts / model.onnx, a description YAML beside each and export.json; each export is\n"
+             "checked against the torch model on a random input.",
+             "nakt export --model runs/demo/student/student/model.pt --out deploy/\n"
+             "nakt export --model models:/nakt-demo-student@candidate --tracking-uri sqlite:///runs/demo/mlflow.db "
+             "--out deploy/ --formats onnx", ray=False)
     p.add_argument("--model", required=True, help="nakt model file or MLflow URI (models:/NAME@ALIAS, runs:/ID/model)")
     p.add_argument("--out", required=True, help="output folder (model.ts, model.onnx, their YAMLs, export.json)")
     p.add_argument("--formats", default="torchscript,onnx", help="comma-separated: torchscript, onnx")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ sources")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("predict", help="segment a folder of images: mask and overlay PNGs at the original size")
+    p = _sub(sub, "predict", "segment a folder of images: mask and overlay PNGs at the original size",
+             "Any model source (nakt file, exported .ts/.onnx, MLflow URI); cases that fail are listed with\n"
+             "their reasons in <out>/predictions.json and the others are written.",
+             "nakt predict --model runs/demo/student/student/model.pt --images runs/demo/data/test --out pred/\n"
+             "nakt predict --model deploy/model.onnx --images scans/ --out pred/ --no-overlays --max-failed 0",
+             ray=False)
+    _add_max_failed(p)
     p.add_argument("--model", required=True,
                    help="nakt model file, TorchScript/ONNX file with its YAML, or MLflow URI")
     p.add_argument("--images", required=True, help="folder of images (or a folder with images/)")
@@ -268,13 +434,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write overlay PNGs (default: yes)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--pseudonymize", action="store_true",
+                   help="name cases by a keyed hash of their file names (key: NAKT_PSEUDONYM_KEY or "
+                        "NAKT_PSEUDONYM_KEY_FILE)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ sources")
     p.set_defaults(fn=cmd_predict)
 
-    p = sub.add_parser("demo", help="the whole flow on synthetic data (about 10 min on 2 CPU cores)")
-    p.add_argument("--run-dir", default=None, help="where everything goes (default: runs/demo or runs/smoke)")
-    p.add_argument("--smoke", action="store_true", help="tiny version of the same path (< 2 min)")
+    from nakt_ray.demo.run import DEMO_TIME, MARKER
+
+    p = _sub(sub, "demo", f"the whole flow on synthetic data ({DEMO_TIME[False]})",
+             "Generates three labeled sites, trains three teachers, annotates, distils and registers a student,\n"
+             "evaluates and segments with the registered model. Run it again on the same --run-dir and it replaces\n"
+             f"the earlier demo's output there (a folder holding no {MARKER} file is refused, untouched).",
+             "nakt demo                  # into runs/demo\nnakt demo --smoke          # into runs/smoke\n"
+             "nakt demo --run-dir runs/demo2 --verbose")
+    p.add_argument("--run-dir", default=None, help="where everything goes (default: runs/demo, with --smoke "
+                                                   "runs/smoke); an earlier demo's output there is replaced")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny version of the same path ({DEMO_TIME[True]})")
     p.set_defaults(fn=cmd_demo)
+    for p in sub.choices.values():  # last in every command's option list
+        p.add_argument("--verbose", action="store_true", default=console.verbose_from_env(),
+                       help=p.get_default("verbose_help"))
     return parser
 
 
@@ -283,13 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     from nakt_ray.tracking import TrackingUnreachable
 
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    # NaktError: every bad-input error of nakt (config, data, model files, teachers, export). ValueError: a bad
-    # argument checked where no NaktError applies (a device name, a batch size).
-    except (NaktError, FileExistsError, FileNotFoundError, ValueError, TrackingUnreachable) as err:
-        print(f"nakt {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    # A `nakt` process (argv None) keeps Ray's output in the log until it exits; a caller in its own process
+    # (jobs/common.py, tests) gets its stdout and stderr back when the command returns.
+    with console.session(verbose=args.verbose, keep=argv is None):
+        try:
+            return args.fn(args)
+        # NaktError: every bad-input error of nakt (config, data, model files, teachers, export). ValueError: a bad
+        # argument checked where no NaktError applies (a device name, a batch size).
+        except (NaktError, FileExistsError, FileNotFoundError, ValueError, TrackingUnreachable) as err:
+            say(f"nakt {args.command}: error: {err}", error=True)
+            return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,7 @@
-"""MLflow: one place that knows the tracking URI, the experiment, and how a student is logged and registered.
+"""MLflow: one place that knows the tracking URI, the experiment, and how a registered student is aliased and tagged.
+
+The student itself is logged in nakt's own MLflow flavor (a model file read with ``weights_only``, no pickle) by
+``nakt_ray/models/mlflow_format.py``, which sits with the model file format above this layer.
 
 Default store: ``sqlite:///<run_dir>/mlflow.db`` with artifacts in ``<run_dir>/mlartifacts`` (a real MLflow
 backend with a Model Registry). ``tracking.uri`` or ``MLFLOW_TRACKING_URI`` point it at a tracking server instead.
@@ -199,19 +202,6 @@ class RunLogger:
         MlflowClient(self.uri).log_batch(self.run_id, metrics=batch)
 
 
-def pip_requirements() -> list[str]:
-    """Exact versions of what a pickled nakt model needs (explicit: inference would cost ~7 s per log)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    reqs = []
-    for pkg in ("torch", "monai", "timm", "einops", "numpy"):
-        try:
-            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
-        except PackageNotFoundError:
-            pass
-    return reqs
-
-
 def description_tags(spec: Any) -> dict[str, str]:
     """The ``nakt.*`` tags that let any loader (the MLflow teacher source kind, ``nakt predict``/``export``) use
     the registered model without its nakt file: labels, input channels and size, output kind, preprocessing."""
@@ -223,29 +213,18 @@ def description_tags(spec: Any) -> dict[str, str]:
             TAG_PREPROCESS: json.dumps(asdict(spec.preprocess))}
 
 
-def log_and_register_model(model: Any, spec: Any, registered_name: str, alias: str,
-                           tags: dict[str, str]) -> tuple[str, str]:
-    """Log ``model`` to the active run, register it, point ``alias`` at the new version, tag it with lineage.
+def set_alias_and_tags(registered_name: str, version: str, alias: str, tags: dict[str, str]) -> tuple[str, str]:
+    """Point ``alias`` of ``registered_name`` at ``version`` and tag that version; returns ``(model_uri,
+    version)`` with the URI ``models:/NAME@ALIAS``.
 
-    Pickle serialisation (the ``pt2`` default would lock the loaded model to the example's batch size).
-    Returns ``(model_uri, version)``; the model loads with ``mlflow.pytorch.load_model("models:/NAME@ALIAS")``.
+    The second half of registering a student: the model is logged and registered in nakt's own MLflow flavor by
+    ``nakt_ray.models.mlflow_format.log_and_register_model`` (a model file read with ``weights_only``, never a
+    pickle), which lives with the model file format, above this layer.
     """
-    import mlflow
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    model = getattr(model, "module", model).cpu().eval()
-    example = np.zeros((1, spec.in_channels, *spec.preprocess.size), dtype=np.float32)
-    with torch.no_grad():
-        out = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
-                                    pip_requirements=pip_requirements(), signature=infer_signature(example, out),
-                                    registered_model_name=registered_name)
     client = MlflowClient()
-    version = str(info.registered_model_version)
     client.set_registered_model_alias(registered_name, alias, version)
-    for k, v in {**description_tags(spec), **tags}.items():
+    for k, v in tags.items():
         client.set_model_version_tag(registered_name, version, k, str(v))
     return f"models:/{registered_name}@{alias}", version

@@ -94,10 +94,13 @@ def main() -> None:
             result.update(removed=victim.node_id, removed_at=time.time(),
                           files_before_removal=len(ann.parquet_files(out_dir)), actors_before_removal=before)
             lost = sum(r["node"] == victim.node_id for r in before)
-            cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: the machine is gone
+            # The marker goes first: from now on the survivors' batches wait for the lost actors' restarts. Written
+            # after the removal (which takes seconds on a loaded machine), the survivors could finish the whole run
+            # meanwhile and the restart would go unobserved (seen in CI).
             with open(REMOVAL + ".tmp", "w") as f:  # renamed into place: actors never read half a file
                 json.dump({"t": result["removed_at"], "lost": lost}, f)
             os.replace(REMOVAL + ".tmp", REMOVAL)
+            cluster.remove_node(victim, allow_graceful=False)  # SIGKILL: the machine is gone
 
         remover = threading.Thread(target=remove_a_worker_when_a_file_is_written, daemon=True)
         remover.start()

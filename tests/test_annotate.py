@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import corrupt_copy, make_teacher, tiny_raw_config
 
 from nakt_ray import config
@@ -298,7 +302,7 @@ def test_annotate_with_teachers_from_all_four_sources(ray_session, tmp_path, syn
         {"name": "as_nakt", "checkpoint": str(nakt_file)},
         {"name": "as_torchscript", "checkpoint": str(tmp_path / "model.ts")},
         {"name": "as_onnx", "checkpoint": str(tmp_path / "model.onnx")},
-        {"name": "as_mlflow", "checkpoint": "models:/foreign-teacher@prod"}])
+        {"name": "as_mlflow", "checkpoint": "models:/foreign-teacher@prod", "trust_pickle": True}])
     raw["data"]["transferal"] = str(synthetic_dirs["mixed"])
     cfg = config.from_dict(raw)
     from nakt_ray import tracking
@@ -419,3 +423,147 @@ def test_float16_storage_option(annotated, tmp_path):
     rows = annotation_batch(batch, image_shape=(1, 32, 32), label_shape=(2, 32, 32), teachers=["t1", "t2"],
                             rule="majority_vote", prob_dtype="float16")
     assert rows["target"].dtype == np.float16 and rows["target"].shape == (5, 2, 32, 32)
+
+
+class _NanAbove(torch.nn.Module):
+    """A teacher that returns NaN for every image whose mean intensity is above ``threshold`` (per image)."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=1, keepdim=True)
+        logits = torch.cat([-m, m], dim=1)
+        bad = x.mean(dim=(1, 2, 3)) > self.threshold
+        return torch.where(bad[:, None, None, None], torch.full_like(logits, float("nan")), logits)
+
+
+def _nan_teacher(path, threshold: float):
+    """As TorchScript with its description; the load-time probe (zeros, randn) passes for a threshold > 0.1."""
+    import yaml
+
+    torch.jit.script(_NanAbove(threshold)).save(str(path))
+    path.with_name(path.name + ".yaml").write_text(yaml.safe_dump(
+        {"labels": ["background", "head"], "in_channels": 1, "input_size": [32, 32], "outputs": "logits"}))
+    return path
+
+
+def _nan_run(tmp_path, synthetic_dirs, threshold: float, pools: str, batch_size: int):
+    """A config with the NaN teacher first and a normal one, un-normalised inputs (intensities 0..255), and a
+    transferal set of the six synthetic cases plus one white image (mean 255)."""
+    from conftest import make_scripted_teacher
+    from PIL import Image
+
+    src = corrupt_copy(synthetic_dirs["mixed"], tmp_path / "transferal", [])
+    Image.fromarray(np.full((40, 56), 255, np.uint8)).save(src / "images" / "white.png")
+    raw = tiny_raw_config(tmp_path, teachers=[
+        {"name": "nan", "checkpoint": str(_nan_teacher(tmp_path / "nan.ts", threshold)), "batch_size": batch_size},
+        {"name": "ok", "checkpoint": str(make_scripted_teacher(tmp_path / "ok.ts", "ok")), "batch_size": batch_size}])
+    raw["data"]["transferal"] = str(src)
+    raw["preprocess"] = {"size": [32, 32], "normalize": "none"}
+    raw["annotate"] = {"decode_batch_size": 4, "pools": pools, "output": str(tmp_path / "ann")}
+    return config.from_dict(raw)
+
+
+def test_a_teacher_nan_for_one_case_makes_an_error_row_and_the_run_goes_on(ray_session, tmp_path, synthetic_dirs):
+    cfg = _nan_run(tmp_path, synthetic_dirs, threshold=200.0, pools="per_teacher", batch_size=4)
+    summary = annotate(cfg)
+    assert (summary["cases_read"], summary["annotated"], summary["failed"]) == (7, 6, 1)
+    table = ann.read_table(cfg.annotations_dir, columns=["case_id", "status", "error", "prob__ok"]).to_pydict()
+    assert sorted(table["case_id"]) == sorted(c.case_id for c in list_cases(cfg.data.transferal))  # each once
+    rows = {c: (s, e, p) for c, s, e, p in zip(table["case_id"], table["status"], table["error"], table["prob__ok"])}
+    status, reason, probs = rows.pop("white")
+    assert status == "error" and probs == b""
+    assert reason.startswith("predict: teacher 'nan' (") and "NaN" in reason
+    assert {s for s, _, _ in rows.values()} == {"ok"}  # the cases batched with it keep their predictions
+    errors = json.loads((cfg.annotations_dir / "errors.json").read_text())
+    assert [(e["case_id"], e["stage"]) for e in errors] == [("white", "predict")]
+
+
+def test_a_teacher_nan_for_some_cases_called_directly_in_the_shared_layout(tmp_path, synthetic_dirs):
+    cfg = _nan_run(tmp_path, synthetic_dirs, threshold=200.0, pools="shared", batch_size=3)
+    kwargs = [dict(checkpoint=str(cfg.teacher_checkpoint(t)), name=t.name, num_classes=2, in_channels=1)
+              for t in cfg.teachers]
+    batch = decode_batch(_batch(list_cases(cfg.data.transferal)), preprocess=cfg.preprocess, num_classes=2)
+    white = list(batch["case_id"]).index("white")
+    out = EnsemblePredictor(kwargs, batch_sizes=[3, 3])(dict(batch))
+    assert out["error"][white].startswith("predict: teacher 'nan'")
+    assert all(e == "" for i, e in enumerate(out["error"]) if i != white)
+    assert out["prob__nan"][white].max() == 0 and out["prob__ok"][white].max() == 0  # no arrays for the error row
+    assert all(out["prob__ok"][i].max() > 0 for i in range(len(out["error"])) if i != white)
+    broken = TeacherPredictor(**{**kwargs[0], "checkpoint": str(_nan_teacher(tmp_path / "all.ts", 0.5))})
+    one = {"image": batch["image"][:2], "error": np.array(["", ""], dtype=object)}
+    for _ in range(2):  # two batches in which every case failed: error rows, the run goes on
+        assert all(e.startswith("predict: teacher 'nan'") for e in broken(dict(one))["error"])
+    with pytest.raises(TeacherOutputError, match=r"teacher 'nan' .*every case of 3 batches in a row \(6 cases\)"):
+        broken(dict(one))
+
+
+def test_a_teacher_nan_for_every_case_stops_the_run(ray_session, tmp_path, synthetic_dirs):
+    import subprocess
+    import sys
+
+    from nakt_ray.annotation.pipeline import LOCK
+
+    few = _nan_run(tmp_path / "few", synthetic_dirs, threshold=0.5, pools="shared", batch_size=4)
+    for image in sorted(Path(few.data.transferal, "images").iterdir())[2:]:
+        image.unlink()  # two cases, so at most two batches: too few for the actor's rule
+    with pytest.raises(TeacherOutputError, match=r"no case could be annotated; cases failed at prediction: teacher "
+                                                 r"'nan': 2 \(of 2\); reasons in .*errors.json"):
+        annotate(few)  # the run ends, then refuses the set
+    assert len(json.loads((tmp_path / "few" / "ann" / "errors.json").read_text())) == 2
+
+    # Stopped early by the actor, seen as a user sees it. In a process of its own: Ray Data keeps a failed
+    # dataset's actors (and their CPUs) while its exception is referenced, which pytest's log capture does.
+    cfg = _nan_run(tmp_path, synthetic_dirs, threshold=0.5, pools="shared", batch_size=1)
+    for image in sorted(Path(cfg.data.transferal, "images").iterdir()):
+        for k in range(3):
+            (image.parent / f"{image.stem}_{k}.png").write_bytes(image.read_bytes())  # 28 cases, one a batch
+    proc = subprocess.run([sys.executable, "-m", "nakt_ray.cli", "annotate", "--config",
+                           str(config.dump(cfg, tmp_path / "run.yaml")), "--set", "ray.num_cpus=2"],
+                          capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"})
+    found = re.search(r"nakt annotate: error: teacher 'nan' \(.*nan.ts\): unusable output for every case of (\d+) "
+                      r"batches in a row \(\d+ cases\), so the run stops.*NaN", proc.stderr)
+    assert proc.returncode == 2 and found, proc.stderr[-3000:]
+    assert 3 <= int(found.group(1)) < 28  # early (batches already queued to the actor may fail too)
+    assert not (tmp_path / "ann" / "summary.json").exists() and not (tmp_path / "ann" / LOCK).exists()
+
+
+def test_a_second_run_into_a_locked_output_fails_at_once_and_a_stale_lock_is_taken_over(annotated, tmp_path):
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import pyarrow.parquet as pq
+
+    from nakt_ray.annotation.pipeline import LOCK, release_output_lock, take_output_lock
+
+    cfg, _, _ = annotated
+    out = tmp_path / "out"
+    shutil.copytree(cfg.annotations_dir, out)  # a finished set ...
+    pq.write_table(ann.read_table(cfg.annotations_dir).slice(0, 2), tmp_path / "cut.parquet")
+    (out / "cut.parquet").write_bytes((tmp_path / "cut.parquet").read_bytes()[:100])  # ... plus a file a resume deletes
+    holder = subprocess.Popen(["sleep", "300"])  # a live process on this host holds the lock
+    try:
+        (out / LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "since": "12:00"}))
+        t0 = time.perf_counter()
+        with pytest.raises(FileExistsError, match=rf"'{out}' is in use by another run: pid {holder.pid} on host "
+                                                  rf"'{socket.gethostname()}' since 12:00 \(lock file"):
+            annotate(cfg, output=str(out), resume=True)
+        assert time.perf_counter() - t0 < 2  # at once: before any teacher is loaded
+        assert (out / "cut.parquet").exists()  # the other run's files are untouched
+    finally:
+        holder.kill()
+        holder.wait()  # reaped: its pid no longer exists
+    with pytest.warns(UserWarning, match=rf"taking over the lock of pid {holder.pid} on this host"):
+        summary = annotate(cfg, output=str(out), resume=True)
+    assert summary["discarded_files"] == ["cut.parquet"] and summary["resumed_cases"] == 6
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(LOCK)) == []  # released at the end
+    lock = take_output_lock(str(out))  # the lock itself: one holder at a time, released by its holder only
+    with pytest.raises(FileExistsError, match=f"pid {os.getpid()}"):
+        take_output_lock(str(out))
+    release_output_lock(lock)
+    release_output_lock(take_output_lock(str(out)))

@@ -21,13 +21,22 @@ What is checked, and against what:
   where ``kubectl`` is installed, ``kubectl kustomize`` must render exactly the same objects.
 - The Dockerfile and .dockerignore agree with constraints.txt (torch, torchvision, mlflow pins) and the manifests
   (working directory, image tags).
+- Hardening (issue 18): no Service (nor Ray head Service) of type LoadBalancer/NodePort; no literal secret (env
+  values, URIs with passwords, ConfigMaps, RayJob runtime env, $(VAR) of a Secret on a command line); every
+  container (init containers, KubeRay's autoscaler sidecar, the RayJob submitter and the runbook's data loader
+  included) non-root, no privilege escalation, capabilities dropped, a seccomp profile, and the service-account
+  token only where it is used; MLflow's basic-auth app with credentials from Secrets and no password on its command
+  line; NetworkPolicies evaluated rule by rule (``flow_allowed``) for every pair of workloads and a few outsiders.
 - Negative cases: mutated copies of the manifests that each check must refuse.
 """
 from __future__ import annotations
 
+import configparser
 import copy
 import fnmatch
 import functools
+import ipaddress
+import json
 import os
 import re
 import shlex
@@ -56,7 +65,8 @@ STAGE_ENTRYPOINTS = frozenset({"jobs/annotate.py", "jobs/distil.py", "jobs/tune.
 # for real). A RayJob naming a script that neither exists nor is listed here fails.
 PLANNED_ENTRYPOINTS: frozenset[str] = frozenset()
 # Secrets the manifests reference but nobody commits: created with `kubectl create secret` (cluster/README.md).
-HAND_MADE_SECRETS = frozenset({"mlflow-db", "nakt-object-store", "nakt-ray-auth"})
+HAND_MADE_SECRETS = frozenset({"mlflow-auth", "mlflow-db", "nakt-object-store", "nakt-ray-auth"})
+MLFLOW_AUTH_SECRET = "mlflow-auth"     # the MLflow server's admin (also the jobs' MLflow user) and its Flask key
 NAMESPACE = "nakt"
 CPU_GROUP, GPU_GROUP = "cpu-workers", "gpu-workers"
 MAX_WORKERS_PER_GROUP = 64          # "sensible bounds": a typo such as 400 GPU workers is refused
@@ -66,6 +76,14 @@ MAX_RAYCLUSTER_NAME, MAX_RAYJOB_NAME = 53, 47      # KubeRay's MaxRayClusterName
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 VALUES_KIND = "NaktValues"
+# Hardening (issue 18).
+EXPOSED_SERVICE_TYPES = frozenset({"LoadBalancer", "NodePort"})
+SECRET_NAME = re.compile(r"passw|secret|token|credential|api[_-]?key|private[_-]?key|access[_-]?key", re.I)
+URI_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@", re.I)
+PASSWORD_LINE = re.compile(r"^\s*[\w.-]*(passw|secret|token)[\w.-]*\s*[=:]\s*\S", re.I)
+POD_LEVEL_SECURITY = ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile", "seLinuxOptions", "appArmorProfile")
+RAY_ROLES = ("ray-head", "ray-cpu-worker", "ray-gpu-worker")     # app.kubernetes.io/component of Ray pods
+SUBMITTER_ROLE = "ray-job-submitter"                            # the RayJob's submitter pod (K8sJobMode)
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # the CRDs are 2.3 MB of YAML: 0.6 s with libyaml
 
@@ -622,6 +640,312 @@ def reference_errors(m: Manifest, ctx: Context) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Validator 4: hardening (issue 18): nothing exposed, no literal secret, no password on a command line, non-root
+# pods with dropped capabilities, NetworkPolicies that let in only the pipeline's own traffic
+
+
+def service_exposure_errors(doc: dict) -> list[str]:
+    """Services (and the Services KubeRay makes for a head) reachable from outside the cluster: none."""
+    errors = []
+    if doc.get("kind") == "Service":
+        spec = doc.get("spec") or {}
+        if spec.get("type", "ClusterIP") in EXPOSED_SERVICE_TYPES or spec.get("externalIPs"):
+            errors.append(f"Service type {spec.get('type')!r} / externalIPs: reach it with kubectl port-forward")
+    for where, spec in ray_cluster_specs(doc):
+        service_type = (spec.get("headGroupSpec") or {}).get("serviceType", "ClusterIP")
+        if service_type in EXPOSED_SERVICE_TYPES:
+            errors.append(f"{where}.headGroupSpec.serviceType {service_type}: the Jobs API would be public")
+    return errors
+
+
+def _autoscaler_container(spec: dict) -> dict | None:
+    """The sidecar KubeRay adds to the head for in-tree autoscaling, as far as the manifest decides it."""
+    if spec.get("enableInTreeAutoscaling") is not True:
+        return None
+    options = spec.get("autoscalerOptions") or {}
+    return {"name": "autoscaler (KubeRay sidecar)", "securityContext": options.get("securityContext") or {},
+            "env": options.get("env") or [], "envFrom": options.get("envFrom") or []}
+
+
+def workload_pods(doc: dict) -> Iterator[tuple[str, dict, list[dict], bool]]:
+    """(where, pod template, its containers incl. init and KubeRay's sidecar, whether the pod needs its
+    service-account token) for every pod a document makes. Only a Ray head with in-tree autoscaling needs the
+    token: KubeRay binds the autoscaler's Role to the head's service account."""
+    heads = {f"{where}/head": spec for where, spec in ray_cluster_specs(doc)}
+    for where, template in pod_templates(doc):
+        extra = [c for c in [_autoscaler_container(heads[where])] if c] if where in heads else []
+        yield where, template, containers(template) + extra, bool(extra)
+
+
+def literal_secret_errors(doc: dict) -> list[str]:
+    """Secret values written into a manifest: an env var whose name says password/token/secret/key with a
+    `value:`, a URI with a password, a password line in a ConfigMap, a secret in a RayJob's runtime env."""
+    errors = []
+    for where, _, cs, _ in workload_pods(doc):
+        for c in cs:
+            for e in c.get("env") or []:
+                if "value" in e and SECRET_NAME.search(e["name"]) and not e["name"].endswith(("_FILE", "_PATH")):
+                    errors.append(f"{where}/{c.get('name')}: env {e['name']} has a literal value; use secretKeyRef")
+                if URI_WITH_PASSWORD.search(str(e.get("value", ""))):
+                    errors.append(f"{where}/{c.get('name')}: env {e['name']} holds a URI with a password")
+            errors += [f"{where}/{c.get('name')}: {e}" for e in command_line_errors(c)]
+    if doc.get("kind") == "ConfigMap":
+        for key, text in (doc.get("data") or {}).items():
+            for line in str(text).splitlines():
+                if PASSWORD_LINE.search(line) or URI_WITH_PASSWORD.search(line):
+                    errors.append(f"ConfigMap {doc['metadata']['name']} key {key}: a secret in {line.strip()!r}")
+    if doc.get("kind") == "RayJob":
+        env = (yaml.safe_load((doc.get("spec") or {}).get("runtimeEnvYAML") or "{}") or {}).get("env_vars") or {}
+        errors += [f"runtimeEnvYAML env_vars {k}: a secret in the job's runtime env" for k in env
+                   if SECRET_NAME.search(k)]
+    return errors
+
+
+def command_line_errors(c: dict) -> list[str]:
+    """A password on a container's command line, where every process listing shows it: a URI with a password,
+    a --*password*= option, or $(VAR) of a variable that Kubernetes would fill from a Secret (secretKeyRef, or
+    envFrom a Secret: anything not set by a literal value)."""
+    literal = {e["name"] for e in c.get("env") or [] if "value" in e}
+    errors = []
+    for arg in [*(c.get("command") or []), *(c.get("args") or [])]:
+        if URI_WITH_PASSWORD.search(arg):
+            errors.append(f"a URI with a password on the command line: {arg!r}")
+        if re.match(r"--?[\w-]*(passw|secret|token)[\w-]*=", arg, re.I):
+            errors.append(f"a secret option on the command line: {arg.split('=', 1)[0]}")
+        errors += [f"$({var}) puts a Secret's value on the command line: {arg!r}"
+                   for var in re.findall(r"\$\((\w+)\)", arg) if var not in literal]
+    return errors
+
+
+def _effective_security(pod_sc: dict, c_sc: dict) -> dict:
+    """A container's security settings: the pod's, overridden by the container's (as the kubelet merges them)."""
+    return {**{k: pod_sc[k] for k in POD_LEVEL_SECURITY if k in pod_sc}, **c_sc}
+
+
+def pod_security_errors(doc: dict) -> list[str]:
+    """Every container (init containers, KubeRay's autoscaler sidecar and the RayJob submitter included) runs
+    non-root, without privilege escalation, with all capabilities dropped and a seccomp profile; no pod shares
+    the node's namespaces; the service-account token is mounted only where it is used."""
+    errors = []
+    if doc.get("kind") == "RayJob":
+        spec = doc.get("spec") or {}
+        if spec.get("submissionMode", "K8sJobMode") == "K8sJobMode" and not spec.get("submitterPodTemplate"):
+            errors.append("spec.submitterPodTemplate: without it KubeRay's default submitter pod runs with no "
+                          "security context")
+    for where, template, cs, needs_token in workload_pods(doc):
+        pod = template.get("spec") or {}
+        pod_sc = pod.get("securityContext") or {}
+        errors += [f"{where}: {k}: true shares the node's namespaces" for k in ("hostNetwork", "hostPID", "hostIPC")
+                   if pod.get(k)]
+        if not needs_token and pod.get("automountServiceAccountToken") is not False:
+            errors.append(f"{where}: automountServiceAccountToken must be false (nothing in it calls the API)")
+        for c in cs:
+            sc = _effective_security(pod_sc, c.get("securityContext") or {})
+            who = f"{where}/{c.get('name')}"
+            if sc.get("runAsNonRoot") is not True or sc.get("runAsUser") == 0:
+                errors.append(f"{who}: runAsNonRoot must be true (and runAsUser not 0)")
+            if sc.get("allowPrivilegeEscalation") is not False or sc.get("privileged"):
+                errors.append(f"{who}: allowPrivilegeEscalation must be false (and privileged unset)")
+            caps = sc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []) or caps.get("add"):
+                errors.append(f"{who}: capabilities must drop [ALL] and add none")
+            if (sc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+                errors.append(f"{who}: seccompProfile must be RuntimeDefault (or Localhost)")
+    return errors
+
+
+def hardening_errors(doc: dict) -> list[str]:
+    return service_exposure_errors(doc) + literal_secret_errors(doc) + pod_security_errors(doc)
+
+
+# NetworkPolicy semantics, for checking which flows the policies under cluster/ allow (an evaluator of the
+# networking.k8s.io/v1 rules: pod/namespace selectors with matchLabels and matchExpressions, ipBlock, ports by
+# number, range or name, policyTypes; a flow needs the source's egress and the destination's ingress to allow it).
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A pod (namespace and labels) or, with namespace None, an address outside the cluster."""
+
+    role: str
+    namespace: str | None
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[tuple[str, int], ...] = ()        # named container ports
+    ip: str = ""
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+def _selects(selector: dict | None, labels: dict[str, str]) -> bool:
+    for key, value in ((selector or {}).get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for e in (selector or {}).get("matchExpressions") or []:
+        has, values = e["key"] in labels, e.get("values") or []
+        ok = {"In": has and labels.get(e["key"]) in values, "NotIn": not (has and labels.get(e["key"]) in values),
+              "Exists": has, "DoesNotExist": not has}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, policy_ns: str, ep: Endpoint) -> bool:
+    if "ipBlock" in peer:
+        if ep.namespace is not None:
+            return False       # pod IPs: whether ipBlock applies is up to the network plugin; not relied on
+        ip = ipaddress.ip_address(ep.ip)
+        return (ip in ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                and not any(ip in ipaddress.ip_network(x) for x in peer["ipBlock"].get("except") or []))
+    if ep.namespace is None:
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": ep.namespace})
+    else:
+        ns_ok = ep.namespace == policy_ns
+    return ns_ok and _selects(peer.get("podSelector"), ep.label_map)
+
+
+def _port_matches(ports: list[dict] | None, port: int, protocol: str, dst: Endpoint) -> bool:
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        value = p.get("port")
+        if value is None or (isinstance(value, str) and dict(dst.ports).get(value) == port):
+            return True
+        if isinstance(value, int) and value <= port <= p.get("endPort", value):
+            return True
+    return False
+
+
+def _direction_allows(policies: list[dict], direction: str, selected: Endpoint, peer: Endpoint, port: int,
+                      protocol: str, dst: Endpoint) -> bool:
+    if selected.namespace is None:
+        return True                                      # outside the cluster: not ours to police
+    key, peers_key = direction.lower(), "from" if direction == "Ingress" else "to"
+    applying = []
+    for p in policies:
+        spec = p.get("spec") or {}
+        types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+        if (p["metadata"].get("namespace") == selected.namespace and direction in types
+                and _selects(spec.get("podSelector"), selected.label_map)):
+            applying.append(p)
+    if not applying:
+        return True
+    for p in applying:
+        for rule in p["spec"].get(key) or []:
+            peers = rule.get(peers_key)
+            if (not peers or any(_peer_matches(x, p["metadata"]["namespace"], peer) for x in peers)) \
+                    and _port_matches(rule.get("ports"), port, protocol, dst):
+                return True
+    return False
+
+
+def flow_allowed(policies: list[dict], src: Endpoint, dst: Endpoint, port: int, protocol: str = "TCP") -> bool:
+    return (_direction_allows(policies, "Egress", src, dst, port, protocol, dst)
+            and _direction_allows(policies, "Ingress", dst, src, port, protocol, dst))
+
+
+def workload_role(labels: dict[str, str]) -> str:
+    return labels.get("app.kubernetes.io/component") or labels.get("app.kubernetes.io/name") or "<unlabeled>"
+
+
+def workload_endpoints() -> dict[str, Endpoint]:
+    """One endpoint per kind of pod the manifests make (role = component or name label), with its labels and
+    named ports; every template of a role must carry the same labels, or one policy could miss some of them."""
+    found: dict[str, Endpoint] = {}
+    for m in kube_objects():
+        for where, template, cs, _ in workload_pods(m.doc):
+            labels = (template.get("metadata") or {}).get("labels") or {}
+            ports = tuple(sorted((p["name"], p["containerPort"]) for c in cs for p in c.get("ports") or []
+                                 if "name" in p))
+            ep = Endpoint(workload_role(labels), m.doc["metadata"].get("namespace"), tuple(sorted(labels.items())),
+                          ports)
+            assert found.setdefault(ep.role, ep).labels == ep.labels, f"{m.id} {where}: labels differ for {ep.role}"
+    return found
+
+
+def network_policies() -> list[dict]:
+    return [m.doc for m in of_kind("NetworkPolicy")]
+
+
+def unexpected_flows(policies: list[dict]) -> list[tuple[str, str, int, bool]]:
+    """Every (source, destination, port) among the workloads, a stranger pod of the namespace, a look-alike Ray
+    head in another namespace and the KubeRay operator whose fate under `policies` differs from the pipeline's
+    need: Ray pods talk among themselves on any port and to MLflow; MLflow to its database; the RayJob
+    submitter and the operator reach the head's dashboard (Jobs API); nothing else gets in."""
+    ours = workload_endpoints()
+    stranger = Endpoint("stranger", NAMESPACE, (("run", "data-loader"),))
+    look_alike = Endpoint("look-alike", "elsewhere", ours["ray-head"].labels)
+    operator = Endpoint("operator", "kuberay-system", (("app.kubernetes.io/name", "kuberay-operator"),))
+    ports = {5000, 5432, 6379, 8080, 8265, 10001, 23456} | {p for ep in ours.values() for _, p in ep.ports}
+
+    def needed(src: str, dst: str, port: int) -> bool:
+        return ((src in RAY_ROLES and dst in RAY_ROLES)                            # Ray's own traffic, any port
+                or (src in RAY_ROLES and dst == "mlflow" and port == 5000)         # tracking, registry, artifacts
+                or (src == "mlflow" and dst == "mlflow-db" and port == 5432)
+                or (src in (SUBMITTER_ROLE, "operator") and dst == "ray-head" and port == 8265))   # Jobs API
+    return [(s.role, d.role, port, allowed) for s in [*ours.values(), stranger, look_alike, operator]
+            for d in ours.values() for port in sorted(ports)
+            if (allowed := flow_allowed(policies, s, d, port)) != needed(s.role, d.role, port)]
+
+
+def default_deny_errors(policies: list[dict]) -> list[str]:
+    """A policy that selects every pod of the namespace and lets nothing in: pods that no other policy selects
+    (a `kubectl run` pod, anything added later) get no ingress."""
+    deny = [p for p in policies if not (p["spec"].get("podSelector") or {})
+            and "Ingress" in p["spec"].get("policyTypes", ["Ingress"]) and not p["spec"].get("ingress")]
+    return [] if deny else ["no NetworkPolicy selects every pod with no ingress rule (default deny)"]
+
+
+def own_policy_errors(policies: list[dict]) -> list[str]:
+    """Each kind of pod is selected by a policy written for it (a non-empty podSelector)."""
+    return [f"{role}: no NetworkPolicy of its own (labels {ep.label_map})" for role, ep in workload_endpoints().items()
+            if not any((p["spec"].get("podSelector") or {}) and _selects(p["spec"]["podSelector"], ep.label_map)
+                       for p in policies)]
+
+
+def egress_errors(policies: list[dict]) -> list[str]:
+    """What the restricted pods may reach: DNS; MLflow its bucket over HTTPS; the database nothing; the submitter
+    nothing but the Jobs API; and no ingress rule is open to every pod or every namespace."""
+    ours = workload_endpoints()
+    dns = Endpoint("kube-dns", "kube-system", (("k8s-app", "kube-dns"),))
+    bucket = Endpoint("object store", None, ip="52.218.0.10")
+    errors = [f"{role}: no DNS ({proto})" for role in ("mlflow", SUBMITTER_ROLE, *RAY_ROLES)
+              for proto in ("UDP", "TCP") if not flow_allowed(policies, ours[role], dns, 53, proto)]
+    checks = [(ours["mlflow"], bucket, 443, True, "MLflow writes artifacts to the bucket over HTTPS"),
+              (ours["mlflow"], bucket, 5432, False, "MLflow egress: only what it uses"),
+              (ours["mlflow-db"], bucket, 443, False, "the database needs no egress"),
+              (ours["mlflow-db"], dns, 53, False, "the database needs no egress"),
+              (ours[SUBMITTER_ROLE], ours["mlflow"], 5000, False, "the submitter: the Jobs API only"),
+              (ours[SUBMITTER_ROLE], bucket, 443, False, "the submitter: the Jobs API only")]
+    errors += [why for src, dst, port, want, why in checks if flow_allowed(policies, src, dst, port) != want]
+    for p in policies:
+        for rule in p["spec"].get("ingress") or []:
+            if not rule.get("from") or any("ipBlock" in x or x.get("namespaceSelector") == {} for x in rule["from"]):
+                errors.append(f"{p['metadata']['name']}: an ingress rule open to every pod or address")
+    return errors
+
+
+def network_policy_errors(policies: list[dict]) -> list[str]:
+    return (default_deny_errors(policies) + own_policy_errors(policies) + egress_errors(policies)
+            + [f"flow {s} -> {d}:{port} {'allowed' if a else 'refused'}"
+               for s, d, port, a in unexpected_flows(policies)])
+
+
+def runbook_pod_overrides() -> list[dict]:
+    """The pod specs that the runbook's `kubectl run ... --overrides='{...}'` commands start."""
+    text = (CLUSTER / "README.md").read_text()
+    found = re.findall(r"kubectl[^\n]*\brun\b[^\n]*--overrides='(.*?)'", text, re.S)
+    runs = re.findall(r"kubectl[^\n]*\brun\b", text)
+    assert len(found) == len(runs), "every `kubectl run` of the runbook sets its pod spec with --overrides"
+    return [json.loads(f) for f in found]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Network guard: everything here must work offline
 
 
@@ -899,7 +1223,7 @@ def test_dockerfile_installs_the_locked_versions():
     py = re.search(r"ARG PYTHON_VERSION=(\S+)", base).group(1)
     assert f">={py}" in (ROOT / "pyproject.toml").read_text()
     server = " ".join(stages["mlflow-server"])
-    assert "-c /tmp/constraints.txt mlflow" in server, "the MLflow server runs the locked mlflow (= the clients')"
+    assert '-c /tmp/constraints.txt "mlflow[auth]"' in server, "the server runs the locked mlflow (= the clients')"
 
 
 def test_dockerignore_lets_in_what_the_dockerfile_copies():
@@ -911,6 +1235,137 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies():
         for src in sources:
             assert src == "." or src in allowed, f"{ins}: {src} is excluded by .dockerignore"
     assert {"nakt_ray", "jobs", "pyproject.toml", "constraints.txt"} <= allowed
+
+
+# Tests: hardening (issue 18): MLflow authentication, secrets, pod security, NetworkPolicies
+
+
+def _mlflow_server() -> tuple[dict, dict]:
+    pod = one("Deployment", "mlflow").doc["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def _secret_ref(c: dict, var: str) -> tuple[str, str] | None:
+    for e in c.get("env") or []:
+        if e["name"] == var:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            return (ref["name"], ref["key"]) if ref else None
+    return None
+
+
+def _mounted_file(pod: dict, c: dict, path: str) -> str:
+    """The text of a file that a container sees at `path` from a mounted ConfigMap of cluster/."""
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for vm in c.get("volumeMounts") or []:
+        if path.startswith(vm["mountPath"].rstrip("/") + "/"):
+            cm = (volumes[vm["name"]].get("configMap") or {}).get("name")
+            assert cm, f"{vm['mountPath']} is not a ConfigMap"
+            return one("ConfigMap", cm).doc["data"][path[len(vm["mountPath"].rstrip("/")) + 1:]]
+    raise AssertionError(f"{path} is not in a mounted volume")
+
+
+def _backend_store_uri(server: dict) -> str:
+    return next(a.split("=", 1)[1] for a in server["args"] if a.startswith("--backend-store-uri="))
+
+
+def test_mlflow_server_image_has_the_database_driver_the_uri_names():
+    """SQLAlchemy >= 2.1 opens a bare postgresql:// URI with psycopg 3, older ones with psycopg2: the driver the
+    URI resolves to must be the one the server image installs, or the server does not start."""
+    scheme = urlparse(_backend_store_uri(_mlflow_server()[1])).scheme
+    default = "psycopg" if _version_tuple(constraints()["sqlalchemy"]) >= (2, 1) else "psycopg2"
+    driver = scheme.split("+", 1)[1] if "+" in scheme else default
+    package = {"psycopg2": r"psycopg2(-binary)?==", "psycopg": r"psycopg(\[binary\])?=="}[driver]
+    assert re.search(rf"(^|\s|\"){package}", " ".join(dockerfile_stages()["mlflow-server"])), \
+        f"{scheme}:// uses {driver}, which cluster/Dockerfile's mlflow-server stage does not install"
+
+
+def test_mlflow_server_requires_authentication():
+    """MLflow's basic-auth app, its admin and Flask secret key from the Secret, its user store in PostgreSQL (a
+    SQLite file in the container would lose the users on every restart and differ between replicas)."""
+    pod, server = _mlflow_server()
+    args = server.get("args") or []
+    app = [a.split("=", 1)[1] for a in args if a.startswith("--app-name=")]
+    app += [b for a, b in zip(args, args[1:]) if a == "--app-name"]
+    assert app == ["basic-auth"], f"the server runs MLflow's basic-auth app: {args}"
+    for var in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert (_secret_ref(server, var) or ("", ""))[0] == MLFLOW_AUTH_SECRET, f"{var}: from {MLFLOW_AUTH_SECRET}"
+    ini = configparser.ConfigParser()
+    ini.read_string(_mounted_file(pod, server, env_value(server, "MLFLOW_AUTH_CONFIG_PATH") or "<unset>"))
+    db = urlparse(ini["mlflow"]["database_uri"])
+    assert db.scheme.startswith("postgresql") and db.password is None, "the user store: PostgreSQL, password via env"
+    assert db.scheme == urlparse(_backend_store_uri(server)).scheme, "one driver for both stores"
+    assert ini["mlflow"]["default_permission"] in {"READ", "NO_PERMISSIONS"}
+    assert not {"admin_username", "admin_password"} & set(ini["mlflow"]), "the admin comes from the Secret"
+    server_stage = " ".join(dockerfile_stages()["mlflow-server"])
+    assert re.search(r'"mlflow\[auth\]"', server_stage) and re.search(r"flask-wtf==\S+", server_stage), \
+        "the server image needs MLflow's auth extra (Flask-WTF), pinned"
+
+
+def test_ray_pods_authenticate_to_mlflow_with_the_secret():
+    _, server = _mlflow_server()
+    expected = {"MLFLOW_TRACKING_USERNAME": _secret_ref(server, "MLFLOW_AUTH_ADMIN_USERNAME"),
+                "MLFLOW_TRACKING_PASSWORD": _secret_ref(server, "MLFLOW_AUTH_ADMIN_PASSWORD")}
+    assert None not in expected.values()
+    for m in checked_objects():
+        for where, spec in ray_cluster_specs(m.doc):
+            for group, g in ray_groups(spec):
+                for var, ref in expected.items():
+                    assert _secret_ref(ray_container(g), var) == ref, f"{m.id} {where}/{group}: {var}"
+
+
+def test_mlflow_command_line_holds_no_password():
+    """`ps` shows a process's arguments to every user of the node: the database password reaches the server as
+    PGPASSWORD (libpq reads it when the URI has none), never through $(VAR) expansion into the arguments."""
+    pod, server = _mlflow_server()
+    for c in containers(one("Deployment", "mlflow").doc["spec"]["template"]):
+        assert command_line_errors(c) == [], c["name"]
+    backend = _backend_store_uri(server)
+    assert urlparse(backend).password is None, backend
+    db = one("Deployment", "mlflow-db").doc["spec"]["template"]["spec"]["containers"][0]
+    assert _secret_ref(server, "PGPASSWORD") == _secret_ref(db, "POSTGRES_PASSWORD") == ("mlflow-db", "password")
+
+
+@pytest.mark.parametrize("m", checked_objects(), ids=lambda m: m.id)
+def test_nothing_is_exposed_outside_the_cluster(m):
+    assert service_exposure_errors(m.doc) == []
+
+
+@pytest.mark.parametrize("m", checked_objects(), ids=lambda m: m.id)
+def test_no_literal_secret(m):
+    assert literal_secret_errors(m.doc) == []
+
+
+@pytest.mark.parametrize("m", checked_objects(), ids=lambda m: m.id)
+def test_every_container_runs_non_root_without_capabilities(m):
+    assert pod_security_errors(m.doc) == []
+
+
+def test_runbook_data_loader_runs_non_root():
+    overrides = runbook_pod_overrides()
+    assert overrides, "the runbook starts a data-loader pod"
+    for o in overrides:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "data-loader", "namespace": NAMESPACE}, **o}
+        assert k8s_errors(pod) == []
+        assert pod_security_errors({"kind": "Deployment", "spec": {"template": {"spec": o["spec"]}}}) == []
+    runbook = (CLUSTER / "README.md").read_text()
+    assert not re.search(r"exec data-loader -- chown", runbook), "a non-root loader cannot chown; it writes as 1000"
+
+
+def test_network_policies_deny_ingress_by_default():
+    assert default_deny_errors(network_policies()) == []
+
+
+def test_every_workload_has_its_own_network_policy():
+    assert set(RAY_ROLES) | {SUBMITTER_ROLE, "mlflow", "mlflow-db"} <= set(workload_endpoints())
+    assert own_policy_errors(network_policies()) == []
+
+
+def test_network_policies_let_in_only_the_pipeline_flows():
+    assert unexpected_flows(network_policies()) == [], "(source, destination, port, allowed?) against the need"
+
+
+def test_network_policies_let_out_dns_the_database_and_the_object_store():
+    assert egress_errors(network_policies()) == []
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -939,6 +1394,27 @@ def _crd(doc: dict) -> list[str]:
 
 def _ray(doc: dict) -> list[str]:
     return ray_errors(doc, Context.build())
+
+
+def _net(doc: dict) -> list[str]:
+    """The NetworkPolicy checks with `doc` in place of the committed policy of the same name."""
+    return network_policy_errors([doc if p["metadata"]["name"] == doc["metadata"]["name"] else p
+                                  for p in network_policies()])
+
+
+def _env(container: str, var: dict) -> Callable[[dict], None]:
+    """Set (or replace) one env var of the container at fieldPath `container`."""
+    def mutate(doc: dict) -> None:
+        c = _field(doc, container)
+        c["env"] = [e for e in c.get("env") or [] if e["name"] != var["name"]] + [var]
+    return mutate
+
+
+def _args(container: str, arg: str) -> Callable[[dict], None]:
+    def mutate(doc: dict) -> None:
+        c = _field(doc, container)
+        c["args"] = [a for a in c.get("args") or [] if a.split("=", 1)[0] != arg.split("=", 1)[0]] + [arg]
+    return mutate
 
 
 NEGATIVE_CASES = [
@@ -978,6 +1454,65 @@ NEGATIVE_CASES = [
     ("MLflow URI to a missing service", "RayCluster", None,
      _set("spec.headGroupSpec.template.spec.containers.0.env.0.value", "http://tracking:5000"), _ray),
     ("RayJob name too long for KubeRay", "RayJob", None, _set("metadata.name", "nakt-" + "x" * 50), _ray),
+    # Hardening (issue 18).
+    ("Service of type LoadBalancer", "Service", "mlflow", _set("spec.type", "LoadBalancer"), hardening_errors),
+    ("Service of type NodePort", "Service", "mlflow-db", _set("spec.type", "NodePort"), hardening_errors),
+    ("Ray head Service of type NodePort", "RayCluster", None, _set("spec.headGroupSpec.serviceType", "NodePort"),
+     hardening_errors),
+    ("literal password in env", "Deployment", "mlflow-db",
+     _env("spec.template.spec.containers.0", {"name": "POSTGRES_PASSWORD", "value": "hunter2"}), hardening_errors),
+    ("literal MLflow password on a worker", "RayJob", None,
+     _env("spec.rayClusterSpec.workerGroupSpecs.0.template.spec.containers.0",
+          {"name": "MLFLOW_TRACKING_PASSWORD", "value": "hunter2"}), hardening_errors),
+    ("DB password expanded into the server's args", "Deployment", "mlflow",
+     _args("spec.template.spec.containers.0", "--backend-store-uri=postgresql://mlflow:$(PGPASSWORD)@mlflow-db/mlflow"),
+     hardening_errors),
+    ("password option on the command line", "Deployment", "mlflow",
+     _args("spec.template.spec.containers.0", "--db-password=hunter2"), hardening_errors),
+    ("admin password in the auth ConfigMap", "ConfigMap", "mlflow-auth-config",
+     lambda d: d["data"].update({k: v + "admin_password = hunter2\n" for k, v in d["data"].items()}),
+     hardening_errors),
+    ("secret in the RayJob runtime env", "RayJob", None,
+     _set("spec.runtimeEnvYAML", "env_vars:\n  MLFLOW_TRACKING_PASSWORD: hunter2\n"), hardening_errors),
+    ("Ray workers as root", "RayJob", None,
+     _set(f"spec.rayClusterSpec.workerGroupSpecs.{_GPU}.template.spec.securityContext.runAsUser", 0),
+     hardening_errors),
+    ("Ray head without runAsNonRoot", "RayCluster", None,
+     _set("spec.headGroupSpec.template.spec.securityContext.runAsNonRoot", _DELETE), hardening_errors),
+    ("GPU worker keeping its capabilities", "RayCluster", None,
+     _set(f"spec.workerGroupSpecs.{_GPU}.template.spec.containers.0.securityContext.capabilities", {"drop": []}),
+     hardening_errors),
+    ("a capability added back", "Deployment", "mlflow-db",
+     _set("spec.template.spec.containers.0.securityContext.capabilities.add", ["NET_RAW"]), hardening_errors),
+    ("privilege escalation allowed", "Deployment", "mlflow",
+     _set("spec.template.spec.containers.0.securityContext.allowPrivilegeEscalation", True), hardening_errors),
+    ("no seccomp profile", "Deployment", "mlflow-db",
+     _set("spec.template.spec.securityContext.seccompProfile", _DELETE), hardening_errors),
+    ("a privileged init container", "Deployment", "mlflow",
+     _set("spec.template.spec.initContainers", [{"name": "init", "image": "busybox:1.37",
+                                                 "securityContext": {"privileged": True}}]), hardening_errors),
+    ("service-account token on CPU workers", "RayCluster", None,
+     _set("spec.workerGroupSpecs.0.template.spec.automountServiceAccountToken", True), hardening_errors),
+    ("autoscaler sidecar may escalate", "RayCluster", None,
+     _set("spec.autoscalerOptions.securityContext.allowPrivilegeEscalation", True), hardening_errors),
+    ("KubeRay's default submitter pod", "RayJob", None, _set("spec.submitterPodTemplate", _DELETE), hardening_errors),
+    ("hostNetwork on MLflow", "Deployment", "mlflow", _set("spec.template.spec.hostNetwork", True), hardening_errors),
+    ("default deny gone", "NetworkPolicy", "default-deny-ingress",
+     _set("spec.podSelector", {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}), _net),
+    ("MLflow open to every pod of the namespace", "NetworkPolicy", "mlflow",
+     _set("spec.ingress.0.from", [{"podSelector": {}}]), _net),
+    ("MLflow open to every namespace", "NetworkPolicy", "mlflow",
+     _set("spec.ingress.0.from", [{"namespaceSelector": {}}]), _net),
+    ("MLflow ingress on every port", "NetworkPolicy", "mlflow", _set("spec.ingress.0.ports", _DELETE), _net),
+    ("MLflow egress to every port", "NetworkPolicy", "mlflow", _set("spec.egress", [{}]), _net),
+    ("database egress allowed", "NetworkPolicy", "mlflow-db", _set("spec.policyTypes", ["Ingress"]), _net),
+    ("Ray pods reach the database", "NetworkPolicy", "mlflow-db",
+     lambda d: d["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": {
+         "app.kubernetes.io/part-of": "nakt-ray"}}}), _net),
+    ("Jobs API from any namespace", "NetworkPolicy", "ray-head-jobs-api",
+     _set("spec.ingress.0.from.0.namespaceSelector", {}), _net),
+    ("Ray pods cut off from each other", "NetworkPolicy", "ray-cluster", _set("spec.ingress", []), _net),
+    ("submitter without DNS", "NetworkPolicy", "ray-job-submitter", _set("spec.egress", _DELETE), _net),
 ]
 
 

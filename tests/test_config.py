@@ -107,3 +107,23 @@ def test_docs_key_table_is_current():
 
     assert _docs.DOC.read_text() == _docs.render(_docs.DOC.read_text()), (
         "docs/config.md's key table is out of date: run `.venv/bin/python -m nakt_ray.config.docs`")
+
+
+@pytest.mark.parametrize("weights, shown", [
+    ([float("nan"), 1.0], "nan"), ([1.0, float("inf")], "inf"), ([float("-inf"), 1.0], "-inf"),
+    ([-0.5, 1.0], "-0.5"), ([0.0, 0.0], "[0.0, 0.0]"), ([0, -0.0], "[0.0, -0.0]"),
+])
+def test_fusion_weights_must_be_finite_non_negative_and_not_all_zero(weights, shown):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(with_(fusion={"rule": "weighted_mean", "weights": weights}))
+    assert "'fusion.weights'" in str(err.value) and shown in str(err.value)
+    assert "finite non-negative numbers, not all zero" in str(err.value)
+
+
+def test_fusion_weights_from_yaml_nan_and_inf_are_refused_at_load(tmp_path):
+    path = tmp_path / "run.yaml"
+    for value in (".nan", ".inf"):
+        path.write_text(yaml.safe_dump(BASE) + f"fusion: {{rule: weighted_mean, weights: [1.0, {value}]}}\n")
+        with pytest.raises(ConfigError, match=r"run\.yaml.*'fusion\.weights'.*finite"):
+            config.load(path)
+    assert config.load(path, ["fusion.weights=[0, 2]"]).fusion.weights == (0.0, 2.0)  # one zero is fine

@@ -183,6 +183,7 @@ def test_cli_export_and_predict_a_registered_student(student, images, tmp_path, 
     import mlflow
 
     from nakt_ray import tracking
+    from nakt_ray.models.mlflow_format import log_and_register_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     before = mlflow.get_tracking_uri()
@@ -191,7 +192,7 @@ def test_cli_export_and_predict_a_registered_student(student, images, tmp_path, 
         exp = mlflow.create_experiment("students", artifact_location=str(tmp_path / "artifacts"))
         with mlflow.start_run(experiment_id=exp):
             model, spec = load_model(student)
-            model_uri, _ = tracking.log_and_register_model(model, spec, "s", "candidate", {"nakt.arch": "unet"})
+            model_uri, _ = log_and_register_model(model, spec, "s", "candidate", {"nakt.arch": "unet"})
         tracking.use_uri(before)
         assert main(["export", "--model", model_uri, "--out", str(tmp_path / "x"), "--formats", "torchscript",
                      "--tracking-uri", uri]) == 0

@@ -169,3 +169,106 @@ def test_surface_scores_on_hand_made_discs() -> None:
     assert set(all_scores) == {"dice", "iou", "hd95"} and all_scores["dice"][0] == 1.0
     with pytest.raises(ValueError, match="unknown surface metrics"):
         surface_scores(pred, target, 2, ["hd100"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# boundary metrics of the evaluation: HD95 and NSD per class, in pixels or mm
+# ---------------------------------------------------------------------------------------------------------------
+def _squares(shift_rows: int = 0, shift_cols: int = 3, size: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """A 10x10 square (target) and the same square moved by (shift_rows, shift_cols) pixels (prediction)."""
+    target = np.zeros((size, size), np.int64)
+    pred = np.zeros((size, size), np.int64)
+    target[10:20, 10:20] = 1
+    pred[10 + shift_rows:20 + shift_rows, 10 + shift_cols:20 + shift_cols] = 1
+    return pred, target
+
+
+def test_hd95_and_nsd_of_two_squares_offset_by_3_px() -> None:
+    from nakt_ray.metrics import boundary_per_class
+
+    pred, target = _squares()
+    at2 = boundary_per_class(pred, target, 2, nsd_tolerance=2.0)
+    at3 = boundary_per_class(pred, target, 2, nsd_tolerance=3.0)
+    assert at2["hd95"][1] == pytest.approx(3.0) and at3["hd95"][1] == pytest.approx(3.0)
+    # pred boundary: 36 pixels, 14 of them 3 px from the target's (its far side and 4 middle pixels of its near
+    # side); the target's likewise: (36 - 14) * 2 / 72 within 2 px
+    assert at2["nsd"][1] == pytest.approx(44 / 72) and at2["nsd"][1] < 1.0
+    assert at3["nsd"][1] == 1.0
+    assert np.isnan(at2["hd95"][0]) and np.isnan(at2["nsd"][0])  # background is not scored
+    swapped = boundary_per_class(target, pred, 2, nsd_tolerance=2.0)  # symmetric
+    np.testing.assert_allclose(swapped["hd95"], at2["hd95"])
+    np.testing.assert_allclose(swapped["nsd"], at2["nsd"])
+    same = boundary_per_class(target, target, 2)
+    assert (same["hd95"][1], same["nsd"][1]) == (0.0, 1.0)
+
+
+def test_boundary_metrics_in_mm_with_a_pixel_spacing() -> None:
+    from nakt_ray.metrics import boundary_per_class
+
+    pred, target = _squares(shift_cols=3)  # 3 columns of 0.5 mm: 1.5 mm
+    mm = boundary_per_class(pred, target, 2, nsd_tolerance=1.5, spacing=(2.0, 0.5))
+    assert mm["hd95"][1] == pytest.approx(1.5) and mm["nsd"][1] == 1.0
+    assert boundary_per_class(pred, target, 2, nsd_tolerance=1.0, spacing=(2.0, 0.5))["nsd"][1] < 1.0
+    pred, target = _squares(shift_rows=3, shift_cols=0)  # 3 rows of 2 mm: 6 mm
+    assert boundary_per_class(pred, target, 2, spacing=(2.0, 0.5))["hd95"][1] == pytest.approx(6.0)
+
+
+def test_boundary_metrics_of_absent_classes() -> None:
+    """Absent from both: HD95 0, NSD 1 (as Dice 1); from one of them: HD95 undefined (NaN), NSD 0."""
+    from nakt_ray.metrics import boundary_per_class, foreground_nanmean
+
+    pred, target = _squares()
+    empty = np.zeros_like(pred)
+    target3 = target.copy()
+    target3[30:35, 30:35] = 2  # class 2 only in the target
+    s = boundary_per_class(np.stack([pred, pred, empty]), np.stack([target, target3, empty]), 3)
+    np.testing.assert_allclose(s["hd95"][:, 1:], [[3.0, 0.0], [3.0, np.nan], [0.0, 0.0]])
+    np.testing.assert_allclose(s["nsd"][:, 1:], [[44 / 72, 1.0], [44 / 72, 0.0], [1.0, 1.0]])
+    missed = boundary_per_class(empty, target, 2)
+    assert np.isnan(missed["hd95"][1]) and missed["nsd"][1] == 0.0
+    # the case's mean over foreground classes leaves an undefined HD95 out; NaN only if every class is undefined
+    np.testing.assert_allclose(foreground_nanmean(s["hd95"]), [1.5, 3.0, 0.0])
+    assert np.isnan(foreground_nanmean(missed["hd95"]))
+    assert foreground_nanmean(np.array([0.0, 0.4, 0.8])) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("spacing", [None, (0.7, 1.3)])
+def test_boundary_metrics_agree_with_monai(spacing) -> None:
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    from scipy.ndimage import gaussian_filter
+
+    from nakt_ray.metrics import boundary_per_class
+
+    rng = np.random.default_rng(5)
+
+    def blobs() -> np.ndarray:  # smooth random regions of classes 1 and 2, each present
+        a = (gaussian_filter(rng.random((3, 48, 56)), (0, 4, 4)) > 0.5).astype(np.int64)
+        return np.maximum(a, 2 * (gaussian_filter(rng.random((3, 48, 56)), (0, 4, 4)) > 0.52))
+
+    pred, target = blobs(), blobs()
+    assert all(set(np.unique(x[b])) == {0, 1, 2} for x in (pred, target) for b in range(3))
+    mine = boundary_per_class(pred, target, 3, nsd_tolerance=1.5, spacing=spacing)
+    y_pred, y = _one_hot_tensor(pred, 3), _one_hot_tensor(target, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=spacing)
+        nsd = compute_surface_dice(y_pred, y, [1.5, 1.5], include_background=False, spacing=spacing)
+    np.testing.assert_allclose(mine["hd95"][:, 1:], hd.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(mine["nsd"][:, 1:], nsd.numpy(), rtol=1e-5)
+
+
+def test_class_scores_and_boundary_errors() -> None:
+    from nakt_ray.metrics import boundary_per_class, class_scores
+
+    pred, target = _squares()
+    scores = class_scores(pred, target, 2)
+    assert set(scores) == {"dice", "iou", "hd95", "nsd"} and all(v.shape == (2,) for v in scores.values())
+    assert scores["dice"][1] == pytest.approx(2 * 70 / 200)
+    for kwargs, message in [({"spacing": (1.0,)}, "spacing"), ({"spacing": (0.0, 1.0)}, "spacing"),
+                            ({"nsd_tolerance": 0.0}, "nsd_tolerance"), ({"nsd_tolerance": float("nan")}, "nsd")]:
+        with pytest.raises(ValueError, match=message):
+            boundary_per_class(pred, target, 2, **kwargs)
+    with pytest.raises(ValueError, match="expected 0 .. 1"):
+        boundary_per_class(pred * 2, target, 2)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nakt_ray.data.readers import DataError, list_cases, read_image, read_mask
+from nakt_ray.data.readers import DataError, list_cases, read_image, read_mask, read_pixel_spacing
 
 
 def write(path, array, fmt=None):
@@ -246,3 +246,45 @@ def test_dicom_without_pixel_data_is_refused(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(DataError, match=r"sr.dcm' has no pixel data"):
         read_image(str(path))
+
+
+def test_binary_mask_values_rule(tmp_path):
+    """2 classes: 0/1 and 0/255 as stored; {0, 1, 2} refused by name; JPEG noise thresholded at 128 with a warning."""
+    three = np.array([[0, 1], [2, 1]], np.uint8)
+    path = write(tmp_path / "three.png", three)
+    with pytest.raises(DataError, match=r"three.png' holds pixel values \[0, 1, 2\].*0/1 or 0/255.*mask_values"):
+        read_mask(str(path), 2)
+    with pytest.raises(DataError, match=r"values \[1\] that are not in mask_values"):
+        read_mask(str(path), 2, (0, 2))
+    assert read_mask(str(write(tmp_path / "ok01.png", three.clip(0, 1))), 2).tolist() == [[0, 1], [1, 1]]
+    grey = write(tmp_path / "grey.png", np.array([[0, 128, 255]], np.uint8))
+    assert read_mask(str(grey), 3, (0, 128, 255)).tolist() == [[0, 1, 2]]  # fine where the classes say so
+    with pytest.raises(DataError, match=r"grey.png' holds pixel values \[0, 128, 255\]"):
+        read_mask(str(grey), 2)
+
+    truth = np.zeros((64, 64), np.uint8)
+    truth[16:48, 20:44] = 255
+    jpeg = write(tmp_path / "noisy.jpg", truth, fmt="JPEG")
+    stored = np.asarray(Image.open(jpeg))
+    assert not set(np.unique(stored).tolist()) <= {0, 255}  # the JPEG really is noisy
+    with pytest.warns(UserWarning, match=r"noisy.jpg' is a JPEG with values other than 0 and 255.*at 128"):
+        mask = read_mask(str(jpeg), 2)
+    np.testing.assert_array_equal(mask, stored >= 128)
+    assert np.mean(mask != (truth > 0)) < 0.01  # noise near 0 stays background (`> 0` made it foreground)
+
+
+def test_pixel_spacing_from_nifti_and_dicom_headers_and_none_for_png(tmp_path):
+    import nibabel as nib
+    import pydicom
+
+    nib.save(nib.Nifti1Image(np.zeros((6, 8, 3), np.float32), np.diag([0.7, 0.9, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    assert read_pixel_spacing(str(tmp_path / "v.nii.gz"), 1) == pytest.approx((0.7, 0.9))
+    write_dicom(tmp_path / "ct.dcm", np.zeros((4, 6), np.uint16))
+    assert read_pixel_spacing(str(tmp_path / "ct.dcm")) is None  # no PixelSpacing in the header
+    ds = pydicom.dcmread(tmp_path / "ct.dcm")
+    ds.PixelSpacing = ["0.5", "0.25"]
+    ds.save_as(tmp_path / "ct.dcm")
+    assert read_pixel_spacing(str(tmp_path / "ct.dcm")) == (0.5, 0.25)
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "a.png")
+    assert read_pixel_spacing(str(tmp_path / "a.png")) is None
+

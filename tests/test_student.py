@@ -64,7 +64,7 @@ def test_student_with_every_loss_part_validation_metrics_and_early_stopping(anno
     result = train_student(cfg)
     m = result["metrics"]
     assert m["epoch"] == 1 and m["stopped_early"] == 1.0 and m["best_epoch"] == 0
-    assert {"val_dice", "val_iou", "val_hd95", "val_nsd", "train_hard", "train_kl"} <= set(m)
+    assert {"val_dice", "val_iou", "val_hd95", "val_nsd", "train_hard_loss", "train_kl_loss"} <= set(m)
     assert 0 <= m["val_nsd"] <= 1 and m["val_hd95"] >= 0
     client = _mlflow_client(cfg)
     history = client.get_metric_history(result["run_id"], "val_hd95")
@@ -181,3 +181,32 @@ def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_pa
     # in flight when the worker died was done (and logged) twice
     steps = [h.step for h in _mlflow_client(cfg).get_metric_history(result["run_id"], "train_loss")]
     assert set(steps) == {0, 1, 2} and len(steps) <= 4
+
+
+def test_an_annotation_set_without_usable_rows_is_refused_before_any_run(annotated, tmp_path, synthetic_dirs):
+    """Every transferal image corrupt: the set holds only error rows, and training refuses it by name before Ray
+    Train or an MLflow run starts (it used to train zero steps and register an untrained student)."""
+    import json
+    import re
+
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.errors import DataError
+    from nakt_ray.training.student import train_student
+
+    cfg, _, _ = annotated
+    names = [p.name for p in (synthetic_dirs["mixed"] / "images").iterdir()]
+    raw = cfg.to_dict()
+    raw["data"]["transferal"] = str(corrupt_copy(synthetic_dirs["mixed"], tmp_path / "corrupt", names))
+    raw["annotate"]["output"] = str(tmp_path / "failed_set")
+    summary = annotate(config.from_dict(raw))
+    assert (summary["cases_read"], summary["annotated"], summary["failed"]) == (6, 0, 6)
+    assert len(json.loads((tmp_path / "failed_set" / "errors.json").read_text())) == 6
+
+    student = _student_cfg(annotated, tmp_path, synthetic_dirs)
+    where = tmp_path / "failed_set"
+    with pytest.raises(DataError, match=re.escape(f"annotation set '{where}': has no usable rows: 6 of 6 rows have "
+                                                  f"status 'error' (their reasons: {where}/errors.json)")):
+        train_student(student, annotations_dir=str(tmp_path / "failed_set"))
+    run_dir = Path(student.run_dir)
+    assert not (run_dir / "mlflow.db").exists()  # no MLflow run opened, no student registered
+    assert not student.student_checkpoint.parent.exists() and not (run_dir / "ray_train").exists()

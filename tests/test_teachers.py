@@ -162,7 +162,20 @@ def test_logits_declared_but_output_sums_to_one_warns(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# MLflow: a registered version described by its tags, and a run described by run tags plus the signature
+# MLflow: a student nakt registered (its own flavor: weights only, never unpickled), pickled models refused unless
+# the teacher trusts them (one with a payload among them), and a trusted pickled model described by its tags, or by
+# its run's tags plus the signature
+
+
+class Payload(ConvNet):
+    """Stands in for a model file from an attacker: unpickling it creates ``marker`` (any code could run there)."""
+
+    def __init__(self, marker: Path):
+        super().__init__()
+        self.marker = str(marker)
+
+    def __reduce_ex__(self, protocol):
+        return (Path.touch, (Path(self.marker),))
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +184,9 @@ def mlflow_store(tmp_path_factory, unet):
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    from nakt_ray.config import PreprocessConfig
+    from nakt_ray.models.mlflow_format import log_and_register_model
+    from nakt_ray.models.model_file import ModelSpec
     from nakt_ray.tracking import use_uri
 
     root = tmp_path_factory.mktemp("mlflow")
@@ -186,34 +202,132 @@ def mlflow_store(tmp_path_factory, unet):
         mlflow.set_tags({TAG_LABELS: json.dumps(["bg", "fg"]), TAG_OUTPUTS: "logits"})  # size: the signature
     with mlflow.start_run(experiment_id=exp) as bare:  # no tags, no signature: nothing gives the input size
         mlflow.pytorch.log_model(unet, name="model", serialization_format="pickle", pip_requirements=["torch"])
+    marker = root / "payload-ran"
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.pytorch.log_model(Payload(marker), name="model", serialization_format="pickle",
+                                 pip_requirements=["torch"], registered_model_name="evil", signature=signature)
+    marker.unlink(missing_ok=True)  # only a load may create it
+    spec = ModelSpec(name="s", arch="unet", arch_args=TINY_UNET, labels=tuple(LABELS),
+                     preprocess=PreprocessConfig(size=SIZE), role="student")
+    with mlflow.start_run(experiment_id=exp) as student:
+        log_and_register_model(unet, spec, "s", "candidate", {"nakt.teachers": "a,b"})
     client = MlflowClient()
     client.set_registered_model_alias("t", "champion", "1")
+    client.set_registered_model_alias("evil", "prod", "1")
     for tag, value in {TAG_LABELS: json.dumps(LABELS), TAG_IN_CHANNELS: "1", TAG_INPUT_SIZE: json.dumps(SIZE),
                        TAG_OUTPUTS: "logits", TAG_PREPROCESS: json.dumps({"normalize": "zscore"})}.items():
-        client.set_model_version_tag("t", "1", tag, value)
-    yield {"described": described.info.run_id, "bare": bare.info.run_id}
+        for name in ("t", "evil"):
+            client.set_model_version_tag(name, "1", tag, value)
+    yield {"described": described.info.run_id, "bare": bare.info.run_id, "student": student.info.run_id,
+           "marker": marker}
     use_uri(before)
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Fail on any unpickling: pickle's loaders, mlflow.pytorch.load_model, and torch.load without weights_only."""
+    import pickle
+
+    import mlflow.pytorch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for attr in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, attr, refuse)
+    monkeypatch.setattr(mlflow.pytorch, "load_model", refuse)
+    torch_load = torch.load
+
+    def weights_only_load(*args, **kwargs):
+        assert kwargs.get("weights_only") is True, "torch.load without weights_only=True"
+        return torch_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", weights_only_load)
+
+
+@pytest.mark.parametrize("uri", ["models:/evil@prod", "models:/t@champion", "runs:/{described}/model"])
+def test_a_pickled_mlflow_model_is_refused_unless_trusted(mlflow_store, uri):
+    uri = uri.format(**mlflow_store)
+    with pytest.raises(TeacherLoadError, match=r"(?s)^teacher 'm' .*not nakt's own 'nakt' flavor.*runs any code.*"
+                                               r"trust_pickle: true on teacher 'm'"):
+        load_teacher("m", uri)
+    assert not mlflow_store["marker"].exists(), "the payload ran: the model was unpickled"
+
+
+def test_a_trusted_pickle_runs_its_payload(mlflow_store):
+    """What trust_pickle means: the payload's code runs on load (here it returns no model, so the load fails)."""
+    with pytest.warns(UserWarning, match=r"teacher 'm'.*unpickling.*trust_pickle: true"), \
+            pytest.raises(TeacherLoadError, match=r"^teacher 'm' .*'NoneType'"):
+        load_teacher("m", "models:/evil@prod", trust_pickle=True)
+    assert mlflow_store["marker"].exists()
+    mlflow_store["marker"].unlink()
+
+
+@pytest.mark.filterwarnings("ignore:.*trust_pickle:UserWarning")
+@pytest.mark.parametrize("uri", ["models:/s@candidate", "models:/s/1", "runs:/{student}/model"])
+def test_a_registered_student_is_a_teacher_without_unpickling(mlflow_store, unet, batch, uri, no_unpickling):
+    import mlflow
+
+    uri = uri.format(**mlflow_store)
+    assert list(mlflow.models.get_model_info(uri).flavors) == ["nakt"]  # no pytorch / python_function pickle
+    teacher = load_teacher("stu", uri)
+    assert teacher.details["flavor"] == "nakt" and teacher.details["inferred"] == []
+    assert teacher.labels == tuple(LABELS) and teacher.input_size == SIZE and teacher.preprocess.size == SIZE
+    torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-5, rtol=0)
+    with pytest.raises(TeacherLoadError, match="something was unpickled"):  # the guard itself works
+        load_teacher("t", "models:/t@champion", trust_pickle=True)
+
+
+def test_a_nakt_flavor_reads_only_a_file_of_its_own_model(mlflow_store):
+    from nakt_ray.errors import CheckpointError
+    from nakt_ray.models.mlflow_format import flavor_config, load_registered
+
+    entry, _ = flavor_config("models:/s@candidate")
+    for bad in ("../../evil/model.pt", "/etc/passwd", ".."):  # an MLmodel edited to point elsewhere
+        with pytest.raises(CheckpointError, match="expected a file name in the model directory"):
+            load_registered("models:/s@candidate", entry={**entry, "model_file": bad})
+    with pytest.raises(CheckpointError, match="format 'nakt-model' version 99"):
+        load_registered("models:/s@candidate", entry={**entry, "format_version": 99})
+    with pytest.raises(CheckpointError, match=r"flavors \['python_function', 'pytorch'\], not 'nakt'"):
+        load_registered("models:/t@champion")
 
 
 @pytest.mark.parametrize("uri", ["models:/t@champion", "models:/t/1"])
 def test_mlflow_registered_version(mlflow_store, unet, batch, uri):
-    teacher = load_teacher("reg", uri)
+    with pytest.warns(UserWarning, match="unpickling an MLflow model with flavors"):
+        teacher = load_teacher("reg", uri, trust_pickle=True)
     assert teacher.kind == "mlflow" and teacher.labels == tuple(LABELS) and teacher.details["version"] == "1"
     assert teacher.details["inferred"] == [] and teacher.preprocess.size == SIZE
     assert teacher.details["run_id"] == mlflow_store["described"] and len(teacher.fingerprint) == 16
+    assert teacher.details["flavor"] == "pytorch (pickle, trusted)"
     torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-4, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:.*trust_pickle:UserWarning")
 def test_mlflow_run_uses_run_tags_and_signature(mlflow_store, unet, batch):
-    teacher = load_teacher("run", f"runs:/{mlflow_store['described']}/model")
+    teacher = load_teacher("run", f"runs:/{mlflow_store['described']}/model", trust_pickle=True)
     assert teacher.labels == ("bg", "fg") and teacher.input_size == SIZE and teacher.in_channels == 1
     assert teacher.details["inferred"] == ["input_size", "in_channels"] and teacher.preprocess is None
     torch.testing.assert_close(teacher.predict(batch), softmax_of(unet, batch), atol=1e-4, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:.*trust_pickle:UserWarning")
 def test_mlflow_without_input_size_names_the_tags(mlflow_store):
     with pytest.raises(TeacherLoadError, match=rf"teacher 'bare'.*{TAG_INPUT_SIZE}"):
-        load_teacher("bare", f"runs:/{mlflow_store['bare']}/model")
+        load_teacher("bare", f"runs:/{mlflow_store['bare']}/model", trust_pickle=True)
+
+
+def test_trust_pickle_is_only_for_mlflow_teachers(tmp_path):
+    from nakt_ray import config
+    from nakt_ray.errors import ConfigError
+
+    raw = {"run_dir": str(tmp_path), "teachers": [{"name": "a", "trust_pickle": True}]}
+    with pytest.raises(ConfigError, match=r"teachers\[0\]\.trust_pickle'.*not an MLflow URI"):
+        config.from_dict(raw)
+    raw["teachers"][0]["checkpoint"] = "models:/t@prod"
+    assert config.from_dict(raw).teachers[0].trust_pickle is True
+    with pytest.raises(ConfigError, match="trust_pickle"):
+        config.from_dict({**raw, "teachers": [{"name": "a", "checkpoint": "models:/t@prod", "trust_pickle": "yes"}]})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ def test_stage_run_logs_params_and_worker_metrics(cfg):
 
 
 def test_registered_timm_student_loads_in_a_fresh_process(cfg, tmp_path):
+    """A student is registered in nakt's MLflow flavor (MLmodel + the nakt model file, no pickle) with its alias
+    and tags, and loads in another interpreter through nakt's loader, bit for bit."""
+    from nakt_ray.models.mlflow_format import log_and_register_model
+
     spec = ModelSpec(name="s", arch="timm_unet", arch_args={"encoder": "resnet18"}, labels=("bg", "fg"),
                      preprocess=config.PreprocessConfig(size=(64, 64)), role="student")
     model = spec.build().eval()
@@ -51,25 +55,27 @@ def test_registered_timm_student_loads_in_a_fresh_process(cfg, tmp_path):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     with tracking.stage_run(cfg, "train-student"):
-        uri, version = tracking.log_and_register_model(model, spec, "test-student", "candidate",
-                                                       {"nakt.teachers": "t1,t2", "nakt.fusion_rule": "mean"})
+        uri, version = log_and_register_model(model, spec, "test-student", "candidate",
+                                              {"nakt.teachers": "t1,t2", "nakt.fusion_rule": "mean"})
     assert uri == "models:/test-student@candidate" and version == "1"
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", expected)
-    # A fresh interpreter that never imports nakt_ray itself: unpickling must make timm importable on its own.
     script = textwrap.dedent(f"""
         import sys, numpy as np, torch, mlflow
+        from nakt_ray.models.mlflow_format import load_registered
         mlflow.set_tracking_uri({tracking.tracking_uri(cfg)!r})
-        model = mlflow.pytorch.load_model("models:/test-student@candidate", map_location="cpu").eval()
+        print("FLAVORS", sorted(mlflow.models.get_model_info("models:/test-student@candidate").flavors))
+        model, spec = load_registered("models:/test-student@candidate")
         with torch.no_grad():
             y = model(torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))).numpy()
         assert np.allclose(y, np.load({str(tmp_path / 'y.npy')!r}), atol=1e-5), "outputs differ"
         mv = mlflow.MlflowClient().get_model_version_by_alias("test-student", "candidate")
-        print("TAGS", mv.tags["nakt.teachers"], mv.tags["nakt.fusion_rule"])
+        print("TAGS", mv.tags["nakt.teachers"], mv.tags["nakt.fusion_rule"], mv.tags["nakt.labels"], spec.arch)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "TAGS t1,t2 mean" in proc.stdout
+    assert "FLAVORS ['nakt']" in proc.stdout
+    assert 'TAGS t1,t2 mean ["bg", "fg"] timm_unet' in proc.stdout
 
 
 def test_ray_workers_can_import_timm(ray_session):

@@ -28,6 +28,9 @@ def test_fit_trains_and_writes_a_loadable_model(ray_session, tmp_path, synthetic
     assert loaded == spec
     assert 0.0 <= result.metrics["val_dice"] <= 1.0
     assert result.metrics["train_loss"] > 0 and result.metrics["epoch"] == 3
+    # each loss part is named for what it is: train_dice_loss is 1 - soft Dice, val_dice a Dice score
+    assert {"train_dice_loss", "train_ce_loss", "train_kl_loss", "train_hard_loss"} <= set(result.metrics)
+    assert not {"train_dice", "train_ce", "train_kl", "train_hard"} & set(result.metrics)
     # The written model is the best epoch's: its validation Dice is the best one reported, not the last one.
     dices = []
     with torch.no_grad():

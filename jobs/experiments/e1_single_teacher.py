@@ -1,4 +1,4 @@
-"""E1 — one teacher, one student, across architectures (the paper's first study), on HC18.
+"""E1 — one teacher, one student, across architectures (the paper's first study), on HC18 or any labeled folder.
 
     .venv/bin/python jobs/experiments/e1_single_teacher.py            # full: 17.5 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e1_single_teacher.py --smoke    # same path, tiny: ~5 min (quiet machine)
@@ -32,7 +32,10 @@ import os
 import time
 from pathlib import Path
 
-from _common import add_common_args  # (the script's folder is on sys.path)
+from _common import (
+    add_common_args,  # (the script's folder is on sys.path)
+    dataset_name,
+)
 from _common import main as common_main
 
 
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
     raw = {
         "run_dir": str(run_dir),
-        "data": {"labels": ["background", "head"], "transferal": str(splits["transferal"]),
+        "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
                  "val": str(splits["val"]), "test": str(splits["test"])},
         "preprocess": {"size": [args.size, args.size]},
         "teachers": [{"name": teacher_key(a), "arch": a, "train_data": str(splits["site_a"]),
@@ -143,7 +146,8 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
     mean_delta = float(np.mean([d[c]["delta"] for c in cells]))
     within = sum(abs(d[c]["delta"]) <= 0.01 for c in cells)
     lines = [f"# E1: single teacher x student across architectures ({'smoke' if result['smoke'] else 'full'})", "",
-             f"HC18, split by subject (seed 0), {result['image_size']}x{result['image_size']}, teachers on site_a "
+             f"{dataset_name(result)}, split by subject (seed 0), {result['image_size']}x{result['image_size']}, "
+             f"classes {', '.join(result.get('labels', ['background', 'head'])[1:])}; teachers on site_a "
              f"({result['cases']['site_a']} cases), students on the transferal split ({result['cases']['transferal']} "
              f"cases, one teacher's maps each); epochs: teachers {result['epochs']['teacher']}, students "
              f"{result['epochs']['student']}. Dice on the test split ({result['cases']['test']} cases), 95% bootstrap "
@@ -185,7 +189,7 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
                yticklabels=[f"{t}\n({m[teacher_key(t)]['dice']:.3f})" for t in archs], xlabel="student",
                ylabel="teacher (its Dice)", title=title)
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle("E1 on HC18: teacher x student")
+    fig.suptitle(f"E1 on {dataset_name(result)}: teacher x student")
     fig.tight_layout()
     fig.savefig(out / "e1.png", dpi=120)
 

@@ -1,4 +1,5 @@
-"""E2 — knowledge transfer plus fine-tuning against fine-tuning alone (the paper's second study), on HC18.
+"""E2 — knowledge transfer plus fine-tuning against fine-tuning alone (the paper's second study), on HC18 or any
+labeled folder (--data, --dataset-name, --labels).
 
     .venv/bin/python jobs/experiments/e2_finetune.py            # full: ~15 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e2_finetune.py --smoke    # same path, tiny: ~4 min
@@ -22,8 +23,7 @@ import re
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-HC18 = ROOT.parent / "shared" / "data" / "hc18"
+from _common import HC18, add_dataset_args, dataset_name, resolve_dataset  # (the script's folder is on sys.path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
     raw = {
         "run_dir": str(run_dir),
-        "data": {"labels": ["background", "head"], "transferal": str(splits["transferal"]),
+        "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
                  "val": str(splits["val"]), "test": str(test)},
         "preprocess": {"size": [args.size, args.size]},
         "teachers": [{"name": "teacher_unet", "arch": "unet", "train_data": str(splits["site_a"]),
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> dict:
     report = evaluate(cfg, models, str(test), run_dir / "evaluation")
     return {"sizes": list(sizes), "models": report["models"], "table": report["table"], "timings": timings,
             "split": json.loads((run_dir / "splits" / "split.json").read_text())["fractions"],
-            "image_size": args.size, "epochs": epochs, "student_arch": args.student_arch, "smoke": args.smoke}
+            "image_size": args.size, "epochs": epochs, "student_arch": args.student_arch, "smoke": args.smoke,
+            "dataset": args.dataset_name, "labels": list(args.labels)}
 
 
 def write_results(result: dict, out: Path, run_dir: Path) -> None:
@@ -97,7 +98,8 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     m = result["models"]
     lines = [f"# E2: transfer + fine-tuning vs fine-tuning alone ({'smoke' if result['smoke'] else 'full'})", "",
-             f"HC18, split by subject (seed 0), {result['image_size']}x{result['image_size']}, student "
+             f"{dataset_name(result)}, split by subject (seed 0), {result['image_size']}x{result['image_size']}, "
+             f"classes {', '.join(result.get('labels', ['background', 'head'])[1:])}, student "
              f"{result['student_arch']}, epochs {result['epochs']}. Dice on the test split, 95% bootstrap CI.", "",
              "| labeled cases n | scratch | distilled (no labels) | distil + fine-tune | gain over scratch |",
              "|---|---|---|---|---|"]
@@ -119,7 +121,7 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
     ax.plot(ns, [m[f"distil+ft n={n}"]["dice"] for n in ns], "o-", label="distil + fine-tune")
     ax.axhline(d["dice"], color="grey", ls="--", label="distilled only")
     ax.axhline(t["dice"], color="black", ls=":", label="teacher")
-    ax.set(xlabel="labeled target cases", ylabel="test Dice", title="E2 on HC18")
+    ax.set(xlabel="labeled target cases", ylabel="test Dice", title=f"E2 on {dataset_name(result)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "e2.png", dpi=120)
@@ -134,6 +136,7 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(HC18), help="labeled folder source (images/, masks/)")
+    add_dataset_args(p)
     p.add_argument("--run-dir", default="runs/e2")
     p.add_argument("--out", default="results/e2")
     p.add_argument("--size", type=int, default=96)
@@ -149,6 +152,7 @@ def main() -> None:
     os.environ.setdefault("NAKT_PROGRESS", "0")
     if not (Path(args.data) / "images").is_dir():
         raise SystemExit(f"no labeled data at {args.data} (expected images/ and masks/); pass --data")
+    resolve_dataset(args)
     t0 = time.perf_counter()
     result = run(args)
     result["wall_s"] = time.perf_counter() - t0

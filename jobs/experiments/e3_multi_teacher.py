@@ -1,4 +1,5 @@
-"""E3 — several teachers from disjoint sites: fusion rules, a searched fusion, and the teachers' ensemble, on HC18.
+"""E3 — several teachers from disjoint sites: fusion rules, a searched fusion, and the teachers' ensemble, on HC18
+(or any labeled folder: --data, --dataset-name, --labels).
 
     .venv/bin/python jobs/experiments/e3_multi_teacher.py            # full: 26 min on 2 CPU cores (96x96)
     .venv/bin/python jobs/experiments/e3_multi_teacher.py --smoke    # same path, tiny: ~5 min (quiet machine)
@@ -40,7 +41,10 @@ import shutil
 import time
 from pathlib import Path
 
-from _common import add_common_args  # (the script's folder is on sys.path)
+from _common import (
+    add_common_args,  # (the script's folder is on sys.path)
+    dataset_name,
+)
 from _common import main as common_main
 
 SITES = ("site_a", "site_b", "site_c")
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
     raw = {
         "run_dir": str(run_dir),
-        "data": {"labels": ["background", "head"], "transferal": str(splits["transferal"]),
+        "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
                  "val": str(splits["val"]), "test": str(splits["test"])},
         "preprocess": {"size": [args.size, args.size]},
         "teachers": [{"name": f"{arch}_{site}", "arch": arch, "train_data": str(splits[site]),
@@ -188,7 +192,7 @@ def search_table(result: dict) -> list[str]:
         return f"{r['dice_ci'][0]:.4f}-{r['dice_ci'][1]:.4f}"
 
     lines = [
-        f"HC18, three teachers ({', '.join(result['teachers'])}), student {result['student_arch']}, "
+        f"{dataset_name(result)}, three teachers ({', '.join(result['teachers'])}), student {result['student_arch']}, "
         f"{result['image_size']}x{result['image_size']}, {result['epochs']['student']} epochs per student or trial. "
         f"Test Dice on {result['cases']['test']} cases, 95% bootstrap CI; the difference is paired over the cases.",
         "", "| student | fusion (weights as shares of " + ", ".join(result["teachers"]) + ") | val Dice (best epoch) "
@@ -235,7 +239,8 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
 
     sites = ", ".join(f"{t}: {result['cases'][site]} cases" for t, site in zip(result["teachers"], SITES))
     lines = [f"# E3: several teachers, fusion rules, searched fusion, ensemble ({kind})", "",
-             f"HC18, split by subject (seed 0), {result['image_size']}x{result['image_size']}; teachers on disjoint "
+             f"{dataset_name(result)}, split by subject (seed 0), {result['image_size']}x{result['image_size']}, "
+             f"classes {', '.join(result.get('labels', ['background', 'head'])[1:])}; teachers on disjoint "
              f"sites ({sites}); students ({result['student_arch']}) on the transferal split "
              f"({result['cases']['transferal']} cases); epochs: teachers {result['epochs']['teacher']}, students "
              f"{result['epochs']['student']}. Dice on the test split ({result['cases']['test']} cases), 95% bootstrap "
@@ -270,7 +275,7 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
     ax.bar(range(len(names)), ys, yerr=errs, color=colors, capsize=3)
     ax.axhline(m[DEFAULT]["dice"], color="grey", ls="--", lw=1, label="default student")
     ax.set_xticks(range(len(names)), labels, rotation=30, ha="right")
-    ax.set(ylabel="test Dice (95% CI)", title="E3 on HC18: teachers, ensemble, students by fusion",
+    ax.set(ylabel="test Dice (95% CI)", title=f"E3 on {dataset_name(result)}: teachers, ensemble, students by fusion",
            ylim=(max(0.0, min(ys) - 0.1), 1.0))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -9,8 +9,14 @@ the summary is written). An interrupted run can be resumed into the same output 
 """
 from __future__ import annotations
 
+import gc
 import json
+import os
+import re
+import socket
 import time
+import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +24,7 @@ import numpy as np
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation.pools import (
+    PREDICT_STAGE,
     TeacherPredictor,
     add_teacher_pools,
     check_teachers,
@@ -25,7 +32,7 @@ from nakt_ray.annotation.pools import (
     pool_layout,
     teacher_ref,
 )
-from nakt_ray.errors import ConfigError, DataError, error
+from nakt_ray.errors import ConfigError, DataError, TeacherOutputError, error
 from nakt_ray.runtime import storage
 
 if TYPE_CHECKING:
@@ -98,15 +105,158 @@ def _earlier_summaries(out_dir: str) -> list[dict[str, Any]]:
     return [*previous.pop("earlier_runs", []), previous]
 
 
+# The lock file of a run writing an annotation set, in the set's folder (decision 48).
+LOCK = ".nakt-annotate.lock"
+
+
+def _lock_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # released meanwhile (or not a lock nakt wrote)
+        return None
+
+
+def _holder_is_gone(holder: dict[str, Any]) -> bool:
+    """Whether the run that holds a lock is dead: only knowable for a process on this host."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, TypeError, ValueError):  # alive under another user, or an odd lock file
+        return False
+    return False
+
+
+def take_output_lock(out_dir: str) -> tuple[Path, str] | None:
+    """Claim the local annotation output ``out_dir`` for this run (two runs, e.g. two ``--resume``, would delete
+    each other's files); returns the lock file and this run's token, for :func:`release_output_lock`.
+
+    The lock file (pid, host, start time) appears whole and atomically (written aside, then hard-linked into place:
+    the link fails when the file exists). A lock held by a live run raises ``FileExistsError`` naming that run; a
+    lock of a process that no longer exists on this host is taken over, with a warning. Object-store outputs are
+    not locked (None): pyarrow's filesystems offer no create-if-absent write (decision 48).
+    """
+    import pyarrow.fs as pafs
+
+    fs, folder = storage.filesystem(out_dir)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return None
+    path = Path(folder) / LOCK
+    mine = {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "token": uuid.uuid4().hex}
+    aside = path.with_name(f"{LOCK}.{mine['token']}")
+    aside.write_text(json.dumps(mine))
+    try:
+        for _ in range(5):  # a retry per lock that vanished or was taken over under us
+            try:
+                os.link(aside, path)
+                return path, mine["token"]
+            except FileExistsError:
+                holder = _lock_holder(path)
+            if holder is None:
+                continue
+            if not _holder_is_gone(holder):
+                raise FileExistsError(
+                    f"annotation output {out_dir!r} is in use by another run: pid {holder.get('pid')} on host "
+                    f"{holder.get('host')!r} since {holder.get('since')} (lock file {str(path)!r}); wait for it to "
+                    "finish, or delete the lock file if that run is gone")
+            moved = path.with_name(f"{LOCK}.stale.{mine['token']}")
+            try:
+                os.rename(path, moved)  # atomic: of two runs taking over one stale lock, one moves it
+            except FileNotFoundError:
+                continue
+            if _lock_holder(moved) != holder:  # a fresh lock, taken between our read and our move: put it back
+                try:
+                    os.link(moved, path)
+                except FileExistsError:
+                    pass
+            else:
+                warnings.warn(f"annotation output {out_dir!r}: taking over the lock of pid {holder.get('pid')} "
+                              f"on this host (since {holder.get('since')}), which is no longer running",
+                              UserWarning, stacklevel=2)
+            moved.unlink(missing_ok=True)
+        raise FileExistsError(f"annotation output {out_dir!r}: could not take its lock file {str(path)!r}")
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def release_output_lock(lock: tuple[Path, str] | None) -> None:
+    """Remove the lock file of :func:`take_output_lock` if it is still this run's."""
+    if lock is not None and (_lock_holder(lock[0]) or {}).get("token") == lock[1]:
+        lock[0].unlink(missing_ok=True)
+
+
+def _holds_files(out_dir: str) -> bool:
+    """Whether anything but a lock file lies under ``out_dir``."""
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    fs, path = storage.filesystem(out_dir)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return any(not posixpath.basename(i.path).startswith(LOCK) for i in infos)
+
+
+def _teacher_stop(err: BaseException) -> TeacherOutputError | None:
+    """The ``TeacherOutputError`` a teacher actor stopped the run with (``pools.FAILED_BATCHES_TO_STOP``), out of
+    the wrapping that Ray Data adds; None for any other failure.
+
+    Ray 2.60 hands the driver a ``RayTaskError(UserCodeException)`` whose cause chain no longer holds the actor's
+    exception (it does not survive pickling), only its traceback text; the message is taken from there.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if type(cur) is TeacherOutputError:
+            return cur
+        cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError keeps the actor's exception here
+        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
+    found = re.findall(r"TeacherOutputError: (teacher '[^\n]*)", str(err))
+    return TeacherOutputError(found[-1].strip()) if found else None
+
+
+def _prediction_failures(errors: list[dict[str, str]]) -> dict[str, int]:
+    """Cases failed at prediction, per teacher (from the ``predict: teacher '<name>' ...`` reasons)."""
+    counts: dict[str, int] = {}
+    for e in errors:
+        found = re.match(rf"{PREDICT_STAGE}: teacher '([^']*)'", e["reason"])
+        if found:
+            counts[found.group(1)] = counts.get(found.group(1), 0) + 1
+    return counts
+
+
 def annotate(cfg: RunConfig, transferal: str | None = None, output: str | None = None,
              predictor_cls: type = TeacherPredictor, resume: bool = False) -> dict[str, Any]:
     """Run the annotation pipeline for ``cfg`` (a RunConfig); returns the summary (also saved as JSON).
 
     With ``resume``, the cases already written to the output by an interrupted run are skipped (see
     :func:`resume_state`); the finished set is the same as that of an uninterrupted run. Raises if the written
-    set does not account for every input case exactly once.
+    set does not account for every input case exactly once. The output is locked for the run
+    (:func:`take_output_lock`): a second run into it fails at once, naming the first.
+
+    A case a teacher gives an unusable output for (NaN, ...) is an error row naming the teacher; a teacher that
+    fails on every case stops the run with ``TeacherOutputError`` (early, from its actor, after
+    ``pools.FAILED_BATCHES_TO_STOP`` all-failed batches; else once the set is written and no case succeeded).
     """
+    out_dir = str(output or cfg.annotations_dir)
+    storage.make_dirs(out_dir)
+    lock = take_output_lock(out_dir)
+    try:
+        if _holds_files(out_dir) and not resume:
+            raise FileExistsError(f"annotation output {out_dir!r} is not empty; remove it, choose another, or "
+                                  "pass --resume to finish an interrupted run")
+        return _annotate(cfg, transferal, out_dir, predictor_cls, resume)
+    finally:
+        release_output_lock(lock)
+
+
+def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cls: type,
+              resume: bool) -> dict[str, Any]:
     from nakt_ray.data.datasets import cases_dataset, decode_batch
+    from nakt_ray.data.privacy import cases_for
     from nakt_ray.data.readers import list_cases
     from nakt_ray.runtime.cluster import LIGHT_CPU
     from nakt_ray.tracking import tracking_uri
@@ -114,19 +264,14 @@ def annotate(cfg: RunConfig, transferal: str | None = None, output: str | None =
     source = transferal or cfg.data.transferal
     if not source:
         raise error(ConfigError, "no transferal data", "set data.transferal in the config or pass --transferal")
-    # A local path or an object-store URI (s3://, gs://, file://): written by Ray Data, read back through pyarrow.
-    out_dir = str(output or cfg.annotations_dir)
-    if not storage.is_empty(out_dir) and not resume:
-        raise FileExistsError(f"annotation output {out_dir!r} is not empty; remove it, choose another, or "
-                              "pass --resume to finish an interrupted run")
-    storage.make_dirs(out_dir)
+    # out_dir: a local path or an object-store URI (s3://, gs://, file://): written by Ray Data, read through pyarrow.
     teachers = [teacher_ref(cfg, t) for t in cfg.teachers]
     pre = cfg.preprocess
     uri = tracking_uri(cfg)
     t_probe = time.perf_counter()
     records = check_teachers(teachers, cfg.data.num_classes, pre.in_channels, uri)
     t_probe = time.perf_counter() - t_probe
-    cases = list_cases(source)
+    cases = cases_for(list_cases(source), cfg.data.pseudonymize)
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
     manifest = {
         "transferal": str(Path(source).resolve()), "labels": list(cfg.data.labels),
@@ -152,8 +297,20 @@ def annotate(cfg: RunConfig, transferal: str | None = None, output: str | None =
                                cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors)
         ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
-        ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
-                         schema=ann.arrow_schema(names, manifest), ray_remote_args={"num_cpus": LIGHT_CPU})
+        stop = None
+        try:
+            ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
+                             schema=ann.arrow_schema(names, manifest), ray_remote_args={"num_cpus": LIGHT_CPU})
+        except Exception as err:
+            stop = _teacher_stop(err)  # a teacher that failed on every case: its own message, not Ray's wrapping
+            if stop is None:
+                raise
+        if stop is not None:
+            # Raised outside the except block, so no traceback keeps the failed dataset alive: its actor pools hold
+            # their CPUs until it is collected (measured, Ray 2.60), which starves a later run in the same process.
+            del ds
+            gc.collect()
+            raise stop
     wall = time.perf_counter() - t0
 
     # 5. Account for every case, write the manifest, the summary and the errors table.
@@ -179,4 +336,10 @@ def annotate(cfg: RunConfig, transferal: str | None = None, output: str | None =
                **({"earlier_runs": earlier} if earlier else {})}
     storage.write_text(storage.join(out_dir, ann.SUMMARY), json.dumps(summary, indent=2))
     storage.write_text(storage.join(out_dir, "errors.json"), json.dumps(errors, indent=2))
+    by_teacher = _prediction_failures(errors)
+    if by_teacher and not summary["annotated"]:  # too few batches for the actors' rule to stop the run early
+        counts = ", ".join(f"teacher {name!r}: {n}" for name, n in by_teacher.items())
+        raise error(TeacherOutputError, f"annotation output {out_dir!r}",
+                    f"no case could be annotated; cases failed at prediction: {counts} (of {len(cases)}); "
+                    f"reasons in {storage.join(out_dir, 'errors.json')}")
     return summary

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from nakt_ray.annotation import parquet as ann
-from nakt_ray.errors import ConfigError, TeacherLoadError, error
-from nakt_ray.teachers.description import InferenceOptions
+from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError, error
+from nakt_ray.teachers.description import InferenceOptions, teacher_where
 from nakt_ray.teachers.inference import LoadedTeacher
 from nakt_ray.teachers.registry import load_teacher
 
@@ -53,13 +53,20 @@ SHARED_ACTOR_THREADS = 4
 # "actor temporarily unavailable"), which failed the whole run when a worker node was lost (measured, Ray 2.60;
 # tests/test_jobs_cluster.py).
 ACTOR_RESTARTS = 3
+# A teacher whose output is unusable (NaN, ...) for some cases makes those cases error rows and the run goes on; one
+# that fails on every case of this many batches in a row (per actor) stops the run: it is broken, not unlucky, and
+# would otherwise turn the whole set into error rows (decision 48).
+FAILED_BATCHES_TO_STOP = 3
+# The stage named in the ``error`` column (and errors.json) for a case a teacher failed on.
+PREDICT_STAGE = "predict"
 POOL_LAYOUTS = ("auto", "per_teacher", "shared")
 
 
 @dataclass(frozen=True)
 class TeacherRef:
     """A teacher as its actor pool runs it: a source (any form ``load_teacher`` reads), the pool's resources
-    (``num_gpus`` None: 1 on a cluster with GPUs, else 0) and the inference options."""
+    (``num_gpus`` None: 1 on a cluster with GPUs, else 0), the inference options, and ``trust_pickle`` (the
+    teacher's consent to loading a pickled MLflow model; ``load_teacher``)."""
 
     name: str
     checkpoint: str
@@ -68,6 +75,7 @@ class TeacherRef:
     num_cpus: float = 0.5
     num_gpus: float | None = None
     options: InferenceOptions | None = None
+    trust_pickle: bool = False
 
 
 def inference_options(teacher: TeacherConfig) -> InferenceOptions:
@@ -82,7 +90,7 @@ def teacher_ref(cfg: RunConfig, teacher: TeacherConfig, source: str | None = Non
     inference options."""
     return TeacherRef(teacher.name, str(source if source is not None else cfg.teacher_checkpoint(teacher)),
                       teacher.actors, teacher.batch_size, teacher.num_cpus, teacher.num_gpus,
-                      inference_options(teacher))
+                      inference_options(teacher), teacher.trust_pickle)
 
 
 def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int) -> None:
@@ -111,20 +119,23 @@ class TeacherPredictor:
     description YAML, an MLflow model URI). Adds column ``prob__<name>``: probabilities ``[B, C, H, W]`` (uint8 x
     255, or float16) at the batch's image size; a teacher with another input size gets its input resampled (or
     tiled, with sliding-window inference) and its output mapped back. Rows with an ``error`` pass through with
-    zeros.
+    zeros. A case whose output is unusable (``TeacherOutputError``: NaN, ...) gets zeros and its ``error`` set to
+    ``predict: teacher '<name>' (<source>): <reason>``; after ``FAILED_BATCHES_TO_STOP`` batches in a row in which
+    every case failed, the actor raises ``TeacherOutputError`` and the run stops.
     """
 
     def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1,
                  options: InferenceOptions | None = None, tracking_uri: str | None = None,
-                 prob_dtype: str = "uint8"):
+                 prob_dtype: str = "uint8", trust_pickle: bool = False):
         torch.set_num_threads(num_threads)
         _use_tracking_uri(checkpoint, tracking_uri)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.teacher = load_teacher(name, checkpoint, device, options)
+        self.teacher = load_teacher(name, checkpoint, device, options, trust_pickle=trust_pickle)
         check_fits(self.teacher, num_classes, in_channels)
         self.name = name
         self.column = ann.prob_column(name)
         self.prob_dtype = prob_dtype
+        self.failed_streak = [0, 0]  # batches in a row in which every case failed, and their cases
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Images ``[B, C_in, H, W]`` float32 -> probabilities ``[B, C, H, W]`` float32."""
@@ -133,14 +144,55 @@ class TeacherPredictor:
             x = x.pin_memory().to(self.teacher.device, non_blocking=True)
         return self.teacher.predict(x).cpu().numpy()
 
+    def _predict_isolating(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Probabilities of ``images`` and, per image, "" or why the teacher's output for it cannot be used. A batch
+        whose output fails the checks is predicted again image by image, so one bad case does not take the others
+        with it (the cost, a batch run twice, is paid only by batches that hold a bad case)."""
+        try:
+            return self.predict(images), [""] * len(images)
+        except TeacherOutputError as err:
+            if len(images) == 1:
+                return np.zeros((1, self.teacher.num_classes, *images.shape[-2:]), np.float32), [str(err)]
+        probs = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), np.float32)
+        reasons = []
+        for i in range(len(images)):
+            try:
+                probs[i] = self.predict(images[i:i + 1])[0]
+                reasons.append("")
+            except TeacherOutputError as err:
+                reasons.append(str(err))
+        return probs, reasons
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch["error"] == ""
+        errors = np.array(batch["error"], dtype=object)  # a copy: the cases this teacher fails on are marked
+        rows = np.flatnonzero(errors == "")
         images = batch[TEACHER_INPUT]
         out = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), dtype=self.prob_dtype)
-        if ok.any():
-            out[ok] = ann.quantize(self.predict(np.ascontiguousarray(images[ok], dtype=np.float32)), self.prob_dtype)
+        if len(rows):
+            probs, reasons = self._predict_isolating(np.ascontiguousarray(images[rows], dtype=np.float32))
+            good = np.array([not why for why in reasons])
+            out[rows[good]] = ann.quantize(probs[good], self.prob_dtype)
+            for row, why in zip(rows, reasons):
+                if why:
+                    errors[row] = f"{PREDICT_STAGE}: {why}"
+            self._count_failures(reasons)
         batch[self.column] = out
+        batch["error"] = errors
         return batch
+
+    def _count_failures(self, reasons: list[str]) -> None:
+        """Stop the run (raise) once every case of ``FAILED_BATCHES_TO_STOP`` batches in a row has failed."""
+        if not all(reasons):
+            self.failed_streak = [0, 0]
+            return
+        self.failed_streak = [self.failed_streak[0] + 1, self.failed_streak[1] + len(reasons)]
+        batches, cases = self.failed_streak
+        if batches >= FAILED_BATCHES_TO_STOP:
+            where = teacher_where(self.name, self.teacher.source)
+            raise error(TeacherOutputError, where,
+                        f"unusable output for every case of {batches} batches in a row ({cases} cases), so the "
+                        f"run stops instead of recording every case as failed; the last: "
+                        f"{reasons[-1].removeprefix(where + ': ')}")
 
 
 class EnsemblePredictor:
@@ -149,7 +201,7 @@ class EnsemblePredictor:
 
     ``teachers`` are :class:`TeacherPredictor` keyword arguments, one dict per teacher; ``predictor_cls`` builds
     each (a subclass, e.g. for fault injection, works as in the ``per_teacher`` layout). Rows with an ``error``
-    pass through with zeros, as there.
+    pass through with zeros, as there, and a case a teacher fails on is an error row for the teachers after it.
     """
 
     def __init__(self, teachers: list[dict[str, Any]], batch_sizes: list[int], num_threads: int = 1,
@@ -161,8 +213,9 @@ class EnsemblePredictor:
         n = len(batch["error"])
         for predictor, size in zip(self.predictors, self.batch_sizes):
             parts = [predictor({TEACHER_INPUT: batch[TEACHER_INPUT][i:i + size], "error": batch["error"][i:i + size]})
-                     [predictor.column] for i in range(0, max(n, 1), size)]
-            batch[predictor.column] = np.concatenate(parts)
+                     for i in range(0, max(n, 1), size)]
+            batch[predictor.column] = np.concatenate([part[predictor.column] for part in parts])
+            batch["error"] = np.concatenate([part["error"] for part in parts])  # cases it failed on, for the next
         return batch
 
 
@@ -233,7 +286,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
 
     def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
         return dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes, in_channels=in_channels,
-                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype)
+                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle)
 
     gpus = cluster_has_gpus()
     if pool_layout(pools) == "shared":
@@ -279,7 +332,7 @@ def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: in
     records = []
     for t in teachers:
         _use_tracking_uri(t.checkpoint, tracking_uri)
-        teacher = load_teacher(t.name, t.checkpoint, "cpu", t.options)
+        teacher = load_teacher(t.name, t.checkpoint, "cpu", t.options, trust_pickle=t.trust_pickle)
         check_fits(teacher, num_classes, in_channels)
         record = teacher.describe()
         record.pop("device")

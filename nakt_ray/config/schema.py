@@ -11,6 +11,7 @@ An example run config is in ``io.py``; every key is in ``docs/config.md``.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,10 @@ class DataConfig:
     images by name (``mask_suffix`` is appended to the image's stem when looking up its mask). ``labels`` names the
     classes, background first. ``mask_values`` maps mask pixel values to classes (one value per label); when
     absent, binary masks map any non-zero pixel to class 1 and multi-class masks hold the class index.
+    ``pseudonymize`` replaces every case id (file paths, often named after the patient) by a keyed hash wherever it
+    leaves the input: Parquet, errors, evaluation tables, MLflow artifacts (``nakt_ray/data/privacy.py``); the key
+    comes from the environment (``NAKT_PSEUDONYM_KEY`` or a file named by ``NAKT_PSEUDONYM_KEY_FILE``), never
+    from this file.
     """
 
     labels: tuple[str, ...] = ("background", "foreground")
@@ -57,6 +62,7 @@ class DataConfig:
     val: str | None = None
     test: str | None = None
     finetune: str | None = None
+    pseudonymize: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -183,6 +189,9 @@ class TeacherConfig:
     0 otherwise (fractions share a GPU). ``sliding_window`` runs MONAI sliding-window inference with the
     teacher's input size as window (``overlap``, gaussian blending) instead of resampling the image;
     ``tta_flips`` averages over flips of these axes (-1 width, -2 height); ``amp`` is the autocast type on GPU.
+    ``trust_pickle``: an MLflow ``checkpoint`` that is not in nakt's own flavor (e.g. logged with
+    ``mlflow.pytorch.log_model``) is loaded by unpickling it, which runs any code the pickle names; it is refused
+    unless this is true (README, "Untrusted models"). Only for MLflow URIs.
     """
 
     name: str
@@ -199,12 +208,18 @@ class TeacherConfig:
     overlap: float = 0.25
     tta_flips: tuple[int, ...] = ()
     amp: Literal["none", "bf16", "fp16"] = "bf16"
+    trust_pickle: bool = False
 
     def _validate(self, p: str) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
             raise error(ConfigError, f"config key '{p}name'",
                         expected(self.name, "a non-empty name of letters, digits, '_', '-' or '.'"))
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
+        if self.trust_pickle and not str(self.checkpoint or "").startswith(("models:/", "runs:/")):
+            # Only the MLflow kind ever unpickles; consent given elsewhere would be a misread config.
+            raise error(ConfigError, f"config key '{p}trust_pickle'",
+                        f"is true but checkpoint {self.checkpoint!r} is not an MLflow URI (models:/... or "
+                        "runs:/...); only an MLflow model can need unpickling: remove the key")
         if not 0 <= self.overlap < 1:
             raise error(ConfigError, f"config key '{p}overlap'", expected(self.overlap, "a number in [0, 1)"))
         if any(a not in (-1, -2) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
@@ -251,9 +266,11 @@ class FusionConfig:
     weights: tuple[float, ...] | None = None
 
     def _validate(self, p: str) -> None:
-        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+        # `w >= 0` is False for NaN, so NaN fails here too; infinity would make every fused map NaN (inf / inf).
+        if self.weights is not None and (not all(math.isfinite(w) and w >= 0 for w in self.weights)
+                                         or sum(self.weights) <= 0):
             raise error(ConfigError, f"config key '{p}weights'",
-                        expected(list(self.weights), "non-negative numbers, not all zero, one per teacher"))
+                        expected(list(self.weights), "finite non-negative numbers, not all zero, one per teacher"))
         if self.rule == "weighted_mean" and self.weights is None:
             raise error(ConfigError, f"config key '{p}weights'",
                         expected(None, "a list of weights, one per teacher, for rule 'weighted_mean'"))

@@ -13,7 +13,8 @@ import numpy as np
 
 from nakt_ray.config import PreprocessConfig
 from nakt_ray.data.preprocess import Geometry, preprocess_image, preprocess_mask
-from nakt_ray.data.readers import Case, read_image, read_mask
+from nakt_ray.data.privacy import scrub
+from nakt_ray.data.readers import Case, read_image, read_mask, read_pixel_spacing
 from nakt_ray.runtime.cluster import LIGHT_CPU
 
 
@@ -22,11 +23,13 @@ def decode_batch(batch: dict[str, np.ndarray], *, preprocess: PreprocessConfig, 
                  keep_mask: bool = False) -> dict[str, np.ndarray]:
     """Read and preprocess a batch of cases.
 
-    Input columns: ``case_id``, ``image_path``, ``mask_path`` and optionally ``slice_index`` (-1 for 2D files).
-    Output columns: ``case_id``, ``source``,
+    Input columns: ``case_id``, ``image_path``, ``mask_path`` and optionally ``slice_index`` (-1 for 2D files) and
+    ``original_id`` (set for a pseudonymous case: its ``source`` is then its case id, and its error message names
+    it by that id only, see ``privacy.scrub``). Output columns: ``case_id``, ``source``,
     ``geometry`` (JSON), ``error`` ("" when ok), ``image`` float32 ``[B, C_in, H, W]``; with ``with_label`` also
     ``target`` uint8 ``[B, C, H, W]`` (one-hot x 255, the same encoding as soft labels); with ``keep_mask`` the
-    original-size mask as ``mask`` (bytes) and ``mask_shape`` ``[B, 2]`` (for evaluation at full resolution).
+    original-size mask as ``mask`` (bytes), ``mask_shape`` ``[B, 2]`` and the image's pixel size ``spacing``
+    ``[B, 2]`` in mm (NaN where the file gives none), for evaluation at full resolution.
     """
     n = len(batch["case_id"])
     c_in, (h, w) = preprocess.in_channels, preprocess.size
@@ -34,6 +37,7 @@ def decode_batch(batch: dict[str, np.ndarray], *, preprocess: PreprocessConfig, 
     targets = np.zeros((n, num_classes, h, w), dtype=np.uint8) if with_label else None
     masks = np.empty(n, dtype=object)
     mask_shapes = np.zeros((n, 2), dtype=np.int32)
+    spacings = np.full((n, 2), np.nan, dtype=np.float64)
     geometry = np.empty(n, dtype=object)
     errors = np.empty(n, dtype=object)
     for i in range(n):
@@ -58,14 +62,22 @@ def decode_batch(batch: dict[str, np.ndarray], *, preprocess: PreprocessConfig, 
                     targets[i] = (np.eye(num_classes, dtype=np.uint8)[label] * 255).transpose(2, 0, 1)
                 if keep_mask:
                     masks[i], mask_shapes[i] = mask.tobytes(), mask.shape
+                    spacings[i] = read_pixel_spacing(path, slice_index) or (np.nan, np.nan)
         except Exception as err:  # noqa: BLE001 - any failure of one case is recorded, the run goes on
             errors[i] = f"decode: {type(err).__name__}: {err}"
-    out = {"case_id": np.asarray(batch["case_id"], dtype=object), "source": np.asarray(batch["image_path"], dtype=object),
+    sources = np.asarray(batch["image_path"], dtype=object).copy()
+    for i, original in enumerate(batch.get("original_id", ())):
+        if original:  # a pseudonymous case: nothing that leaves here names its files
+            case_id = str(batch["case_id"][i])
+            sources[i] = case_id
+            errors[i] = scrub(errors[i], case_id, str(original), str(batch["image_path"][i]),
+                              str(batch["mask_path"][i] or ""))
+    out = {"case_id": np.asarray(batch["case_id"], dtype=object), "source": sources,
            "geometry": geometry, "error": errors, "image": images}
     if with_label:
         out["target"] = targets
     if keep_mask:
-        out["mask"], out["mask_shape"] = masks, mask_shapes
+        out["mask"], out["mask_shape"], out["spacing"] = masks, mask_shapes, spacings
     return out
 
 
@@ -79,7 +91,8 @@ def cases_dataset(cases: list[Case], rows_per_block: int = 16):
 
     # slice_index -1 means "a 2D file" (a Ray column must have one type).
     items = [{"case_id": c.case_id, "image_path": c.image_path, "mask_path": c.mask_path or "",
-              "slice_index": -1 if c.slice_index is None else c.slice_index} for c in cases]
+              "slice_index": -1 if c.slice_index is None else c.slice_index,
+              "original_id": c.original_id or ""} for c in cases]
     # from_items would make 200 blocks by default (measured: 200 tiny Parquet files at ~11 images/s); one block
     # per few batches streams well.
     return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), -(-len(items) // rows_per_block))))
@@ -111,9 +124,10 @@ def split_errors(ds) -> tuple[Any, list[dict[str, str]]]:
 
 def labeled_split(cfg: Any, folder: str, batch_size: int) -> tuple[Any, list[dict[str, str]], int]:
     """Decode a labeled folder for training: (dataset of good cases, failed cases, number of cases listed)."""
+    from nakt_ray.data.privacy import cases_for
     from nakt_ray.data.readers import list_cases
 
-    cases = list_cases(folder, require_masks=True, mask_suffix=cfg.data.mask_suffix)
+    cases = cases_for(list_cases(folder, require_masks=True, mask_suffix=cfg.data.mask_suffix), cfg.data.pseudonymize)
     ds = labeled_dataset(cases, cfg.preprocess, cfg.data.num_classes, cfg.data.mask_values, batch_size=batch_size)
     good, failed = split_errors(ds)
     if len(failed) == len(cases):

@@ -51,6 +51,14 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".
 _DICOM_EXTENSIONS = (".dcm", ".dicom")
 _NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# The only DICOM attributes read: what decoding pixels and their values needs. Patient and study attributes
+# (PatientName, PatientID, ...) are never loaded, so no patient identifier can reach an output or a log.
+_DICOM_TAGS = ("SOPClassUID", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+               "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames",
+               "RescaleSlope", "RescaleIntercept", "PerFrameFunctionalGroupsSequence",
+               "SharedFunctionalGroupsSequence", "ExtendedOffsetTable", "ExtendedOffsetTableLengths",
+               *_PIXEL_DATA_KEYWORDS)
+_DICOM_SPACING_TAGS = ("PixelSpacing", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
 
 
 @dataclass(frozen=True)
@@ -58,13 +66,16 @@ class Case:
     """One image (and its mask, if any) of a folder source.
 
     ``slice_index`` is the slice (NIfTI third axis) or frame (multi-frame DICOM) of a volume that this case is,
-    read from both ``image_path`` and ``mask_path``; ``None`` for a 2D file.
+    read from both ``image_path`` and ``mask_path``; ``None`` for a 2D file. ``original_id`` is set when
+    ``case_id`` is a pseudonym (``privacy.pseudonymize``): what leaves the input then names the case by its
+    pseudonym only.
     """
 
     case_id: str
     image_path: str
     mask_path: str | None = None
     slice_index: int | None = None
+    original_id: str | None = None
 
 
 def _extension(path: str | Path) -> str | None:
@@ -100,7 +111,8 @@ def _slice_count(path: Path) -> int | None:
             shape = _nifti_shape(_nibabel().load(str(path)).shape, str(path))
             return shape[2] if len(shape) == 3 else 1
         if ext in _DICOM_EXTENSIONS:
-            return _dicom_frames(_pydicom().dcmread(str(path), stop_before_pixels=True))
+            return _dicom_frames(_pydicom().dcmread(str(path), stop_before_pixels=True,
+                                                    specific_tags=["NumberOfFrames"]))
     except Exception:  # noqa: BLE001 - reported by the reader, per case, with the reason
         return None
     return 1
@@ -282,7 +294,7 @@ def _read_dicom(path: str, slice_index: int | None, invert_monochrome1: bool) ->
     pydicom = _pydicom()
     try:
         # Defer large values (the pixel data) so a multi-frame file is not read whole for each of its slices.
-        ds = pydicom.dcmread(path, defer_size="256 KB")
+        ds = pydicom.dcmread(path, defer_size="256 KB", specific_tags=list(_DICOM_TAGS))
     except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, OSError...: all mean "not DICOM"
         raise DataError(f"cannot read DICOM file {path!r}: not a valid DICOM file ({type(err).__name__}: {err}); "
                         "expected a DICOM Part 10 file with a 'DICM' header") from None
@@ -398,8 +410,8 @@ def read_mask(path: str, num_classes: int, mask_values: tuple[int, ...] | None =
     NIfTI and DICOM labels stored as real numbers are rounded; a value that is not a whole number is an error.
 
     With ``mask_values`` each listed pixel value maps to its class; any other value is an error. Without it, a
-    binary task (2 classes) maps every non-zero pixel to 1 (so 0/1 and 0/255 masks both work) and a multi-class
-    task expects the class index in each pixel.
+    multi-class task expects the class index in each pixel, and a binary task (2 classes) takes masks whose
+    values are 0/1 or 0/255 (see :func:`_binary_mask` for JPEG noise; any other value is an error).
     """
     arr = _read_array(path, slice_index, invert_monochrome1=False)
     if _extension(path) in _NIFTI_EXTENSIONS + _DICOM_EXTENSIONS:
@@ -421,9 +433,67 @@ def read_mask(path: str, num_classes: int, mask_values: tuple[int, ...] | None =
                             f"{list(mask_values)}")
         return out
     if num_classes == 2:
-        return (arr > 0).astype(np.uint8)
+        return _binary_mask(arr, path)
     if arr.max() >= num_classes or arr.min() < 0:
         bad = np.unique(arr[(arr >= num_classes) | (arr < 0)])[:10].tolist()
         raise DataError(f"mask file {path!r} holds pixel values {bad}, but there are {num_classes} classes "
                         f"(values 0..{num_classes - 1}); set data.mask_values to map pixel values to classes")
     return arr.astype(np.uint8)
+
+
+# Binary masks saved as JPEG: lossy compression leaves values near 0 and 255 (and ramps at edges), never exact ones.
+_LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+
+
+def _binary_mask(arr: np.ndarray, path: str) -> np.ndarray:
+    """A 2-class mask without ``mask_values`` as class indices, by the rule of README "Data" (decision 48).
+
+    Values within {0, 1} or within {0, 255}: as stored (non-zero is foreground). A JPEG file (lossy) whose largest
+    value is at least 128 is a 0/255 mask with compression noise: thresholded at 128, with a warning naming the
+    file. Anything else ({0, 1, 2}, {0, 128, 255}, a 0/1 JPEG) is an error naming the file and the values found:
+    thresholding it silently would turn a third class or a soft mask into foreground.
+    """
+    values = np.unique(arr)
+    if set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}:
+        return (arr > 0).astype(np.uint8)
+    if _extension(path) in _LOSSY_EXTENSIONS and arr.min() >= 0 and arr.max() >= 128:
+        import warnings
+
+        noisy = float(np.mean((arr != 0) & (arr != 255)))
+        warnings.warn(f"mask file {path!r} is a JPEG with values other than 0 and 255 ({noisy:.1%} of its pixels, "
+                      "compression noise); thresholded at 128. Save masks as PNG to keep them exact",
+                      UserWarning, stacklevel=3)
+        return (arr >= 128).astype(np.uint8)
+    shown = values[:10].tolist() + (["..."] if len(values) > 10 else [])
+    raise DataError(f"mask file {path!r} holds pixel values {shown}; a 2-class mask must hold 0/1 or 0/255 "
+                    "(or set data.mask_values to the pixel value of each class, e.g. [0, 2], or give one label per "
+                    "class if the mask holds more classes)")
+
+
+def read_pixel_spacing(path: str, slice_index: int | None = None) -> tuple[float, float] | None:
+    """The physical size of a pixel of the image ``read_image(path, slice_index)`` returns, ``(rows, columns)``
+    in mm, from the file's header; ``None`` where the format has none (PNG, JPEG, TIFF, BMP) or the header does not
+    say. NIfTI: the voxel sizes of the first two stored axes (the image's rows and columns, see Orientation);
+    DICOM: ``PixelSpacing`` (top level, else the frame's or the shared functional group's ``PixelMeasures``).
+    Reads the header only."""
+    ext = _extension(path)
+    try:
+        if ext in _NIFTI_EXTENSIONS:
+            zooms = _nibabel().load(path).header.get_zooms()
+            spacing = (float(zooms[0]), float(zooms[1])) if len(zooms) >= 2 else None
+        elif ext in _DICOM_EXTENSIONS:
+            ds = _pydicom().dcmread(path, stop_before_pixels=True, specific_tags=list(_DICOM_SPACING_TAGS))
+            value = ds.get("PixelSpacing")
+            for keyword, i in (("PerFrameFunctionalGroupsSequence", slice_index or 0),
+                               ("SharedFunctionalGroupsSequence", 0)):
+                groups = ds.get(keyword)
+                if value is None and groups and len(groups) > i and groups[i].get("PixelMeasuresSequence"):
+                    value = groups[i].PixelMeasuresSequence[0].get("PixelSpacing")
+            spacing = (float(value[0]), float(value[1])) if value is not None and len(value) == 2 else None
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - a header that cannot be read gives no spacing; read_image reports the file
+        return None
+    if spacing is None or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        return None
+    return spacing

@@ -8,14 +8,26 @@
 5. evaluate every teacher, the teachers' ensemble and the student on the test set; load the registered
    student back from the Model Registry and segment a test image with it.
 
-Full: ~8 min on 2 CPU cores (96x96 model input, 8 epochs per model). ``--smoke``: the same path with tiny data and one epoch (< 2 min).
+Full: see ``DEMO_TIME`` (96x96 model input, 8 epochs per model); ``--smoke``: the same path with tiny data and
+one epoch. A run directory is the demo's own: it writes ``MARKER`` there first, and a later demo on the same
+directory replaces what an earlier one wrote (a folder without the marker is never touched).
 """
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
 from nakt_ray import config
+from nakt_ray.runtime import console
+from nakt_ray.runtime.console import say
+
+# Wall time of the whole demo on 2 otherwise idle cores, measured 2026-12-06 (process start to exit): `nakt demo`
+# 228 s, `nakt demo --smoke` 37 s. A machine busy with other work takes longer: 577 s and 85 s at a load of 6-9
+# and ~2. README.md quotes the same figures and `nakt demo --help` shows them (tests/test_cli.py checks that).
+DEMO_TIME = {False: "about 4 min on 2 idle CPU cores", True: "about 40 s on 2 idle CPU cores"}
+MARKER = ".nakt-demo"  # "this folder is a demo's run directory": a rerun may replace its contents
 
 TEACHERS = (  # (name, architecture, site): different families on different sites
     ("unet_a", "unet", "site_a"),
@@ -55,15 +67,44 @@ class _Progress:
 
     def __call__(self, message: str) -> None:
         self.step += 1
-        print(f"\n[nakt demo {self.step}/{self.total} | {time.perf_counter() - self.t0:6.1f} s] {message}", flush=True)
+        say(f"\n[nakt demo {self.step}/{self.total} | {time.perf_counter() - self.t0:6.1f} s] {message}")
+
+
+def prepare_run_dir(run_dir: str | Path, smoke: bool) -> Path:
+    """Make ``run_dir`` the demo's: new, empty, or an earlier demo's (it holds ``MARKER``), whose contents are
+    removed. Any other non-empty folder is refused, untouched. Writes the marker first, so that even an
+    interrupted demo's folder is replaced by the next one."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"demo run directory {str(path)!r} is a file; pass another --run-dir")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / MARKER).is_file():
+            raise FileExistsError(f"demo run directory {str(path)!r} is not empty and was not written by nakt demo "
+                                  f"(no {MARKER} file); remove it or pass another --run-dir")
+        for entry in path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text(json.dumps({"written_by": "nakt demo", "smoke": smoke,
+                                           "started": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    return path
 
 
 def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
-    """Run the demo end to end; returns the evaluation report plus paths. Prints progress and the table."""
+    """Run the demo end to end; returns the evaluation report plus paths. Prints progress and the table.
+
+    ``run_dir`` (default ``runs/demo``, ``runs/smoke`` with ``smoke``) is replaced if an earlier demo wrote it
+    (:func:`prepare_run_dir`). Under ``nakt demo`` Ray's output goes to ``<run_dir>/logs/ray.log`` unless
+    ``--verbose``."""
     run_dir = run_dir or ("runs/smoke" if smoke else "runs/demo")
-    if Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        raise FileExistsError(f"demo run directory {run_dir!r} is not empty; remove it or pass --run-dir")
+    replaced = (Path(run_dir) / MARKER).is_file()
+    prepare_run_dir(run_dir, smoke)
+    console.divert(Path(run_dir) / "logs")
     cfg, sizes = demo_config(run_dir, smoke)
+    say(f"nakt demo{' --smoke' if smoke else ''}: the whole flow on synthetic data, {DEMO_TIME[smoke]} (measured); "
+        f"everything goes to {run_dir}" + (" (the earlier demo's output there was replaced)" if replaced else ""))
     progress = _Progress(6)
     t0 = time.perf_counter()
 
@@ -75,12 +116,10 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
         synthetic.write_folder(data / site, sizes["site"], site, seed=100 + i)
     synthetic.write_folder(data / "transferal", sizes["transferal"], "mixed", seed=200)
     # The transferal set is unlabeled: nothing downstream may read its masks, so none are kept.
-    import shutil
-
     shutil.rmtree(data / "transferal" / "masks", ignore_errors=True)
     synthetic.write_folder(data / "test", sizes["test"], "mixed", seed=300)
     config.dump(cfg, Path(run_dir) / "run.yaml")
-    print(f"  data in {data}; run config written to {Path(run_dir) / 'run.yaml'}")
+    say(f"  data in {data}; run config written to {Path(run_dir) / 'run.yaml'}")
 
     from nakt_ray import tracking
     from nakt_ray.annotation.pipeline import annotate
@@ -95,7 +134,7 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     for t in cfg.teachers:
         ts = time.perf_counter()
         path = train_teacher(cfg, t)
-        print(f"  teacher {t.name}: {path} ({time.perf_counter() - ts:.1f} s)", flush=True)
+        say(f"  teacher {t.name}: {path} ({time.perf_counter() - ts:.1f} s)")
 
     progress("annotating the transferal set with Ray Data (one actor pool per teacher), fusing by the mean")
     with tracking.stage_run(cfg, "annotate"):
@@ -103,12 +142,12 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
 
         summary = annotate(cfg)
         mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s")})
-    print(f"  {summary['cases_read']} cases read, {summary['annotated']} annotated, {summary['failed']} failed "
+    say(f"  {summary['cases_read']} cases read, {summary['annotated']} annotated, {summary['failed']} failed "
           f"-> {summary['output']}")
 
     progress(f"distilling a {cfg.student.arch} student with Ray Train and registering it in MLflow")
     student = train_student(cfg)
-    print(f"  student: {student['model_path']} -> {student['model_uri']} (version {student['version']})")
+    say(f"  student: {student['model_path']} -> {student['model_uri']} (version {student['version']})")
 
     progress("evaluating teachers, their ensemble and the student on the held-out test set")
     models = {t.name: str(cfg.teacher_checkpoint(t)) for t in cfg.teachers}
@@ -126,29 +165,33 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     overlay = segment_with_registered(cfg, student["model_uri"], Path(run_dir) / "evaluation")
 
     wall = time.perf_counter() - t0
-    print("\n" + report["table"])
-    print(f"\nDemo finished in {wall:.1f} s.")
-    print(f"  MLflow store:        {tracking.tracking_uri(cfg)}  (mlflow ui --backend-store-uri <that>)")
-    print(f"  Parquet annotations: {summary['output']}")
-    print(f"  Registered student:  {student['model_uri']} (version {student['version']})")
-    print(f"  Segmentation:        {overlay}")
+    say("\n" + report["table"])
+    say(f"\nDemo finished in {wall:.1f} s ({wall / 60:.1f} min; expected {DEMO_TIME[smoke]}).")
+    say(f"  MLflow store:        {tracking.tracking_uri(cfg)}  (mlflow ui --backend-store-uri <that>)")
+    say(f"  Parquet annotations: {summary['output']}")
+    say(f"  Registered student:  {student['model_uri']} (version {student['version']})")
+    say(f"  Segmentation:        {overlay}")
+    if console.diverted():
+        say(f"  Ray's own output:    {console.log_path()}")
     return {**report, "wall_s": wall, "student": student, "annotations": summary, "overlay": str(overlay)}
 
 
 def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path) -> Path:
-    """Load ``model_uri`` with ``mlflow.pytorch.load_model``, segment the first test image, write an overlay."""
-    import mlflow
+    """Load ``model_uri`` (nakt's MLflow flavor, no unpickling), segment the first test image, write an overlay."""
     import torch
     from PIL import Image
 
     from nakt_ray import tracking
     from nakt_ray.data.preprocess import preprocess_image, restore
+    from nakt_ray.data.privacy import cases_for
     from nakt_ray.data.readers import list_cases, read_image
     from nakt_ray.inference.predict import overlay
+    from nakt_ray.models.mlflow_format import load_registered
 
     tracking.setup(cfg)
-    model = mlflow.pytorch.load_model(model_uri, map_location="cpu").eval()
-    case = list_cases(cfg.data.test, require_masks=True)[0]
+    model, _ = load_registered(model_uri)
+    model.eval()
+    case = cases_for(list_cases(cfg.data.test, require_masks=True), cfg.data.pseudonymize)[0]
     image = read_image(case.image_path, case.slice_index)
     x, geom = preprocess_image(image, cfg.preprocess)
     with torch.no_grad():

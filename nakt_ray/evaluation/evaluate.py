@@ -1,44 +1,53 @@
-"""Evaluation: Dice and IoU of models (and of the teachers' ensemble) on a labeled set, at original resolution.
+"""Evaluation: Dice, IoU, HD95 and NSD of models (and of the teachers' ensemble) on a labeled set, at original
+resolution, per class and as the mean over foreground classes, with bootstrap CIs.
 
 The same Ray Data path as annotation: decode (keeping the original mask) -> the actor pools of
 :mod:`nakt_ray.annotation.pools` (``annotate.pools`` decides the layout) -> a metrics task that maps each model's
 probabilities back to the original image size (``preprocess.restore``), takes the argmax, and scores it against the
-original mask. Written as Markdown and JSON (plus per-case CSV).
+original mask. Written as Markdown and JSON (plus per-case CSV) by :mod:`nakt_ray.evaluation.report`.
 
 A model named like one of the run's teachers is scored as that teacher annotates: with its inference options
 (sliding window, TTA flips, AMP) and its pool's resources (``pools.teacher_ref``).
+
+Distances (HD95, the NSD tolerance) are in mm when every image's header gives its pixel size (NIfTI, DICOM:
+``readers.read_pixel_spacing``; ``units: mm``), else in pixels of the original image for all (``units: px``).
 """
 from __future__ import annotations
 
-import csv
-import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation.pools import TeacherRef, add_teacher_pools, check_teachers, teacher_ref
+from nakt_ray.evaluation.report import METRICS, UNITS, summarize, tables, write
 
 if TYPE_CHECKING:
     from nakt_ray.config import RunConfig
 
 ENSEMBLE = "teachers_ensemble"
+_MLFLOW_UNSAFE = re.compile(r"[^\w./ -]")
 
 
 def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: list[str],
-                num_classes: int) -> dict[str, np.ndarray]:
-    """Per-case foreground Dice and IoU of each model (and of the mean of ``ensemble``'s probabilities)."""
+                num_classes: int, nsd_tolerance: float = 2.0, in_mm: bool = False) -> dict[str, np.ndarray]:
+    """Per-case scores of each model (and of the mean of ``ensemble``'s probabilities): for every metric of
+    :data:`~nakt_ray.evaluation.report.METRICS`, ``<metric>__<model>`` ``[B]`` (mean over foreground classes, an
+    undefined HD95 left out) and ``<metric>_class__<model>`` ``[B, C]`` (per class; background NaN for HD95/NSD).
+    HD95 and the NSD tolerance in pixels of the original image, or in mm with ``in_mm`` (each case's ``spacing``)."""
     from nakt_ray.data.datasets import geometry_of
     from nakt_ray.data.preprocess import restore
-    from nakt_ray.metrics import dice_per_class, foreground_mean, iou_per_class
+    from nakt_ray.metrics import class_scores, foreground_nanmean
 
     n = len(batch["case_id"])
     names = models + ([ENSEMBLE] if ensemble else [])
     out: dict[str, Any] = {"case_id": batch["case_id"], "error": batch["error"]}
     for name in names:
-        out[f"dice__{name}"] = np.full(n, np.nan, dtype=np.float64)
-        out[f"iou__{name}"] = np.full(n, np.nan, dtype=np.float64)
+        for m in METRICS:
+            out[f"{m}__{name}"] = np.full(n, np.nan, dtype=np.float64)
+            out[f"{m}_class__{name}"] = np.full((n, num_classes), np.nan, dtype=np.float64)
     for i in range(n):
         if batch["error"][i] != "":
             continue
@@ -49,9 +58,50 @@ def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: li
             probs[ENSEMBLE] = np.mean([probs[m] for m in ensemble], axis=0)
         for name, p in probs.items():
             pred = restore(p, geom).argmax(0).astype(np.uint8)
-            out[f"dice__{name}"][i] = foreground_mean(dice_per_class(pred, mask, num_classes))
-            out[f"iou__{name}"][i] = foreground_mean(iou_per_class(pred, mask, num_classes))
+            spacing = tuple(float(s) for s in batch["spacing"][i]) if in_mm else None
+            for m, per_class in class_scores(pred, mask, num_classes, nsd_tolerance, spacing).items():
+                out[f"{m}_class__{name}"][i] = per_class
+                out[f"{m}__{name}"][i] = foreground_nanmean(per_class)
     return out
+
+
+def model_label(source: str) -> str:
+    """The name a model source gets in the tables when none is given (``--model SOURCE`` without ``NAME=``):
+    ``models:/NAME@ALIAS`` -> ``NAME@ALIAS``, ``models:/NAME/3`` -> ``NAME/3``, ``runs:/RUN_ID/PATH`` ->
+    ``RUN_ID``, a file -> its folder's name (``run/teachers/t1/model.pt`` -> ``t1``), or its stem when it has
+    no folder (``model.pt`` -> ``model``)."""
+    for scheme in ("models:/", "runs:/"):
+        if source.startswith(scheme):
+            rest = source[len(scheme):].strip("/")
+            label = rest if scheme == "models:/" else rest.split("/")[0]
+            if label:
+                return label
+    path = PurePosixPath(re.sub(r"^[a-z][\w+.-]*://", "", source).rstrip("/"))  # s3://bucket/a/model.pt
+    return path.parent.name or path.stem or source
+
+
+def models_from_args(items: list[str]) -> dict[str, str]:
+    """``--model [NAME=]SOURCE`` values as ``{name: source}``; a source without a name gets
+    :func:`model_label`. Two models with one name would overwrite each other's row: refused (ValueError)."""
+    models: dict[str, str] = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not sep or not name or "/" in name or ":" in name:  # "=" inside a path or URI, not after a name
+            name, source = "", item
+        name = name or model_label(source)
+        if name in models:
+            raise ValueError(f"--model {item!r}: the name {name!r} is already given to --model {models[name]!r}; "
+                             "name them apart with NAME=SOURCE")
+        models[name] = source
+    return models
+
+
+def mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's means as MLflow metrics ``<metric>.<model>`` (undefined ones left out). MLflow accepts only
+    letters, digits and ``_ - . / space`` in a name, so other characters (the ``@`` of ``NAME@ALIAS``) become
+    ``_``."""
+    return {f"{m}.{_MLFLOW_UNSAFE.sub('_', name)}": float(r[m]) for name, r in report["models"].items()
+            for m in METRICS if np.isfinite(r[m])}
 
 
 def model_refs(cfg: RunConfig, models: dict[str, str], batch_size: int = 8) -> list[TeacherRef]:
@@ -64,16 +114,21 @@ def model_refs(cfg: RunConfig, models: dict[str, str], batch_size: int = 8) -> l
 
 
 def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | Path,
-             ensemble: list[str] | None = None, batch_size: int = 8) -> dict[str, Any]:
+             ensemble: list[str] | None = None, batch_size: int = 8, seed: int = 0, nsd_tolerance: float = 2.0,
+             n_boot: int = 1000) -> dict[str, Any]:
     """Score ``models`` (name -> any teacher source: model file or MLflow URI) on the labeled folder ``data``;
-    writes ``evaluation.{md,json}`` and ``evaluation_cases.csv`` (per-case Dice) into ``out_dir``.
+    writes ``evaluation.{md,json}`` and ``evaluation_cases.csv`` (per-case scores) into ``out_dir``, replacing
+    those three files if there (the CLI refuses a non-empty folder first: ``report.check_output``).
 
-    Models named like the run's teachers run with those teachers' settings (:func:`model_refs`). Returns
-    ``{"models": {name: {"dice", "dice_ci", "iou", "n"}}, "failed": [...], "table": markdown}``.
+    Models named like the run's teachers run with those teachers' settings (:func:`model_refs`). ``seed`` is the
+    bootstrap's: the same inputs give the same report, byte for byte. ``nsd_tolerance`` in mm when every image's
+    header gives its pixel size (NIfTI, DICOM; ``units: mm``), else in pixels (``units: px``). Returns the
+    JSON report (``models``: see :func:`~nakt_ray.evaluation.report.summarize`; ``failed``; ``units``;
+    ``nsd_tolerance``; ``bootstrap``) plus ``table`` (the summary Markdown) and ``files``.
     """
     from nakt_ray.data.datasets import cases_dataset, decode_batch
-    from nakt_ray.data.readers import list_cases
-    from nakt_ray.metrics import bootstrap_ci
+    from nakt_ray.data.privacy import cases_for
+    from nakt_ray.data.readers import list_cases, read_pixel_spacing
     from nakt_ray.tracking import tracking_uri
 
     pre = cfg.preprocess
@@ -81,7 +136,9 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
     refs = model_refs(cfg, models, batch_size)
     uri = tracking_uri(cfg)
     check_teachers(refs, num_classes, pre.in_channels, uri)  # fail fast, by name, before any actor starts
-    cases = list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix)
+    cases = cases_for(list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix), cfg.data.pseudonymize)
+    # Distances in mm when every image's header gives its pixel size (NIfTI, DICOM), else in pixels for all.
+    in_mm = all(read_pixel_spacing(c.image_path, c.slice_index) is not None for c in cases)
     ds = cases_dataset(cases, rows_per_block=batch_size)
     ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.25,
                         fn_kwargs=dict(preprocess=pre, num_classes=num_classes, mask_values=cfg.data.mask_values,
@@ -89,35 +146,19 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
     ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri, pools=cfg.annotate.pools,
                            shared_actors=cfg.annotate.shared_actors)
     ds = ds.map_batches(score_batch, batch_size=batch_size, num_cpus=0.25,
-                        fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes))
+                        fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes,
+                                       nsd_tolerance=nsd_tolerance, in_mm=in_mm))
     rows = ds.take_all()
 
     names = list(models) + ([ENSEMBLE] if ensemble else [])
+    labels = list(cfg.data.labels)
     ok = [r for r in rows if r["error"] == ""]
-    failed = [{"case_id": r["case_id"], "reason": r["error"]} for r in rows if r["error"] != ""]
-    results = {}
-    for name in names:
-        dice = np.array([r[f"dice__{name}"] for r in ok])
-        iou = np.array([r[f"iou__{name}"] for r in ok])
-        mean, lo, hi = bootstrap_ci(dice) if len(dice) else (float("nan"),) * 3
-        results[name] = {"dice": float(mean), "dice_ci": [float(lo), float(hi)],
-                         "iou": float(iou.mean()) if len(iou) else float("nan"), "n": len(dice)}
-    lines = [f"Evaluation on {data} ({len(ok)} cases{f', {len(failed)} failed' if failed else ''}); "
-             "foreground Dice / IoU at original resolution, 95% bootstrap CI", "",
-             "| model | Dice | 95% CI | IoU |", "|---|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['dice']:.4f} | {r['dice_ci'][0]:.4f}-{r['dice_ci'][1]:.4f} | {r['iou']:.4f} |")
-    table = "\n".join(lines)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.md").write_text(table + "\n")
-    report = {"data": str(data), "models": results, "ensemble_of": ensemble or [], "failed": failed,
-              "model_files": {k: str(v) for k, v in models.items()}}
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
-    with open(out_dir / "evaluation_cases.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case_id", *(f"dice__{n}" for n in names)])
-        for r in sorted(ok, key=lambda r: r["case_id"]):
-            writer.writerow([r["case_id"], *(f"{r[f'dice__{n}']:.5f}" for n in names)])
-    return {**report, "table": table}
+    failed = sorted(({"case_id": str(r["case_id"]), "reason": str(r["error"])} for r in rows if r["error"] != ""),
+                    key=lambda f: f["case_id"])
+    report = {"data": str(data), "cases": len(ok), "units": "mm" if in_mm else UNITS,
+              "nsd_tolerance": float(nsd_tolerance),
+              "bootstrap": {"resamples": n_boot, "alpha": 0.05, "seed": seed}, "labels": labels,
+              "models": summarize(ok, names, labels, seed=seed, n_boot=n_boot), "ensemble_of": ensemble or [],
+              "failed": failed, "model_files": {k: str(v) for k, v in models.items()}}
+    files = write(out_dir, report, ok, names, labels)
+    return {**report, "table": tables(report)[0], "files": files}

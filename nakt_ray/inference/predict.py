@@ -82,7 +82,8 @@ def _check_device(device: str) -> str:
 
 def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Path, batch_size: int = 8,
                    overlays: bool = True, device: str = "cpu",
-                   progress: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int, int, int], None] | None = None,
+                   pseudonymize: bool = False) -> dict[str, Any]:
     """Segment every case under ``images_dir`` with the model at ``source``; write masks, overlays and a report.
 
     Args:
@@ -93,6 +94,8 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
         overlays: also write the overlay PNGs.
         device: ``cpu`` or ``cuda``.
         progress: called after each batch with (cases done, cases in total, cases failed so far).
+        pseudonymize: name every case by a keyed hash of its id (file names, ``predictions.json``), with the key
+            from the environment (``nakt_ray/data/privacy.py``).
 
     Returns:
         The ``predictions.json`` content: ``{"model", "images", "output", "mask_encoding", "preprocess",
@@ -111,6 +114,7 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
     from nakt_ray.config import PreprocessConfig
     from nakt_ray.data.datasets import decode_batch, geometry_of
     from nakt_ray.data.preprocess import restore
+    from nakt_ray.data.privacy import cases_for
     from nakt_ray.data.readers import list_cases, read_image
     from nakt_ray.teachers.registry import load_teacher
 
@@ -125,7 +129,7 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
     if pre is None:
         pre = PreprocessConfig(size=teacher.input_size, in_channels=teacher.in_channels)
     scale = mask_scale(teacher.num_classes)
-    cases = list_cases(images_dir)
+    cases = cases_for(list_cases(images_dir), pseudonymize)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -137,7 +141,8 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
         batch = {"case_id": np.array([c.case_id for c in chunk], dtype=object),
                  "image_path": np.array([c.image_path for c in chunk], dtype=object),
                  "mask_path": np.array([""] * len(chunk), dtype=object),
-                 "slice_index": np.array([-1 if c.slice_index is None else c.slice_index for c in chunk])}
+                 "slice_index": np.array([-1 if c.slice_index is None else c.slice_index for c in chunk]),
+                 "original_id": np.array([c.original_id or "" for c in chunk], dtype=object)}
         decoded = decode_batch(batch, preprocess=pre, num_classes=teacher.num_classes)
         reasons = [str(e) for e in decoded["error"]]
         ok = [i for i, r in enumerate(reasons) if not r]
@@ -151,7 +156,7 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
                     reasons[i] = f"predict: {type(err).__name__}: {err}"
         # 4. Back to the original size; write the mask and the overlay.
         for i, case in enumerate(chunk):
-            record: dict[str, Any] = {"case_id": case.case_id, "source": case.image_path}
+            record: dict[str, Any] = {"case_id": case.case_id, "source": str(decoded["source"][i])}
             if case.slice_index is not None:
                 record["slice_index"] = case.slice_index
             if not reasons[i] and probs is not None:

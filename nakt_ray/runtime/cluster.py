@@ -6,6 +6,7 @@ import os
 import warnings
 
 from nakt_ray.config import RayConfig
+from nakt_ray.runtime import console
 
 # Every Ray worker process runs this before it unpickles anything: it installs an import hook (importing nothing),
 # so a worker that meets a timm model (or imports timm itself) can import torchvision where the PyPI CUDA build does
@@ -53,6 +54,9 @@ def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
         kwargs.pop("num_gpus")
     kwargs.update(overrides)
     ray.init(**kwargs)
+    # Under a `nakt` command Ray's output (its loggers, C++ logs, workers' output forwarded by log_to_driver) goes
+    # to <run_dir>/logs/ray.log unless --verbose (nakt_ray/runtime/console.py); say there where Ray's own logs are.
+    console.note_ray_session()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("NAKT_PROGRESS", "1") != "0"
     ctx.print_on_execution_start = False

@@ -4,15 +4,18 @@ Network-agnostic knowledge transfer only needs each teacher's *output*, so a tea
 image ``[B, C_in, H, W]`` to per-pixel class scores ``[B, K, H, W]``, from wherever it comes. Each form is a *kind*
 (``nakt_ray/teachers/kinds/``) registered here with::
 
-    register_teacher_source(kind, detect, load, expects, priority=0, resolve=None)
+    register_teacher_source(kind, detect, load, expects, priority=0, resolve=None, takes_trust_pickle=False)
 
 ``detect(source) -> bool`` says cheaply whether a source is the kind's own; ``load(name, source, device)``
 returns a :class:`~nakt_ray.teachers.inference.RawTeacher`; ``expects`` is one line saying what such a source
 looks like. :func:`load_teacher` asks the kinds in order, higher ``priority`` first and equal priorities in the
 order they were registered, and loads with the first that accepts; when none does, the error lists every kind and
-what it expects. The built-in kinds, in that order: ``mlflow`` (``models:/``, ``runs:/``), ``onnx``,
-``torchscript``, ``teacher_yaml`` (a YAML whose ``file:`` names the model; recorded as the kind of that file) and,
-asked last (priority -1) because it takes any other existing file, ``nakt``.
+what it expects. A kind that can only load some sources by unpickling them (``mlflow``: a model someone logged
+with ``mlflow.pytorch``) registers with ``takes_trust_pickle=True`` and gets the teacher's ``trust_pickle``
+(``load(name, source, device, trust_pickle=...)``); while it is false the kind must refuse such a source. The
+built-in kinds, in that order: ``mlflow`` (``models:/``, ``runs:/``), ``onnx``, ``torchscript``, ``teacher_yaml``
+(a YAML whose ``file:`` names the model; recorded as the kind of that file) and, asked last (priority -1) because
+it takes any other existing file, ``nakt``.
 
 Errors: anything wrong while loading (no kind reads the source, a missing or unreadable file, a bad description,
 a probe output that cannot be used) is a :class:`TeacherLoadError`; a prediction that cannot be used later is a
@@ -50,8 +53,9 @@ Resolve = Callable[[str, str], str]
 @dataclass(frozen=True)
 class TeacherSource:
     """A registered kind: ``detect(source)``, ``load(name, source, device)``, the ``expects`` line, its
-    ``priority`` (higher is asked first) and an optional ``resolve(name, source)`` giving the kind a source is
-    recorded as when that differs from ``kind`` (a teacher YAML runs as the kind of the file it names)."""
+    ``priority`` (higher is asked first), an optional ``resolve(name, source)`` giving the kind a source is
+    recorded as when that differs from ``kind`` (a teacher YAML runs as the kind of the file it names), and
+    ``takes_trust_pickle``: ``load`` takes the keyword ``trust_pickle`` (the teacher's consent to unpickling)."""
 
     kind: str
     detect: Detect
@@ -59,13 +63,14 @@ class TeacherSource:
     expects: str
     priority: int = 0
     resolve: Resolve | None = None
+    takes_trust_pickle: bool = False
 
 
 _SOURCES: dict[str, TeacherSource] = {}  # kind -> source, in registration order
 
 
 def register_teacher_source(kind: str, detect: Detect, load: Load, expects: str, *, priority: int = 0,
-                            resolve: Resolve | None = None) -> None:
+                            resolve: Resolve | None = None, takes_trust_pickle: bool = False) -> None:
     """Register a teacher source kind (see the module docstring).
 
     Raises:
@@ -79,7 +84,7 @@ def register_teacher_source(kind: str, detect: Detect, load: Load, expects: str,
     if not isinstance(expects, str) or not expects:
         raise ValueError(f"teacher source kind {kind!r}: expects must say what its sources look like, got "
                          f"{expects!r}")
-    _SOURCES[kind] = TeacherSource(kind, detect, load, expects, priority, resolve)
+    _SOURCES[kind] = TeacherSource(kind, detect, load, expects, priority, resolve, takes_trust_pickle)
 
 
 def unregister_teacher_source(kind: str) -> TeacherSource:
@@ -144,28 +149,36 @@ def source_kind(source: str | os.PathLike[str], name: str = "?") -> str:
 
 
 def load_teacher(name: str, source: str | os.PathLike[str], device: str | torch.device = "cpu",
-                 options: InferenceOptions | None = None) -> LoadedTeacher:
+                 options: InferenceOptions | None = None, *, trust_pickle: bool = False) -> LoadedTeacher:
     """Load teacher ``name`` from ``source`` (a path or URI of any registered kind) onto ``device``.
+
+    ``trust_pickle`` (a teacher's ``trust_pickle: true``) lets a kind that takes it load a source by unpickling
+    it, which runs whatever code the pickle names; by default such a source is refused (README, "Untrusted
+    models").
 
     The teacher is probed once (a zero image and a random batch at its ``input_size``) before it is returned.
 
     Raises:
-        TeacherLoadError: no kind reads the source, a missing or unreadable file or MLflow model, a missing or
-            invalid description, or a probe output with the wrong class count or spatial size, NaN / inf, or
-            logits declared as probabilities. The message names the teacher and the source.
+        TeacherLoadError: no kind reads the source, a missing or unreadable file or MLflow model, a pickled
+            MLflow model without ``trust_pickle``, a missing or invalid description, or a probe output with the
+            wrong class count or spatial size, NaN / inf, or logits declared as probabilities. The message names
+            the teacher and the source.
     """
     src = str(source)
     entry = _source_for(name, src)
     kind = _kind_of(entry, name, src)
     device = torch.device(device)
-    teacher = LoadedTeacher(name, src, kind, entry.load(name, src, device), device, options or InferenceOptions())
+    trust = {"trust_pickle": bool(trust_pickle)} if entry.takes_trust_pickle else {}
+    raw = entry.load(name, src, device, **trust)
+    teacher = LoadedTeacher(name, src, kind, raw, device, options or InferenceOptions())
     teacher.probe()
     return teacher
 
 
 def _register_built_in_kinds() -> None:
     # The order of these lines is the order the kinds are asked (nakt last, by priority: it takes any file).
-    register_teacher_source(mlflow_model.KIND, mlflow_model.detect, mlflow_model.load, mlflow_model.EXPECTS)
+    register_teacher_source(mlflow_model.KIND, mlflow_model.detect, mlflow_model.load, mlflow_model.EXPECTS,
+                            takes_trust_pickle=True)
     register_teacher_source(onnx.KIND, onnx.detect, onnx.load, onnx.EXPECTS)
     register_teacher_source(torchscript.KIND, torchscript.detect, torchscript.load, torchscript.EXPECTS)
     register_teacher_source(described_yaml.KIND, described_yaml.detect, described_yaml.load, described_yaml.EXPECTS,

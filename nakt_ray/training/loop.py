@@ -63,6 +63,12 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[s
     return {k: float(v.detach()) for k, v in parts.items()}
 
 
+def train_metric(part: str) -> str:
+    """The MLflow name of a loss part of ``losses.segmentation_loss``: ``train_loss`` for the total, else
+    ``train_<part>_loss`` (``train_dice_loss`` is 1 - soft Dice, a loss; ``val_dice`` is the Dice score)."""
+    return "train_loss" if part == "loss" else f"train_{part}_loss"
+
+
 def validate(model: torch.nn.Module, batches: Any, num_classes: int, tc: TrainingConfig,
              amp_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Mean per-case ``val_dice``, ``val_iou`` (and ``val_hd95``, ``val_nsd`` if configured) over ``batches``."""
@@ -161,7 +167,7 @@ def train_loop(config: dict[str, Any]) -> None:
             steps, samples = steps + 1, samples + batch["image"].shape[0]
         sched.step()
         epoch_s = time.perf_counter() - t0
-        metrics: dict[str, float] = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+        metrics: dict[str, float] = {train_metric(k): v / max(steps, 1) for k, v in sums.items()}
         metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"], epoch_s=epoch_s, data_wait_s=wait,
                        samples_per_s=samples * world / max(epoch_s, 1e-9))
 

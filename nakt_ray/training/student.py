@@ -9,6 +9,7 @@ from typing import Any
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.config import RunConfig
+from nakt_ray.errors import DataError, error
 from nakt_ray.runtime import storage
 from nakt_ray.tracking import (
     TAG_ANNOTATION_FINGERPRINT,
@@ -52,9 +53,20 @@ def lineage_tags(manifest: dict[str, Any], annotations_dir: str | Path, rule: st
     }
 
 
-def _ok_rows(annotations_dir: str | Path) -> int:
-    table = ann.read_table(annotations_dir, columns=["status"])
-    return int(sum(1 for s in table.column("status").to_pylist() if s == "ok"))
+def check_usable(annotations_dir: str | Path) -> int:
+    """The number of usable (``status == "ok"``) rows of an annotation set; raises ``DataError`` when there are
+    none (every case failed, or no rows at all): training on it would run zero steps and register an untrained
+    student. Reads only the ``status`` column, in the driver, so it runs before Ray starts or a run opens."""
+    try:
+        statuses = ann.read_table(annotations_dir, columns=["status"]).column("status").to_pylist()
+    except FileNotFoundError:  # a manifest without Parquet files: an empty set
+        statuses = []
+    ok = sum(1 for s in statuses if s == "ok")
+    if not ok:
+        raise error(DataError, f"annotation set {str(annotations_dir)!r}",
+                    f"has no usable rows: {len(statuses) - ok} of {len(statuses)} rows have status 'error' (their "
+                    f"reasons: {storage.join(annotations_dir, 'errors.json')}); nothing to train a student on")
+    return ok
 
 
 def _run_state_file(out_path: Path) -> Path:
@@ -133,13 +145,14 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
 def register_student(model_path: str | Path, spec: Any, registered_name: str, alias: str,
                      tags: dict[str, str]) -> tuple[str, str]:
     """Log the model file ``model_path`` to the active MLflow run and register it with ``alias`` and ``tags``
-    (plus its architecture). Returns ``(model_uri, version)``."""
-    from nakt_ray import tracking
+    (plus its architecture), in nakt's MLflow flavor (it loads without unpickling). Returns ``(model_uri,
+    version)``."""
+    from nakt_ray.models.mlflow_format import log_and_register_model
     from nakt_ray.models.model_file import load_model
 
     model, _ = load_model(model_path)
     tags = {**tags, TAG_ARCH: spec.arch, TAG_ARCH_ARGS: json.dumps(spec.arch_args)}
-    return tracking.log_and_register_model(model, spec, registered_name, alias, tags)
+    return log_and_register_model(model, spec, registered_name, alias, tags)
 
 
 def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bool = False, *,
@@ -175,13 +188,13 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
                          f"{len(manifest['teachers'])} teachers")
     needs_re_fusion = manifest["fusion"] != {"rule": rule, "weights": weights}
     label = run_name or f"student-{cfg.student.name}"
+    cases = check_usable(src)  # before Ray starts and before an MLflow run opens: nothing is left behind
     state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
     init_ray(cfg.ray)
     tc = cfg.training
     train_ds = annotation_dataset(str(src), rule=rule if needs_re_fusion else None, weights=weights,
                                   batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True,
                                   seed=tc.seed)
-    cases = _ok_rows(src)
     if cases * decoded_row_bytes(manifest) <= tc.cache_mb * 2**20:
         # Small enough to hold: decode and re-fuse once, not every epoch (STAPLE: ~4 s an epoch for 178 HC18 cases).
         train_ds = train_ds.materialize()

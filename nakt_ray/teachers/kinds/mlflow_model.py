@@ -1,22 +1,34 @@
 """The ``mlflow`` kind: a PyTorch model in MLflow (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
 ``models:/NAME/latest``, ``runs:/RUN_ID/PATH``), resolved against the current tracking URI.
 
+How the weights are read depends on the model's flavor (its ``MLmodel``, read first, as YAML):
+
+- ``nakt`` (every student nakt-ray registers; nakt_ray/models/mlflow_format.py): only the nakt model file is
+  downloaded and read with ``torch.load(weights_only=True)``; no code from the registry runs.
+- anything else (``pytorch``: a model logged with ``mlflow.pytorch.log_model``) can only be loaded by unpickling
+  it, which runs whatever code the pickle names: whoever can log a model or move an alias could run code in this
+  process (on a cluster, the Ray head). It is refused with a :class:`TeacherLoadError` unless the teacher says
+  ``trust_pickle: true``; then it is loaded with ``mlflow.pytorch.load_model`` and a warning.
+
 What the model is comes from the ``nakt.*`` tags (``nakt_ray.tracking.DESCRIPTION_TAGS``) on the model version,
-over those on the run that logged it; what they leave out comes from the logged signature (input channels and
-size, ``[-1, C, H, W]``) and a probe (class count; logits or probabilities). ``details["inferred"]`` lists what
-was not declared.
+over those on the run that logged it, over (``nakt`` flavor) the model file's own spec; what they leave out comes
+from the logged signature (input channels and size, ``[-1, C, H, W]``) and a probe (class count; logits or
+probabilities). ``details["inferred"]`` lists what was not declared; ``details["flavor"]`` says how it was read.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from nakt_ray.config import ConfigError
-from nakt_ray.errors import TeacherLoadError, error
+from nakt_ray.errors import CheckpointError, TeacherLoadError, error
+from nakt_ray.models import mlflow_format
+from nakt_ray.models.mlflow_format import FLAVOR
 from nakt_ray.teachers.description import build_description, teacher_where
 from nakt_ray.teachers.inference import PROB_TOLERANCE, RawTeacher, looks_like_probabilities
 from nakt_ray.tracking import DESCRIPTION_TAGS, TAG_IN_CHANNELS, TAG_INPUT_SIZE, TAG_LABELS, TAG_OUTPUTS, TAG_PREPROCESS
@@ -97,8 +109,43 @@ def _signature_shape(uri: str) -> tuple[int, ...] | None:
     return tuple(int(s) for s in shape) if shape is not None and len(shape) == 4 else None
 
 
-def load(name: str, source: str, device: torch.device) -> RawTeacher:
-    """The logged torch module on ``device``, described by tags, signature and probe (in that order)."""
+def _refusal(name: str, flavors: list[str]) -> str:
+    """Why a model without the nakt flavor is not loaded, and the ways out."""
+    return (f"is an MLflow model with flavors {flavors}, not nakt's own {FLAVOR!r} flavor: loading it means "
+            "unpickling it (mlflow.pytorch.load_model), which runs any code the pickle names, so whoever can log a "
+            "model or move an alias in this registry could run code here. Register it through nakt (nakt "
+            "train-student, or save it as a nakt model file), export it to ONNX or TorchScript with a description "
+            f"YAML, or, if you trust everyone who can write to this registry, set trust_pickle: true on teacher "
+            f"{name!r} in the run config (nakt predict, nakt export and a nakt evaluate --model that is not a "
+            "configured teacher never unpickle)")
+
+
+def _load_module(name: str, source: str, device: torch.device, trust_pickle: bool
+                 ) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """``(module, description data from the model file's spec, flavor read)``; see the module docstring."""
+    import mlflow
+
+    entry, flavors = mlflow_format.flavor_config(source)
+    if entry is not None:
+        model, spec = mlflow_format.load_registered(source, device, entry)
+        data = {"labels": list(spec.labels), "in_channels": spec.in_channels,
+                "input_size": list(spec.preprocess.size), "outputs": "logits",
+                "preprocess": spec.to_dict()["preprocess"]}
+        return model, data, FLAVOR
+    if not trust_pickle:
+        raise error(TeacherLoadError, teacher_where(name, source), _refusal(name, flavors))
+    warnings.warn(f"teacher {name!r} ({source}): unpickling an MLflow model with flavors {flavors} because the "
+                  "teacher says trust_pickle: true; the pickle can run any code", UserWarning, stacklevel=4)
+    model = mlflow.pytorch.load_model(source, map_location=device)
+    if not isinstance(model, torch.nn.Module):
+        raise error(TeacherLoadError, teacher_where(name, source),
+                    f"mlflow.pytorch.load_model returned {type(model).__name__}, not a torch module")
+    return model, {}, "pytorch (pickle, trusted)"
+
+
+def load(name: str, source: str, device: torch.device, trust_pickle: bool = False) -> RawTeacher:
+    """The logged torch module on ``device``, described by tags, the model file, the signature and a probe (in
+    that order). ``trust_pickle``: a model without the ``nakt`` flavor may be unpickled (else it is refused)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -106,16 +153,15 @@ def load(name: str, source: str, device: torch.device) -> RawTeacher:
     tracking = mlflow.get_tracking_uri()
     try:
         tags, details = _target(name, source, MlflowClient())
-        model = mlflow.pytorch.load_model(source, map_location=device)
+        model, data, flavor = _load_module(name, source, device, trust_pickle)
     except TeacherLoadError:
         raise
+    except CheckpointError as err:  # a nakt flavor whose entry or model file is unusable
+        raise error(TeacherLoadError, where, f"{err} (tracking URI {tracking})") from None
     except Exception as err:  # noqa: BLE001 - MLflow raises many types (missing model, store errors)
         raise error(TeacherLoadError, where, f"cannot be loaded from MLflow (tracking URI {tracking}): {err}") from None
-    if not isinstance(model, torch.nn.Module):
-        raise error(TeacherLoadError, where, f"mlflow.pytorch.load_model returned {type(model).__name__}, not a torch "
-                                             "module")
     model = model.to(device).eval()
-    data = _parse_tags(name, source, tags)
+    data.update(_parse_tags(name, source, tags))
     inferred: list[str] = []
 
     # 1. Input size and channels: tags, else the logged signature ([-1, C, H, W]).
@@ -162,7 +208,7 @@ def load(name: str, source: str, device: torch.device) -> RawTeacher:
         raise error(TeacherLoadError, where, f"description from MLflow tags ({', '.join(DESCRIPTION_TAGS.values())}): "
                                              f"{err}") from None
     resolved = details.pop("resolved")
-    details.update(tracking_uri=tracking, inferred=inferred,
+    details.update(tracking_uri=tracking, inferred=inferred, flavor=flavor,
                    tags={k: v for k, v in tags.items() if k in DESCRIPTION_TAGS.values()})
     # No file to hash: the URI and what it resolved to (registered version and run) identify the weights.
     fp = hashlib.sha256(f"{source}|{resolved}".encode()).hexdigest()[:16]
