@@ -1,6 +1,7 @@
 """Shared fixtures: one Ray instance per session (2 CPUs, fractional resources everywhere), tiny data and models."""
 from __future__ import annotations
 
+import json as _json
 import os
 from pathlib import Path
 
@@ -130,3 +131,18 @@ def _no_leaked_tracking_uri():
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
+
+def committed_checkpoint(storage: Path) -> bool:
+    """Whether Ray Train has recorded a checkpoint in a run's snapshot, which is what a resumed run restores from.
+
+    A checkpoint folder appears in storage before the controller records it (its next poll of the workers); a
+    driver or worker killed in between leaves nothing to resume from, and the resumed run (or restarted worker
+    group) rightly starts at epoch 0 (seen in CI: with tiny epochs a second epoch was logged inside that window).
+    """
+    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if _json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):  # being written
+            continue
+    return False

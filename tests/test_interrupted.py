@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_UNET, make_scripted_teacher, tiny_raw_config
+from conftest import TINY_UNET, committed_checkpoint, make_scripted_teacher, tiny_raw_config
 
 # two driver processes per test, each starting Ray: minutes on a loaded 2-core machine
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
@@ -39,22 +39,6 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240.0) -> None:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray instance, as a crash or `kill -9` would
     proc.wait(timeout=30)
-
-
-def _committed_checkpoint(storage: Path) -> bool:
-    """Whether Ray Train has recorded a checkpoint in a run's snapshot, which is what a resumed run restores from.
-
-    A checkpoint folder appears in storage before the controller records it (its next poll of the workers); a
-    driver killed in between leaves nothing to resume from, and the resumed run rightly starts at epoch 0 (seen
-    in CI: with tiny epochs a second epoch was logged inside that window).
-    """
-    for snapshot in storage.glob("*/checkpoint_manager_snapshot.json"):
-        try:
-            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
-                return True
-        except (OSError, ValueError):  # being written
-            continue
-    return False
 
 
 def _finish(args: list[str], cwd: Path) -> str:
@@ -108,7 +92,7 @@ def test_killed_training_driver_resumes_into_the_same_mlflow_run(annotated, tmp_
     storage = tmp_path / "run" / "ray_train"
 
     proc = _start(["train-student", "--config", str(cfg)], tmp_path)
-    _kill_when(proc, lambda: _committed_checkpoint(storage))
+    _kill_when(proc, lambda: committed_checkpoint(storage))
     state = json.loads((tmp_path / "run" / "student" / "s" / "train_run.json").read_text())
     assert state["finished"] is False and state["mlflow_run_id"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET, corrupt_copy
+from conftest import TINY_UNET, committed_checkpoint, corrupt_copy
 
 from nakt_ray import config
 
@@ -126,10 +126,6 @@ def _kill_when(predicate, action, timeout: float = 240.0) -> threading.Thread:
     return t
 
 
-def _checkpoints(storage: Path) -> list[Path]:
-    return sorted(storage.glob("*/checkpoint_*")) if storage.exists() else []
-
-
 def _actor_pids(class_name: str) -> list[int]:
     """PIDs of live Ray actor processes of ``class_name`` started by this test process's Ray instance (their
     process title is ``ray::<Class>...``; the state API needs the dashboard, which the tests do not start)."""
@@ -173,7 +169,8 @@ def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_pa
             killed.append(workers[-1])
 
     storage = Path(cfg.run_dir) / "ray_train"
-    _kill_when(lambda: len(_checkpoints(storage)) >= 1, kill_a_worker)
+    # killed once Ray Train has recorded a checkpoint: a group restarted before that rightly starts at epoch 0
+    _kill_when(lambda: committed_checkpoint(storage), kill_a_worker)
     result = train_student(cfg)
     assert killed, "the test did not kill a worker"
     assert result["metrics"]["epoch"] == 2 and result["model_uri"].endswith(f"@{cfg.tracking.alias}")
