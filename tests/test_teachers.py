@@ -507,3 +507,68 @@ def test_flip_tta(tmp_path, batch):
     expected = 0.5 * (softmax_of(plain_model, batch) + softmax_of(plain_model, batch.flip(-1)).flip(-1))
     torch.testing.assert_close(augmented, expected, atol=1e-5, rtol=0)
     assert (augmented - load_teacher("p", plain).predict(batch)).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Volumes: 3D teachers, and 2D teachers slice by slice
+
+
+class ConvNet3d(nn.Module):
+    """Two 3x3x3 convolutions: fully convolutional in 3D."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv3d(1, 4, 3, padding=1)
+        self.b = nn.Conv3d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_3d_teacher_sliding_window_and_tta_over_depth(tmp_path):
+    model = ConvNet3d()
+    source = str(write_scripted(tmp_path, model, description(input_size=[16, 16, 16])))
+    x = torch.randn(1, 1, 24, 32, 28, generator=torch.Generator().manual_seed(1))
+    sw = load_teacher("v", source, options=InferenceOptions(sliding_window=True, overlap=0.5))
+    assert sw.spatial_dims == 3 and sw.input_size == (16, 16, 16)
+    windowed = sw.predict(x)
+    assert windowed.shape == (1, 2, 24, 32, 28)
+    direct = softmax_of(model, x)
+    # In 3D a larger share of voxels lies near a window face (zero padding instead of neighbours).
+    diff = (windowed - direct)[..., 2:-2, 2:-2, 2:-2].abs()
+    assert diff.mean() < 5e-3 and diff.max() < 0.15
+    resampled = load_teacher("r", source).predict(x)  # trilinear to 16^3 and back
+    assert resampled.shape == (1, 2, 24, 32, 28) and (resampled - direct).abs().mean() > 3 * diff.mean()
+    tta = load_teacher("t", source, options=InferenceOptions(sliding_window=True, overlap=0.5, tta_flips=(-3,)))
+    expected = 0.5 * (windowed + sw.predict(x.flip(-3)).flip(-3))
+    torch.testing.assert_close(tta.predict(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"inputs must be \[B, 1, D, H, W\]"):
+        sw.predict(x[:, :, 0])
+
+
+def test_2d_teacher_predicts_a_volume_slice_by_slice_along_its_axis(tmp_path):
+    model = ConvNet()
+    source = str(write_scripted(tmp_path, model, description()))
+    x = torch.randn(2, 1, 5, 32, 32, generator=torch.Generator().manual_seed(3))
+    axial = load_teacher("a", source).predict(x)
+    assert axial.shape == (2, 2, 5, 32, 32)
+    for k in range(5):
+        torch.testing.assert_close(axial[:, :, k], softmax_of(model, x[:, :, k]), atol=1e-5, rtol=0)
+    y = torch.randn(1, 1, 32, 3, 32, generator=torch.Generator().manual_seed(4))
+    coronal = load_teacher("c", source, options=InferenceOptions(slice_axis=1)).predict(y)
+    for k in range(3):
+        torch.testing.assert_close(coronal[:, :, :, k], softmax_of(model, y[:, :, :, k]), atol=1e-5, rtol=0)
+    with pytest.raises(TeacherLoadError, match="flips the depth axis .* but this is a 2D model"):
+        load_teacher("f", source, options=InferenceOptions(tta_flips=(-3,)))
+
+
+def test_3d_description_is_validated(tmp_path):
+    with pytest.raises(TeacherLoadError, match="input_size"):
+        load_teacher("x", str(write_scripted(tmp_path / "a", ConvNet3d(), description(input_size=[16, 16, 16, 16]))))
+    bad = description(input_size=[16, 16, 16], volume={"spacing": [2, 2, 2], "patch_size": [32, 32, 32]})
+    with pytest.raises(TeacherLoadError, match="volume.patch_size"):
+        load_teacher("x", str(write_scripted(tmp_path / "b", ConvNet3d(), bad)))
+    good = description(input_size=[16, 16, 16], volume={"spacing": [2, 2, 2]})
+    teacher = load_teacher("x", str(write_scripted(tmp_path / "c", ConvNet3d(), good)))
+    assert teacher.volume.patch_size == (16, 16, 16) and teacher.describe()["volume"]["spacing"] == [2.0, 2.0, 2.0]

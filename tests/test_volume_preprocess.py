@@ -191,7 +191,7 @@ def test_ct_is_clipped_to_the_dataset_percentiles_and_z_scored_with_its_statisti
 
 
 def test_ct_without_dataset_statistics_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"config key 'preprocess\.ct_stats': got None; expected the dataset's CT "
+    with pytest.raises(ConfigError, match=r"config key 'volume\.ct_stats': got None; expected the dataset's CT "
                                           r"statistics.*ct_statistics"):
         preprocess_volume(np.ones(OBLIQUE.shape, np.float32), OBLIQUE, VolumePreprocessConfig(modality="ct"))
 
@@ -223,7 +223,7 @@ def test_ct_statistics_follow_nnunet_foreground_sampling():
     foreground = np.concatenate([image[mask > 0] for image, mask in cases])
     assert stats["p_low"] == pytest.approx(np.percentile(foreground, 0.5), abs=2.0)
     assert stats["p_high"] == pytest.approx(np.percentile(foreground, 99.5), abs=2.0)
-    CTStatistics(**stats)._validate("preprocess.ct_stats.")                # fits the config as it is
+    CTStatistics(**stats)._validate("volume.ct_stats.")                # fits the config as it is
     by_rule = ct_statistics([c[0] for c in cases], foreground=lambda im: im > -500)
     assert by_rule["mean"] == pytest.approx(stats["mean"], abs=0.5)
     assert ct_statistics(cases, seed=3) != stats and ct_statistics(cases) == stats   # sampled, and seeded

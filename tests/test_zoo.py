@@ -1,4 +1,5 @@
-"""Tests for nakt_ray.zoo: every architecture builds and runs forward/backward at tiny sizes; bad input fails loudly."""
+"""Tests for nakt_ray.zoo: every architecture builds and runs forward/backward at tiny sizes, in 2D and (where it can)
+in 3D; bad input fails loudly."""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nakt_ray import zoo
+from nakt_ray.errors import ConfigError
 from nakt_ray.zoo import (
     UnknownArchitectureError,
     check_arch_args,
@@ -20,18 +22,33 @@ from nakt_ray.zoo import (
     describe,
     list_architectures,
     register_architecture,
+    spatial_dims_of,
+    volume_architectures,
 )
 
-ARCHITECTURES = ["attention_unet", "basic_unet", "segresnet", "swin_unetr", "timm_unet", "unet"]
+ARCHITECTURES = ["attention_unet", "basic_unet", "dynunet", "segresnet", "swin_unetr", "timm_unet", "unet"]
+VOLUME_ARCHITECTURES = ["attention_unet", "basic_unet", "dynunet", "segresnet", "swin_unetr", "unet"]
 
 # The knobs each architecture promises to expose (configs and searches rely on these names).
 EXPOSED_ARGS = {
-    "unet": {"channels", "strides", "num_res_units", "dropout"},
-    "attention_unet": {"channels", "strides", "dropout"},
-    "segresnet": {"init_filters", "blocks_down", "blocks_up", "dropout_prob"},
-    "basic_unet": {"features", "dropout"},
-    "swin_unetr": {"feature_size", "depths", "num_heads"},
-    "timm_unet": {"encoder", "decoder_channels"},
+    "unet": {"channels", "strides", "num_res_units", "dropout", "spatial_dims"},
+    "attention_unet": {"channels", "strides", "dropout", "spatial_dims"},
+    "segresnet": {"init_filters", "blocks_down", "blocks_up", "dropout_prob", "spatial_dims"},
+    "basic_unet": {"features", "dropout", "spatial_dims"},
+    "swin_unetr": {"feature_size", "depths", "num_heads", "spatial_dims"},
+    "dynunet": {"filters", "res_block", "dropout", "spatial_dims"},
+    "timm_unet": {"encoder", "decoder_channels", "spatial_dims"},
+}
+
+# Parameter counts of the default 2D builds (in_channels=1, num_classes=2), measured before spatial_dims existed:
+# adding it must leave every existing 2D config building exactly the same network.
+PARAMS_2D = {
+    "attention_unet": 493_990,
+    "basic_unet": 495_922,
+    "segresnet": 1_576_402,
+    "swin_unetr": 1_590_128,
+    "timm_unet": 12_449_954,
+    "unet": 205_521,
 }
 
 # name, in_channels, num_classes, (H, W), arch_args. Batch 2 throughout: batch norm needs > 1 value per channel.
@@ -47,6 +64,8 @@ FORWARD_CASES = [
     ("basic_unet", 3, 3, (32, 32), {}),
     ("swin_unetr", 1, 2, (64, 64), {}),
     ("swin_unetr", 3, 4, (64, 64), {}),
+    ("dynunet", 1, 2, (32, 32), {}),
+    ("dynunet", 3, 3, (16, 16), {"filters": [8, 16, 32], "res_block": True}),
     ("timm_unet", 1, 2, (64, 64), {"encoder": "resnet18"}),
     ("timm_unet", 3, 4, (64, 64), {"encoder": "efficientnet_b0"}),
     ("timm_unet", 1, 3, (64, 64), {"encoder": "convnext_atto"}),
@@ -81,6 +100,13 @@ def test_forward_backward(name, in_channels, num_classes, spatial_size, arch_arg
 
 def test_list_architectures_is_sorted_and_complete():
     assert list_architectures() == ARCHITECTURES
+    assert volume_architectures() == VOLUME_ARCHITECTURES
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_2D))
+def test_2d_builds_are_unchanged_by_spatial_dims(name):
+    assert count_parameters(create_model(name, 1, 2, (64, 64))) == PARAMS_2D[name]
+    assert count_parameters(create_model(name, 1, 2, (64, 64), spatial_dims=2)) == PARAMS_2D[name]
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -152,8 +178,15 @@ def test_check_arch_args_rejects_pretrained_for_timm_unet():
         ("swin_unetr", (48, 48), {}, "multiples of 32"),
         ("swin_unetr", (32, 32), {}, "at least 64"),
         ("timm_unet", (100, 96), {}, "multiples of 32"),
+        ("dynunet", (8, 8), {}, "at least 16"),
+        ("dynunet", (36, 36), {}, "multiples of 8"),
+        ("unet", (16, 60, 64), {"spatial_dims": 3}, "D, H and W must be multiples of 8"),
+        ("unet", (8, 16, 16), {"spatial_dims": 3}, "at least 16"),
+        ("swin_unetr", (32, 64, 64), {"spatial_dims": 3}, "at least 64"),
+        ("dynunet", (16, 16, 8), {"spatial_dims": 3}, "at least 16"),
         ("unet", (0, 64), {}, "two positive ints"),
         ("unet", (64,), {}, "two positive ints"),
+        ("unet", (64, 64, 64, 64), {}, "two positive ints \\(H, W\\) or three \\(D, H, W\\)"),
         ("unet", (64.0, 64.0), {}, "two positive ints"),
     ],
 )
@@ -168,6 +201,8 @@ def test_good_spatial_sizes_pass():
     check_spatial_size("unet", (64, 128))
     check_spatial_size("segresnet", (8, 8))
     check_spatial_size("swin_unetr", [64, 96])
+    check_spatial_size("unet", (16, 32, 48), {"spatial_dims": 3})
+    check_spatial_size("dynunet", [32, 64, 64], {"spatial_dims": 3})
 
 
 @pytest.mark.parametrize(
@@ -180,6 +215,7 @@ def test_good_spatial_sizes_pass():
         ("swin_unetr", {"feature_size": 16}, "multiple of 12"),
         ("swin_unetr", {"num_heads": [5, 6, 12, 24]}, "not divisible by num_heads 5"),
         ("timm_unet", {"decoder_channels": [32, 16]}, "decoder_channels needs 4 entries"),
+        ("dynunet", {"filters": [8, 16]}, "at least 3 levels"),
     ],
 )
 def test_bad_arch_arg_values(name, arch_args, expected):
@@ -255,3 +291,150 @@ def test_importing_zoo_does_not_import_monai_or_timm():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=repo_root
     )
     assert out.stdout.strip() == "[]"
+
+
+# --- volumes: spatial_dims=3 -------------------------------------------------------------------------------------
+
+# name, (D, H, W) at the architecture's minimum valid size for these arch_args, small arch_args. One volume, eval
+# mode: each forward takes well under 2 s on 2 cores (docs: /work/shared/docs/PLATFORM_NOTES.md, "Volumes").
+VOLUME_CASES = [
+    ("unet", (16, 16, 16), {"channels": [8, 16, 32, 64]}),
+    ("attention_unet", (16, 16, 16), {"channels": [8, 16, 32, 64]}),
+    ("segresnet", (8, 8, 8), {"init_filters": 8}),
+    ("basic_unet", (32, 32, 32), {"features": [8, 8, 16, 32, 64, 8]}),
+    ("swin_unetr", (64, 64, 64), {"feature_size": 12, "depths": [1, 1, 1, 1]}),  # 1/32 must still be 2 a side
+    ("dynunet", (16, 16, 16), {"filters": [8, 16, 32, 64]}),
+    ("dynunet", (8, 8, 8), {"filters": [8, 16, 32], "res_block": True}),
+]
+
+
+def test_volume_cases_cover_every_volume_architecture():
+    assert sorted({c[0] for c in VOLUME_CASES}) == VOLUME_ARCHITECTURES
+
+
+@pytest.mark.parametrize(("name", "spatial_size", "arch_args"), VOLUME_CASES,
+                         ids=[f"{c[0]}-{c[1][0]}cubed-{i}" for i, c in enumerate(VOLUME_CASES)])
+def test_volume_forward(name, spatial_size, arch_args):
+    torch.manual_seed(0)
+    model = create_model(name, 1, 3, spatial_size, spatial_dims=3, **arch_args).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 1, *spatial_size))
+
+    assert logits.shape == (1, 3, *spatial_size)
+    assert torch.isfinite(logits).all()
+    # the size given is the smallest the architecture takes: half of it is refused
+    with pytest.raises(ValueError, match="D, H and W must be|at least"):
+        check_spatial_size(name, tuple(s // 2 for s in spatial_size), {"spatial_dims": 3, **arch_args})
+
+
+@pytest.mark.parametrize("spatial_size", [(16, 16), (16, 16, 16)])
+def test_dynunet_returns_one_tensor_in_training_too(spatial_size):
+    # Deep supervision off: MONAI's DynUNet would otherwise stack the heads into [B, heads, K, ...] in train mode.
+    model = create_model("dynunet", 1, 2, spatial_size, spatial_dims=len(spatial_size), filters=[8, 16, 32])
+    x = torch.randn(2, 1, *spatial_size)
+    train_out = model.train()(x)
+    assert isinstance(train_out, torch.Tensor) and train_out.shape == (2, 2, *spatial_size)
+    train_out.sum().backward()
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2, *spatial_size)
+
+
+@pytest.mark.parametrize(
+    ("name", "spatial_size", "arch_args", "expected"),
+    [
+        ("unet", (64, 64, 64), {},
+         ("spatial_size (64, 64, 64) has 3 axes but unet is built with spatial_dims=2; "
+          "set arch_args.spatial_dims: 3 for volumes")),
+        ("dynunet", (64, 64), {"spatial_dims": 3},
+         "spatial_size (64, 64) has 2 axes but dynunet is built with spatial_dims=3; give (D, H, W) for volumes"),
+        ("swin_unetr", [64, 64], {"spatial_dims": 3}, "has 2 axes but swin_unetr is built with spatial_dims=3"),
+        ("timm_unet", (64, 64, 64), {},
+         ("has 3 axes but timm_unet is built with spatial_dims=2; timm_unet is 2D only; the zoo's architectures "
+          "that take spatial_dims: 3 are attention_unet, basic_unet, dynunet, segresnet, swin_unetr, unet")),
+    ],
+)
+def test_spatial_size_axes_must_match_spatial_dims(name, spatial_size, arch_args, expected):
+    for call in (lambda: check_spatial_size(name, spatial_size, arch_args),
+                 lambda: create_model(name, 1, 2, spatial_size, **arch_args)):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert type(info.value) is ValueError  # callers (config, search) catch ValueError
+        assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("name", VOLUME_ARCHITECTURES)
+@pytest.mark.parametrize("bad", [1, 4, "3", True, 3.0])
+def test_bad_spatial_dims_is_a_config_error_naming_architecture_and_value(name, bad):
+    calls = [lambda: create_model(name, 1, 2, (64, 64), spatial_dims=bad),
+             lambda: check_arch_args(name, {"spatial_dims": bad}),
+             lambda: spatial_dims_of(name, {"spatial_dims": bad}),
+             lambda: zoo.registry._entry(name).builder(1, 2, spatial_dims=bad)]  # a direct call (rebuild_model)
+    for call in calls:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert f"architecture '{name}'" in str(info.value)
+        assert f"got {bad!r}; expected spatial_dims 2" in str(info.value)
+
+
+def test_timm_unet_refuses_volumes_and_names_the_architectures_that_take_them():
+    expected = ("timm encoders are 2D only; the zoo's architectures that take spatial_dims: 3 are "
+                + ", ".join(VOLUME_ARCHITECTURES))
+    calls = [lambda: create_model("timm_unet", 1, 2, (64, 64), spatial_dims=3),
+             lambda: check_arch_args("timm_unet", {"spatial_dims": 3}),  # what config validation calls
+             lambda: spatial_dims_of("timm_unet", {"spatial_dims": 3}),
+             lambda: zoo.registry._entry("timm_unet").builder(1, 2, spatial_dims=3)]
+    for call in calls:
+        with pytest.raises(ConfigError) as info:
+            call()
+        assert "architecture 'timm_unet'" in str(info.value)
+        assert expected in str(info.value)
+    assert spatial_dims_of("timm_unet", {"spatial_dims": 2}) == 2
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_spatial_dims_of(name):
+    assert spatial_dims_of(name) == 2
+    assert spatial_dims_of(name, {}) == 2
+    if name in VOLUME_ARCHITECTURES:
+        assert spatial_dims_of(name, {"spatial_dims": 3}) == 3
+        assert spatial_dims_of(name, {"spatial_dims": 2}) == 2
+
+
+def test_spatial_dims_of_checks_the_architecture_and_its_args():
+    with pytest.raises(UnknownArchitectureError):
+        spatial_dims_of("unet3d")
+    with pytest.raises(ValueError, match="does not accept"):
+        spatial_dims_of("unet", {"spatial_dim": 3})
+
+
+def test_third_party_builder_without_spatial_dims_is_2d(scratch_registry):
+    @register_architecture("tiny_conv2d")
+    def build_tiny(in_channels: int, num_classes: int, *, width: int = 4) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.Conv2d(width, num_classes, 1))
+
+    assert spatial_dims_of("tiny_conv2d", {"width": 2}) == 2
+    assert "tiny_conv2d" not in volume_architectures()
+    assert create_model("tiny_conv2d", 1, 2, (5, 7))(torch.zeros(1, 1, 5, 7)).shape == (1, 2, 5, 7)
+    with pytest.raises(ValueError, match="has 3 axes but tiny_conv2d is built with spatial_dims=2; tiny_conv2d is "
+                                         "2D only"):
+        check_spatial_size("tiny_conv2d", (8, 8, 8))
+    with pytest.raises(ValueError, match="tiny_conv2d is 2D only: its builder takes no spatial_dims"):
+        check_arch_args("tiny_conv2d", {"spatial_dims": 3})
+
+
+def test_third_party_volume_builder_and_bad_default(scratch_registry):
+    @register_architecture("tiny_conv", size_rule=lambda args: (2, 2))
+    def build_tiny(in_channels: int, num_classes: int, *, spatial_dims: int = 2) -> nn.Module:
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        return conv(in_channels, num_classes, 1)
+
+    assert "tiny_conv" in volume_architectures()
+    model = create_model("tiny_conv", 1, 2, (2, 4, 6), spatial_dims=3)
+    assert model(torch.zeros(1, 1, 2, 4, 6)).shape == (1, 2, 2, 4, 6)
+    with pytest.raises(ValueError, match="spatial_dims defaults to 4"):
+
+        @register_architecture("tiny_conv4")
+        def build_bad(in_channels: int, num_classes: int, *, spatial_dims: int = 4) -> nn.Module:
+            return nn.Identity()
+
+    assert "tiny_conv4" not in list_architectures()

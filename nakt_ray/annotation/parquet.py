@@ -17,6 +17,16 @@ One row per transferal case (documented in ``docs/annotations.md``)::
 Arrays are raw bytes (``np.frombuffer``) so any Parquet reader can use them; shapes and dtypes are in the
 manifest (``manifest.json`` beside the files), which also records teachers, their fingerprints, the fusion and
 the schema version. Failed cases are rows with status "error", so every input case appears exactly once.
+
+A set of volumes (a 3D run) is schema version 2: its rows hold no arrays but the name of the case's zarr store
+(``annotation/volume_store.py``), whose arrays are chunked so that a patch reads only what it covers::
+
+    case_id, source, status, error   as above
+    geometry     string   JSON of volume_preprocess.VolumeTransform (maps predictions back to the original grid)
+    store        string   the case's group under stores/ ("" for a failed case)
+    shape        string   JSON [D, H, W] of the preprocessed grid
+    agreement    float    teachers' mean pairwise foreground Dice over the volume
+    entropy      float    mean normalised voxel entropy of the fused label
 """
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ from nakt_ray.runtime import storage
 from nakt_ray.runtime.cluster import LIGHT_CPU
 
 SCHEMA_VERSION = 1
+SCHEMA_VERSION_VOLUMES = 2
+SCHEMA_VERSIONS = (SCHEMA_VERSION, SCHEMA_VERSION_VOLUMES)
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 PROB_PREFIX = "prob__"
@@ -75,7 +87,8 @@ def from_bytes(column: Any, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         if raw is not None and len(raw):
             arr = np.frombuffer(raw, dtype=dtype)
             if arr.size != n:
-                raise error(DataError, f"annotation value {i}", f"holds {arr.size} values; expected shape {shape} ({n})")
+                raise error(DataError, f"annotation value {i}",
+                            f"holds {arr.size} values; expected shape {shape} ({n})")
             out[i] = arr.reshape(shape)
     return out
 
@@ -96,6 +109,17 @@ def arrow_schema(teachers: list[str], manifest: dict[str, Any]):
     fields += [("soft_label", pa.binary()), ("hard_label", pa.binary()), ("agreement", pa.float32()),
                ("entropy", pa.float32())]
     meta = {METADATA_KEY: json.dumps({"schema_version": SCHEMA_VERSION, **manifest}).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
+def arrow_schema_volumes(manifest: dict[str, Any]):
+    """The Parquet schema of an annotation set of volumes (schema version 2), carrying the manifest."""
+    import pyarrow as pa
+
+    fields = [("case_id", pa.string()), ("source", pa.string()), ("status", pa.string()), ("error", pa.string()),
+              ("geometry", pa.string()), ("store", pa.string()), ("shape", pa.string()), ("agreement", pa.float32()),
+              ("entropy", pa.float32())]
+    meta = {METADATA_KEY: json.dumps({"schema_version": SCHEMA_VERSION_VOLUMES, **manifest}).encode()}
     return pa.schema(fields, metadata=meta)
 
 
@@ -136,8 +160,8 @@ def re_fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_sh
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> str:
     """Write ``manifest.json`` into the annotation set at ``out_dir`` (a path or a URI, see ``storage``)."""
     path = storage.join(out_dir, MANIFEST)
-    storage.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2))
-    return path
+    storage.write_text(path, json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2))  # a v2 manifest
+    return path                                                                                  # names its own
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -148,9 +172,10 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"annotation set {str(out_dir)!r} has no {MANIFEST}; was it written by "
                                 "`nakt annotate`?")
     manifest = json.loads(storage.read_text(path))
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in SCHEMA_VERSIONS:
         raise error(DataError, f"annotation set {str(out_dir)!r}", f"has schema version "
-                    f"{manifest.get('schema_version')}; this nakt-ray reads version {SCHEMA_VERSION}")
+                    f"{manifest.get('schema_version')}; this nakt-ray reads versions "
+                    f"{', '.join(map(str, SCHEMA_VERSIONS))} (1: images, 2: volumes)")
     return manifest
 
 

@@ -105,6 +105,10 @@ def _earlier_summaries(out_dir: str) -> list[dict[str, Any]]:
     return [*previous.pop("earlier_runs", []), previous]
 
 
+# Rows per Parquet file of a set of volumes: a volume takes seconds to minutes, so files are written often and an
+# interrupted run loses little (a resume redoes only the cases of files not yet written).
+VOLUME_ROWS_PER_FILE = 4
+
 # The lock file of a run writing an annotation set, in the set's folder (decision 48).
 LOCK = ".nakt-annotate.lock"
 
@@ -268,19 +272,29 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
     teachers = [teacher_ref(cfg, t) for t in cfg.teachers]
     pre = cfg.preprocess
     uri = tracking_uri(cfg)
+    volumes = cfg.spatial_dims == 3  # a 3D run annotates volumes into zarr stores (annotation/volumes.py)
+    if volumes:
+        from nakt_ray.annotation.volumes import VOLUME_IN_CHANNELS, check_volume_output, volume_manifest
+        from nakt_ray.data.volume_cases import list_volume_cases
+
+        check_volume_output(out_dir)
     t_probe = time.perf_counter()
-    records = check_teachers(teachers, cfg.data.num_classes, pre.in_channels, uri)
+    records = check_teachers(teachers, cfg.data.num_classes, VOLUME_IN_CHANNELS if volumes else pre.in_channels,
+                             uri, cfg.spatial_dims)
     t_probe = time.perf_counter() - t_probe
-    cases = cases_for(list_cases(source), cfg.data.pseudonymize)
+    cases = cases_for(list_volume_cases(source) if volumes else list_cases(source), cfg.data.pseudonymize)
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
-    manifest = {
-        "transferal": str(Path(source).resolve()), "labels": list(cfg.data.labels),
-        "image_shape": [pre.in_channels, *pre.size], "image_dtype": "float16",
-        "label_shape": [cfg.data.num_classes, *pre.size], "prob_dtype": cfg.annotate.prob_dtype,
-        "prob_scale": 255 if cfg.annotate.prob_dtype == "uint8" else 1,
-        "preprocess": cfg.to_dict()["preprocess"], "teachers": records,
-        "fusion": {"rule": cfg.fusion.rule, "weights": weights},
-    }
+    if volumes:
+        manifest = volume_manifest(cfg, source, records)
+    else:
+        manifest = {
+            "transferal": str(Path(source).resolve()), "labels": list(cfg.data.labels),
+            "image_shape": [pre.in_channels, *pre.size], "image_dtype": "float16",
+            "label_shape": [cfg.data.num_classes, *pre.size], "prob_dtype": cfg.annotate.prob_dtype,
+            "prob_scale": 255 if cfg.annotate.prob_dtype == "uint8" else 1,
+            "preprocess": cfg.to_dict()["preprocess"], "teachers": records,
+            "fusion": {"rule": cfg.fusion.rule, "weights": weights},
+        }
     done, discarded = resume_state(out_dir, manifest) if resume else (set(), [])
     todo = [c for c in cases if c.case_id not in done]
     t0 = time.perf_counter()
@@ -289,18 +303,26 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
     names = [t.name for t in teachers]
     layout = pool_layout(cfg.annotate.pools)
     if todo:
-        ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
-        light = light_task_pool()
-        ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
-                            fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
-        ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
-                               cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors)
-        ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU, compute=light,
-                            fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
+        if volumes:
+            from nakt_ray.annotation.volumes import volume_dataset
+
+            ds = volume_dataset(cfg, todo, str(storage.absolute(out_dir)), teachers, uri, predictor_cls, layout)
+            schema = ann.arrow_schema_volumes(manifest)
+        else:
+            ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
+            light = light_task_pool()
+            ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
+                                compute=light, fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
+            ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
+                                   cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors)
+            ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
+                                compute=light, fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
+            schema = ann.arrow_schema(names, manifest)
         stop = None
         try:
-            ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=cfg.annotate.rows_per_file,
-                             schema=ann.arrow_schema(names, manifest), ray_remote_args={"num_cpus": LIGHT_CPU})
+            rows = min(cfg.annotate.rows_per_file, VOLUME_ROWS_PER_FILE) if volumes else cfg.annotate.rows_per_file
+            ds.write_parquet(storage.absolute(out_dir), min_rows_per_file=rows,
+                             schema=schema, ray_remote_args={"num_cpus": LIGHT_CPU})
         except Exception as err:
             stop = _teacher_stop(err)  # a teacher that failed on every case: its own message, not Ray's wrapping
             if stop is None:

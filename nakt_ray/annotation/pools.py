@@ -81,7 +81,7 @@ class TeacherRef:
 def inference_options(teacher: TeacherConfig) -> InferenceOptions:
     """The inference options of a ``config.TeacherConfig``: sliding window and its overlap, TTA flips, AMP."""
     return InferenceOptions(sliding_window=teacher.sliding_window, overlap=teacher.overlap,
-                            tta_flips=tuple(teacher.tta_flips), amp=teacher.amp)
+                            tta_flips=tuple(teacher.tta_flips), amp=teacher.amp, slice_axis=teacher.slice_axis)
 
 
 def teacher_ref(cfg: RunConfig, teacher: TeacherConfig, source: str | None = None) -> TeacherRef:
@@ -93,9 +93,14 @@ def teacher_ref(cfg: RunConfig, teacher: TeacherConfig, source: str | None = Non
                       inference_options(teacher), teacher.trust_pickle)
 
 
-def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int) -> None:
-    """Raise ``TeacherLoadError`` when a loaded teacher's classes or input channels do not fit the run."""
+def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int, spatial_dims: int = 2) -> None:
+    """Raise ``TeacherLoadError`` when a loaded teacher's classes, input channels or dimensionality do not fit the
+    run (a 2D teacher fits a 3D run: it annotates volumes slice by slice; a 3D teacher cannot annotate images)."""
     where = f"teacher {teacher.name!r} ({teacher.source})"
+    if teacher.spatial_dims > spatial_dims:
+        raise error(TeacherLoadError, where, f"is a 3D model (input_size {list(teacher.input_size)}) but the run is "
+                                             "2D; a 3D teacher annotates volumes for a 3D student "
+                                             "(student.arch_args.spatial_dims: 3)")
     if teacher.num_classes != num_classes:
         raise error(TeacherLoadError, where, f"predicts {teacher.num_classes} classes {list(teacher.labels)}, but "
                                              f"the run (and the other teachers) use {num_classes}")
@@ -126,12 +131,12 @@ class TeacherPredictor:
 
     def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1,
                  options: InferenceOptions | None = None, tracking_uri: str | None = None,
-                 prob_dtype: str = "uint8", trust_pickle: bool = False):
+                 prob_dtype: str = "uint8", trust_pickle: bool = False, spatial_dims: int = 2):
         torch.set_num_threads(num_threads)
         _use_tracking_uri(checkpoint, tracking_uri)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.teacher = load_teacher(name, checkpoint, device, options, trust_pickle=trust_pickle)
-        check_fits(self.teacher, num_classes, in_channels)
+        check_fits(self.teacher, num_classes, in_channels, spatial_dims)
         self.name = name
         self.column = ann.prob_column(name)
         self.prob_dtype = prob_dtype
@@ -273,12 +278,13 @@ def pool_layout(pools: str) -> str:
 def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int,
                       tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor,
                       prob_dtype: str = "uint8", pools: str = "per_teacher",
-                      shared_actors: int | None = None) -> Any:
+                      shared_actors: int | None = None, predictor_kwargs: dict[str, Any] | None = None) -> Any:
     """Append the teachers' actor pools to ``ds`` (the ``image``/``error`` columns of ``decode_batch``):
     one pool per teacher, or with ``pools="shared"`` one pool of :class:`EnsemblePredictor` actors
     (``shared_actors`` of them; see ``config.AnnotateConfig``). Either way every teacher's column is added.
 
-    ``predictor_cls`` is the per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection).
+    ``predictor_cls`` is the per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection,
+    or the volume predictor of ``annotation/volumes.py``); ``predictor_kwargs`` are passed to each one on top.
     """
     from ray.data import ActorPoolStrategy
 
@@ -286,7 +292,8 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
 
     def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
         return dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes, in_channels=in_channels,
-                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle)
+                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle,
+                    **(predictor_kwargs or {}))
 
     gpus = cluster_has_gpus()
     if pool_layout(pools) == "shared":
@@ -325,7 +332,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
 
 
 def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: int,
-                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
+                   tracking_uri: str | None = None, spatial_dims: int = 2) -> list[dict[str, Any]]:
     """Load and probe every teacher once in the driver (on CPU), with its inference options, before any actor
     starts: a teacher that does not fit fails here, by name, not inside an actor. Returns their lineage records
     (``LoadedTeacher.describe`` without the device, plus ``arch``)."""
@@ -333,7 +340,7 @@ def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: in
     for t in teachers:
         _use_tracking_uri(t.checkpoint, tracking_uri)
         teacher = load_teacher(t.name, t.checkpoint, "cpu", t.options, trust_pickle=t.trust_pickle)
-        check_fits(teacher, num_classes, in_channels)
+        check_fits(teacher, num_classes, in_channels, spatial_dims)
         record = teacher.describe()
         record.pop("device")
         record["arch"] = teacher.details.get("arch", teacher.kind)

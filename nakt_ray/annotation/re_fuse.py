@@ -2,7 +2,9 @@
 
 Every teacher's probability map is stored, so fusion is a cheap pass over Parquet: read, recompute
 ``soft_label``/``hard_label``/``agreement``/``entropy`` with :func:`nakt_ray.annotation.parquet.re_fuse_batch`,
-write a new set whose manifest records the new fusion and the set it came from.
+write a new set whose manifest records the new fusion and the set it came from. A set of volumes (schema version 2)
+is re-fused store by store: each case's store is copied into the new set and fused again there, slab by slab
+(:func:`re_fuse_volume_cases`), so the new set stands on its own.
 """
 from __future__ import annotations
 
@@ -39,13 +41,20 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights:
     new_manifest.update(fusion={"rule": rule, "weights": weights}, fused_from=str(src.resolve()))
     t0 = time.perf_counter()
     ds = read_parquet(ann.parquet_files(src))
-    ds = ds.map_batches(ann.re_fuse_batch, batch_size=batch_size, num_cpus=0.5,
-                        fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
-                                       weights=weights, prob_dtype=manifest["prob_dtype"]))
-    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256, schema=ann.arrow_schema(teachers, new_manifest),
+    if manifest["schema_version"] == ann.SCHEMA_VERSION_VOLUMES:
+        ds = ds.map_batches(re_fuse_volume_cases, batch_size=1, num_cpus=0.5,
+                            fn_kwargs=dict(src=str(src.resolve()), out_dir=str(out_dir.resolve()), teachers=teachers,
+                                           rule=rule, weights=weights))
+        schema = ann.arrow_schema_volumes(new_manifest)
+    else:
+        ds = ds.map_batches(ann.re_fuse_batch, batch_size=batch_size, num_cpus=0.5,
+                            fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
+                                           weights=weights, prob_dtype=manifest["prob_dtype"]))
+        schema = ann.arrow_schema(teachers, new_manifest)
+    ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256, schema=schema,
                      ray_remote_args={"num_cpus": LIGHT_CPU})
     wall = time.perf_counter() - t0
-    ann.write_manifest(out_dir, new_manifest)
+    ann.write_manifest(out_dir, {**new_manifest, "schema_version": manifest["schema_version"]})
     table = ann.read_table(out_dir, columns=["case_id", "status"]).to_pydict()
     source_ids = ann.read_table(src, columns=["case_id"]).column("case_id").to_pylist()
     if sorted(table["case_id"]) != sorted(source_ids):
@@ -57,3 +66,24 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights:
             (out_dir / name).write_text((src / name).read_text())
     (out_dir / ann.SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teachers: list[str], rule: str,
+                         weights: list[float] | None) -> dict[str, Any]:
+    """Rows of a set of volumes -> the same rows in ``out_dir``: each ok case's store copied there and fused again
+    by ``rule`` / ``weights`` (its ``agreement`` and ``entropy`` recomputed); error rows pass through."""
+    import shutil
+
+    import numpy as np
+
+    from nakt_ray.annotation import volume_store as vs
+
+    out = {k: np.asarray(v).copy() for k, v in batch.items()}
+    for i, status in enumerate(batch["status"]):
+        if status != "ok":
+            continue
+        name = str(batch["store"][i])
+        shutil.copytree(Path(src) / vs.STORES / name, Path(out_dir) / vs.STORES / name, dirs_exist_ok=True)
+        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, weights)
+        out["agreement"][i], out["entropy"][i] = figures["agreement"], figures["entropy"]
+    return out

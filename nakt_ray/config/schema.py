@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nakt_ray.config.convert import to_plain
+from nakt_ray.config.volume import VolumePreprocessConfig
 from nakt_ray.errors import ConfigError, error, expected
 
 
@@ -188,7 +189,9 @@ class TeacherConfig:
     ``num_gpus`` size this teacher's Ray Data actor pool; ``num_gpus`` null means 1 when the cluster has GPUs and
     0 otherwise (fractions share a GPU). ``sliding_window`` runs MONAI sliding-window inference with the
     teacher's input size as window (``overlap``, gaussian blending) instead of resampling the image;
-    ``tta_flips`` averages over flips of these axes (-1 width, -2 height); ``amp`` is the autocast type on GPU.
+    ``tta_flips`` averages over flips of these axes (-1 width, -2 height, -3 depth for 3D teachers); ``amp`` is the
+    autocast type on GPU. ``slice_axis``: the axis of a volume ``[D, H, W]`` along which a 2D teacher annotates it
+    slice by slice (0: the D axis, axial slices after RAS reorientation).
     ``trust_pickle``: an MLflow ``checkpoint`` that is not in nakt's own flavor (e.g. logged with
     ``mlflow.pytorch.log_model``) is loaded by unpickling it, which runs any code the pickle names; it is refused
     unless this is true (README, "Untrusted models"). Only for MLflow URIs.
@@ -209,6 +212,7 @@ class TeacherConfig:
     tta_flips: tuple[int, ...] = ()
     amp: Literal["none", "bf16", "fp16"] = "bf16"
     trust_pickle: bool = False
+    slice_axis: Literal[0, 1, 2] = 0
 
     def _validate(self, p: str) -> None:
         if not self.name or not all(c.isalnum() or c in "_-." for c in self.name):
@@ -222,9 +226,10 @@ class TeacherConfig:
                         "runs:/...); only an MLflow model can need unpickling: remove the key")
         if not 0 <= self.overlap < 1:
             raise error(ConfigError, f"config key '{p}overlap'", expected(self.overlap, "a number in [0, 1)"))
-        if any(a not in (-1, -2) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
+        if any(a not in (-1, -2, -3) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
             raise error(ConfigError, f"config key '{p}tta_flips'",
-                        expected(list(self.tta_flips), "distinct axes among -1 (width) and -2 (height), e.g. [-1]"))
+                        expected(list(self.tta_flips), "distinct axes among -1 (width), -2 (height) and, for 3D "
+                                 "teachers, -3 (depth), e.g. [-1]"))
         if self.actors < 1:
             raise error(ConfigError, f"config key '{p}actors'", expected(self.actors, "an integer >= 1"))
         if self.batch_size < 1:
@@ -405,12 +410,18 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run: data, teachers, fusion, student, training, tracking and Ray resources."""
+    """A whole run: data, teachers, fusion, student, training, tracking and Ray resources.
+
+    A run is 2D or 3D as its student is (``student.arch_args.spatial_dims``, :attr:`spatial_dims`): a 2D run reads
+    images (and NIfTI slices) through ``preprocess``, a 3D run reads volumes through ``volume`` (docs/decisions.md,
+    51).
+    """
 
     teachers: tuple[TeacherConfig, ...]
     run_dir: str = "runs/nakt"
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    volume: VolumePreprocessConfig = field(default_factory=VolumePreprocessConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -441,6 +452,25 @@ class RunConfig:
             raise error(ConfigError, f"config key '{p}tune.metric'",
                         expected(self.tune.metric, f"a metric the trials compute: add '{self.tune.metric[4:]}' "
                                  "to training.val_metrics, or use val_dice or val_iou"))
+        if self.spatial_dims == 3:
+            from nakt_ray import zoo
+
+            try:
+                zoo.check_spatial_size(self.student.arch, self.volume.patch_size, self.student.arch_args)
+            except ValueError as err:
+                raise error(ConfigError, f"config key '{p}volume.patch_size'", str(err)) from None
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3: the student's ``spatial_dims``; a 3D run reads volumes (``volume``), a 2D run images."""
+        from nakt_ray import zoo
+
+        return zoo.spatial_dims_of(self.student.arch, self.student.arch_args)
+
+    @property
+    def model_input_size(self) -> tuple[int, ...]:
+        """What the student sees: ``preprocess.size`` (H, W) in 2D, ``volume.patch_size`` (D, H, W) in 3D."""
+        return tuple(self.volume.patch_size) if self.spatial_dims == 3 else tuple(self.preprocess.size)
 
     # Paths derived from run_dir, in one place.
     def teacher_checkpoint(self, teacher: TeacherConfig) -> Path:

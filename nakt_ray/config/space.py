@@ -216,7 +216,7 @@ def trial_config(base: RunConfig, values: dict[str, Any]) -> RunConfig:
     # (built directly, not by from_dict: without a tune section there is no space to check)
     cfg = build(RunConfig, set_values(raw, values))
     try:
-        zoo.check_spatial_size(cfg.student.arch, cfg.preprocess.size, cfg.student.arch_args)
+        zoo.check_spatial_size(cfg.student.arch, cfg.model_input_size, cfg.student.arch_args)
     except ValueError as err:
         raise error(ConfigError, "config key 'student.arch_args'", str(err)) from None
     return cfg

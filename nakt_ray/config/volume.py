@@ -1,14 +1,15 @@
-"""How volumes are preprocessed: one frozen definition shared by teachers and students (``preprocess`` for 3D).
+"""How volumes are preprocessed: one frozen definition shared by teachers and students (the `volume` section).
 
 Example::
 
-    preprocess:
+    volume:
       spacing: [3.0, 0.8, 0.8]     # (d, h, w) mm; null keeps each volume's own spacing
       orientation: RAS             # axes (W, H, D) pointing Right, Anterior, Superior; null keeps the stored order
       modality: ct                 # ct: clip + dataset z-score; mri: per-volume z-score; none: raw intensities
       clip: [0.5, 99.5]            # CT: foreground percentiles the intensities are clipped to
       ct_stats: {mean: 60.2, std: 140.1, p_low: -958.0, p_high: 1320.0}   # from volume_preprocess.ct_statistics
       crop_nonzero: true
+      patch_size: [64, 64, 64]     # (d, h, w) voxels: the 3D models' training patch and sliding window
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class VolumePreprocessConfig:
     dataset's foreground percentiles ``clip`` and z-scores with the dataset's mean and std (``ct_stats``, required
     for CT and computed once per dataset); ``mri`` z-scores each volume over its non-zero voxels (over all when
     ``crop_nonzero`` is off); ``none`` keeps the intensities. ``crop_nonzero`` crops to the bounding box of the
-    non-zero voxels (the inverse pads with background).
+    non-zero voxels (the inverse pads with background). ``patch_size``: ``(d, h, w)`` voxels a 3D model sees, its
+    training patch and its sliding window at inference (nnU-Net's plans pair a spacing with a patch size alike).
     """
 
     spacing: tuple[float, float, float] | None = None
@@ -62,6 +64,7 @@ class VolumePreprocessConfig:
     clip: tuple[float, float] = (0.5, 99.5)
     ct_stats: CTStatistics | None = None
     crop_nonzero: bool = True
+    patch_size: tuple[int, int, int] = (64, 64, 64)
 
     def _validate(self, p: str) -> None:
         lo, hi = SPACING_RANGE_MM
@@ -77,5 +80,9 @@ class VolumePreprocessConfig:
         if len(self.clip) != 2 or not 0 <= self.clip[0] < self.clip[1] <= 100:
             raise error(ConfigError, f"config key '{p}clip'", expected(list(self.clip), "two percentiles "
                         "[low, high] with 0 <= low < high <= 100"))
+        if len(self.patch_size) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= 1024
+                                                 for s in self.patch_size):
+            raise error(ConfigError, f"config key '{p}patch_size'", expected(list(self.patch_size), "three sizes "
+                        "(d, h, w) in voxels between 8 and 1024"))
         if self.ct_stats is not None:
             self.ct_stats._validate(f"{p}ct_stats.")

@@ -222,7 +222,7 @@ def preprocess_volume(image: np.ndarray, geometry: VolumeGeometry,
     (the input's grid is ``transform.geometry``)."""
     _check_input(image, geometry, "preprocess_volume image")
     if cfg.modality == "ct" and cfg.ct_stats is None:
-        raise error(ConfigError, "config key 'preprocess.ct_stats'", expected(None, "the dataset's CT statistics "
+        raise error(ConfigError, "config key 'volume.ct_stats'", expected(None, "the dataset's CT statistics "
                     "{mean, std, p_low, p_high} (nakt_ray.data.volume_preprocess.ct_statistics) when modality is "
                     "'ct'"))
     perm, flips = orientation_for(geometry, cfg.orientation)                                    # 1. orientation
@@ -287,7 +287,7 @@ def ct_statistics(cases: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray | No
     of foreground intensities, ``samples_per_volume`` voxels drawn (with replacement) from each volume.
 
     ``cases``: volumes ``[D, H, W]`` (HU), each alone or as ``(image, mask)``; the foreground is ``mask > 0``, or
-    ``foreground(image)`` (a boolean array) for a volume without mask. The result fits ``preprocess.ct_stats``.
+    ``foreground(image)`` (a boolean array) for a volume without mask. The result fits ``volume.ct_stats``.
     """
     rng = np.random.default_rng(seed)
     samples = []

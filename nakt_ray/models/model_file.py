@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from nakt_ray import zoo
-from nakt_ray.config import PreprocessConfig, build
+from nakt_ray.config import PreprocessConfig, VolumePreprocessConfig, build
+from nakt_ray.config.convert import to_plain
 from nakt_ray.errors import CheckpointError  # re-exported: callers import CheckpointError from here too
 
 FORMAT = "nakt-model"
@@ -30,7 +31,9 @@ class ModelSpec:
     """Everything needed to rebuild a model and use it: ``arch(**arch_args)`` fed by ``preprocess``.
 
     ``labels`` names the output channels (background first). ``role`` is ``teacher`` or ``student``;
-    ``lineage`` holds free-form provenance (training data, teachers, fusion...).
+    ``lineage`` holds free-form provenance (training data, teachers, fusion...). ``volume`` is a 3D model's
+    preprocessing (spacing, orientation, normalisation, ``patch_size``: its input size); None for a 2D model, whose
+    input is ``preprocess`` (only its ``in_channels`` counts for a 3D model).
     """
 
     name: str
@@ -40,6 +43,12 @@ class ModelSpec:
     preprocess: PreprocessConfig
     role: str = "teacher"
     lineage: dict[str, Any] = field(default_factory=dict)
+    volume: VolumePreprocessConfig | None = None
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        """(H, W) of a 2D model, (D, H, W) of a 3D one."""
+        return tuple(self.volume.patch_size) if self.volume is not None else tuple(self.preprocess.size)
 
     @property
     def num_classes(self) -> int:
@@ -50,14 +59,17 @@ class ModelSpec:
         return self.preprocess.in_channels
 
     def build(self) -> torch.nn.Module:
-        return zoo.create_model(self.arch, self.in_channels, self.num_classes, tuple(self.preprocess.size),
-                                **self.arch_args)
+        return zoo.create_model(self.arch, self.in_channels, self.num_classes, self.input_size, **self.arch_args)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["preprocess"] = dataclasses.asdict(self.preprocess)
         d["labels"] = list(self.labels)
         d["preprocess"]["size"] = list(self.preprocess.size)
+        if self.volume is None:
+            d.pop("volume")  # 2D model files stay as they were
+        else:
+            d["volume"] = to_plain(self.volume)
         return d
 
     @classmethod
@@ -65,6 +77,8 @@ class ModelSpec:
         d = dict(d)
         d["preprocess"] = build(PreprocessConfig, d["preprocess"], "spec.preprocess")
         d["labels"] = tuple(d["labels"])
+        if d.get("volume") is not None:
+            d["volume"] = build(VolumePreprocessConfig, d["volume"], "spec.volume")
         return cls(**d)
 
 
@@ -136,5 +150,7 @@ def fingerprint(path: str | Path) -> str:
 
 def model_spec(cfg: Any, name: str, arch: str, arch_args: dict[str, Any], role: str,
                lineage: dict[str, Any]) -> ModelSpec:
+    """The spec of a model trained in the run ``cfg``: a 3D architecture gets the run's volume preprocessing."""
+    volume = cfg.volume if zoo.spatial_dims_of(arch, arch_args) == 3 else None
     return ModelSpec(name=name, arch=arch, arch_args=dict(arch_args), labels=tuple(cfg.data.labels),
-                     preprocess=cfg.preprocess, role=role, lineage=lineage)
+                     preprocess=cfg.preprocess, role=role, lineage=lineage, volume=volume)

@@ -7,9 +7,10 @@ description YAML holds exactly these keys (unknown keys are refused)::
     file: model.onnx                      # only in a teacher YAML given as the source; relative to the YAML
     labels: [background, head]            # names the output channels, background first
     in_channels: 1
-    input_size: [128, 128]                # (H, W) the model was trained at
+    input_size: [128, 128]                # (H, W) the model was trained at; (D, H, W) for a 3D model
     outputs: logits                       # or probabilities (what the raw model returns)
-    preprocess: {normalize: zscore}       # optional PreprocessConfig; size / in_channels default to the above
+    preprocess: {normalize: zscore}       # optional PreprocessConfig (2D); size / in_channels default to the above
+    volume: {spacing: [2, 2, 2]}          # optional VolumePreprocessConfig (3D); patch_size defaults to input_size
 
 It sits beside the model as ``<model file>.yaml`` (``model.onnx.yaml``), or is itself the source (a "teacher
 YAML") and names the model with ``file:``. The MLflow kind reads the same schema from ``nakt.*`` tags
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from nakt_ray.config import ConfigError, PreprocessConfig, build
+from nakt_ray.config import ConfigError, PreprocessConfig, VolumePreprocessConfig, build
 from nakt_ray.errors import TeacherLoadError, error, expected
 
 __all__ = [
@@ -61,8 +62,10 @@ class InferenceOptions:
     ``sliding_window``: MONAI sliding-window inference over the full-size input with the teacher's ``input_size``
     as window (instead of resampling the input to ``input_size``); ``overlap`` in [0, 1) between windows;
     ``blend`` how overlapping windows are averaged; ``sw_batch_size`` windows per forward pass.
-    ``tta_flips``: spatial axes (-1 = width, -2 = height) to flip for test-time augmentation; the prediction is
-    the mean probability over every subset of them (``(-1, -2)``: none, W, H, both = 4 passes).
+    ``tta_flips``: spatial axes (-1 = width, -2 = height, -3 = depth of a 3D model) to flip for test-time
+    augmentation; the prediction is the mean probability over every subset of them (``(-1, -2)``: none, W, H, both
+    = 4 passes; ``(-1, -2, -3)``: 8). ``slice_axis``: the axis of a volume ``[D, H, W]`` (0, 1 or 2) along which a
+    2D model predicts it slice by slice.
     ``amp``: autocast dtype, used on CUDA only (and never for ONNX, which runs in the precision it was exported).
     """
 
@@ -72,6 +75,7 @@ class InferenceOptions:
     tta_flips: tuple[int, ...] = ()
     amp: Literal["none", "bf16", "fp16"] = "bf16"
     sw_batch_size: int = 4
+    slice_axis: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tta_flips", tuple(self.tta_flips))  # YAML / JSON give lists
@@ -81,11 +85,14 @@ class InferenceOptions:
             raise error(ConfigError, "InferenceOptions.blend", expected(self.blend, "'gaussian' or 'constant'"))
         if self.amp not in ("none", "bf16", "fp16"):
             raise error(ConfigError, "InferenceOptions.amp", expected(self.amp, "'none', 'bf16' or 'fp16'"))
-        if (any(a not in (-1, -2) or isinstance(a, bool) for a in self.tta_flips)
+        if (any(a not in (-1, -2, -3) or isinstance(a, bool) for a in self.tta_flips)
                 or len(set(self.tta_flips)) != len(self.tta_flips)):
             raise error(ConfigError, "InferenceOptions.tta_flips",
-                        expected(self.tta_flips, "distinct spatial axes -1 (width) and/or -2 (height), e.g. () or "
-                                                 "(-1,) or (-1, -2)"))
+                        expected(self.tta_flips, "distinct spatial axes -1 (width), -2 (height) and, for 3D models, "
+                                                 "-3 (depth), e.g. () or (-1,) or (-1, -2)"))
+        if self.slice_axis not in (0, 1, 2) or isinstance(self.slice_axis, bool):
+            raise error(ConfigError, "InferenceOptions.slice_axis", expected(self.slice_axis, "0, 1 or 2 (an axis of "
+                                                                             "a volume [D, H, W])"))
         if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
             raise error(ConfigError, "InferenceOptions.sw_batch_size", expected(self.sw_batch_size, "an integer >= 1"))
 
@@ -98,16 +105,23 @@ class InferenceOptions:
 class TeacherDescription:
     """What a foreign model is: the schema of a description YAML (and of the ``nakt.*`` MLflow tags).
 
-    ``labels`` names the K output channels, background first; ``input_size`` is (H, W) in pixels; ``outputs`` is
-    what the raw model returns. ``file`` is only used in a teacher YAML given as the source itself.
+    ``labels`` names the K output channels, background first; ``input_size`` is (H, W) in pixels, or (D, H, W) in
+    voxels for a 3D model; ``outputs`` is what the raw model returns. ``preprocess`` (2D) or ``volume`` (3D) is the
+    model's own preprocessing when known. ``file`` is only used in a teacher YAML given as the source itself.
     """
 
     labels: tuple[str, ...]
     in_channels: int
-    input_size: tuple[int, int]
+    input_size: tuple[int, ...]
     outputs: Literal["logits", "probabilities"]
     preprocess: PreprocessConfig | None = None
     file: str | None = None
+    volume: VolumePreprocessConfig | None = None
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 or 3: the number of spatial axes of ``input_size``."""
+        return len(self.input_size)
 
     def _validate(self, p: str) -> None:  # called by config.build with the key prefix ``p``
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
@@ -115,9 +129,14 @@ class TeacherDescription:
                         expected(list(self.labels), "at least two distinct class names, background first"))
         if self.in_channels < 1:
             raise error(ConfigError, f"config key '{p}in_channels'", expected(self.in_channels, "an integer >= 1"))
-        if any(s < 1 for s in self.input_size):
+        if len(self.input_size) not in (2, 3) or any(s < 1 for s in self.input_size):
             raise error(ConfigError, f"config key '{p}input_size'",
-                        expected(list(self.input_size), "two positive integers (H, W)"))
+                        expected(list(self.input_size), "two positive integers (H, W), or three (D, H, W) for a 3D "
+                                                        "model"))
+        if self.volume is not None and tuple(self.volume.patch_size) != tuple(self.input_size):
+            raise error(ConfigError, f"config key '{p}volume.patch_size'",
+                        f"got {list(self.volume.patch_size)!r}; it must equal input_size {list(self.input_size)!r} "
+                        "(or be left out)")
         pre = self.preprocess
         if pre is not None and tuple(pre.size) != tuple(self.input_size):
             raise error(ConfigError, f"config key '{p}preprocess.size'",
@@ -143,6 +162,9 @@ def build_description(data: Any) -> TeacherDescription:
         if "in_channels" in data:
             pre.setdefault("in_channels", data["in_channels"])
         data["preprocess"] = pre
+    if isinstance(data, Mapping) and isinstance(data.get("volume"), Mapping) and "input_size" in data:
+        data = dict(data)
+        data["volume"] = {"patch_size": data["input_size"], **data["volume"]}
     return build(TeacherDescription, data, "")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nakt_ray.config import PreprocessConfig
+from nakt_ray.config import PreprocessConfig, VolumePreprocessConfig
 from nakt_ray.errors import NaktError, TeacherLoadError, TeacherOutputError, error
 from nakt_ray.teachers.description import InferenceOptions, TeacherDescription, teacher_where
 
@@ -56,7 +56,7 @@ class RawTeacher:
 
 
 def looks_like_probabilities(t: torch.Tensor, tol: float) -> bool:
-    """Whether ``t`` ``[B, K, H, W]`` lies in [0, 1] and sums to 1 over K, within ``tol``."""
+    """Whether ``t`` ``[B, K, ...]`` lies in [0, 1] and sums to 1 over K, within ``tol``."""
     return bool(t.min() >= -tol and t.max() <= 1 + tol and (t.sum(1) - 1).abs().max() <= tol)
 
 
@@ -78,9 +78,11 @@ class LoadedTeacher:
         self.labels: tuple[str, ...] = tuple(d.labels)
         self.num_classes = len(self.labels)
         self.in_channels = d.in_channels
-        self.input_size: tuple[int, int] = (int(d.input_size[0]), int(d.input_size[1]))
+        self.input_size: tuple[int, ...] = tuple(int(s) for s in d.input_size)
+        self.spatial_dims = len(self.input_size)
         self.outputs: str = d.outputs
         self.preprocess: PreprocessConfig | None = d.preprocess
+        self.volume: VolumePreprocessConfig | None = d.volume
         self.fingerprint = loaded.fingerprint
         self.device = device
         self.options = options
@@ -88,6 +90,10 @@ class LoadedTeacher:
         self._forward = loaded.forward
         self._autocast = (loaded.autocast and device.type == "cuda" and options.amp != "none")
         self._amp_dtype = torch.bfloat16 if options.amp == "bf16" else torch.float16
+        if self.spatial_dims == 2 and -3 in options.tta_flips:
+            raise error(TeacherLoadError, teacher_where(name, source),
+                        f"tta_flips {list(options.tta_flips)} flips the depth axis (-3), but this is a 2D model "
+                        f"(input_size {list(self.input_size)}); a 2D teacher flips within its slices: -1, -2")
 
     @property
     def module(self) -> torch.nn.Module | None:
@@ -103,18 +109,24 @@ class LoadedTeacher:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, C_in, H, W]`` (any H, W) -> probabilities ``[B, K, H, W]`` float32 on the teacher's device.
+        """Images ``[B, C_in, H, W]`` (or volumes ``[B, C_in, D, H, W]``, any size) -> probabilities ``[B, K, ...]``
+        float32 at the input's size, on the teacher's device.
 
-        Without sliding window, an input whose size differs from ``input_size`` is resampled (bilinear) to it and
-        the probabilities are resampled back. With TTA, probabilities are averaged over the flips.
+        A 3D model predicts volumes; a 2D model predicts images, and volumes slice by slice along
+        ``options.slice_axis`` (:meth:`predict_volume_by_slices`). Without sliding window, an input whose size
+        differs from ``input_size`` is resampled (bilinear / trilinear) to it and the probabilities are resampled
+        back. With TTA, probabilities are averaged over the flips.
 
         Raises:
             TeacherOutputError: an output with the wrong class count, batch or spatial size, NaN / inf values, or
                 declared probabilities that are not; the message names the teacher and the source.
         """
         x = torch.as_tensor(images)
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"teacher {self.name!r}: images must be [B, {self.in_channels}, H, W], got "
+        if self.spatial_dims == 2 and x.ndim == 5 and x.shape[1] == self.in_channels:
+            return self.predict_volume_by_slices(x)
+        if x.ndim != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
+            axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
+            raise ValueError(f"teacher {self.name!r}: inputs must be [B, {self.in_channels}, {axes}], got "
                              f"{tuple(x.shape)}")
         x = x.to(self.device, torch.float32)
         flips = self.options.flip_sets()
@@ -126,8 +138,27 @@ class LoadedTeacher:
         assert total is not None
         return total / len(flips) if len(flips) > 1 else total
 
+    # Slices a 2D teacher predicts at once when it annotates a volume.
+    SLICES_PER_PASS = 16
+
+    def predict_volume_by_slices(self, volumes: torch.Tensor) -> torch.Tensor:
+        """A 2D model on volumes ``[B, C_in, D, H, W]``: each slice along ``options.slice_axis`` (0 = D, 1 = H,
+        2 = W) is predicted as an image, ``SLICES_PER_PASS`` at a time, and the maps are stacked back into the
+        volume: ``[B, K, D, H, W]``. Network-agnostic across dimensions: a 2D teacher can annotate for a 3D student.
+        """
+        if self.spatial_dims != 2:
+            raise ValueError(f"teacher {self.name!r} is a {self.spatial_dims}D model; only 2D models predict by slices")
+        axis = 2 + self.options.slice_axis
+        out = []
+        for volume in torch.as_tensor(volumes):
+            slices = volume.movedim(axis - 1, 0)  # [S, C_in, a, b]
+            parts = [self.predict(slices[i:i + self.SLICES_PER_PASS])
+                     for i in range(0, slices.shape[0], self.SLICES_PER_PASS)]
+            out.append(torch.cat(parts).movedim(0, axis - 1))  # [K, D, H, W]
+        return torch.stack(out)
+
     def _predict_once(self, x: torch.Tensor) -> torch.Tensor:
-        size = tuple(x.shape[-2:])
+        size = tuple(x.shape[2:])
         if self.options.sliding_window:
             from monai.inferers import sliding_window_inference  # importing MONAI costs seconds; only when used
 
@@ -139,9 +170,10 @@ class LoadedTeacher:
             return out.as_tensor() if hasattr(out, "as_tensor") else out
         if size == self.input_size:
             return self._probabilities(x)
-        x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
-        # Bilinear weights are convex, so resampled probabilities still sum to 1.
-        return F.interpolate(self._probabilities(x), size=size, mode="bilinear", align_corners=False)
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        x = F.interpolate(x, size=self.input_size, mode=mode, align_corners=False)
+        # Bilinear / trilinear weights are convex, so resampled probabilities still sum to 1.
+        return F.interpolate(self._probabilities(x), size=size, mode=mode, align_corners=False)
 
     def _raw(self, x: torch.Tensor) -> Any:
         with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self._autocast):
@@ -157,8 +189,9 @@ class LoadedTeacher:
         where = teacher_where(self.name, self.source)
         if not isinstance(raw, torch.Tensor):
             raise error(kind, where, f"the model returned {type(raw).__name__}; expected one tensor [B, K, H, W]")
-        if raw.ndim != 4:
-            raise error(kind, where, f"the model returned shape {tuple(raw.shape)}; expected [B, K, H, W] with K = "
+        if raw.ndim != x.ndim:
+            axes = "H, W" if x.ndim == 4 else "D, H, W"
+            raise error(kind, where, f"the model returned shape {tuple(raw.shape)}; expected [B, K, {axes}] with K = "
                                      f"{self.num_classes}")
         if raw.shape[1] != self.num_classes:
             raise error(kind, where, f"the model returns {raw.shape[1]} classes but its labels declare "
@@ -166,9 +199,9 @@ class LoadedTeacher:
         if raw.shape[0] != x.shape[0]:
             raise error(kind, where, f"the model returned batch size {raw.shape[0]} for an input batch of "
                                      f"{x.shape[0]}")
-        if tuple(raw.shape[-2:]) != tuple(x.shape[-2:]):
-            raise error(kind, where, f"the model returns spatial size {tuple(raw.shape[-2:])} for an input of "
-                                     f"{tuple(x.shape[-2:])}; a segmentation teacher must return one value per "
+        if tuple(raw.shape[2:]) != tuple(x.shape[2:]):
+            raise error(kind, where, f"the model returns spatial size {tuple(raw.shape[2:])} for an input of "
+                                     f"{tuple(x.shape[2:])}; a segmentation teacher must return one value per "
                                      "input pixel")
         tol = PROB_TOLERANCE if raw.dtype in (torch.float32, torch.float64) else PROB_TOLERANCE_16BIT
         raw = raw.float()
@@ -187,9 +220,9 @@ class LoadedTeacher:
     def probe(self) -> None:
         """Run a zero image and a small random batch once (at load time); raise TeacherLoadError on a bad output,
         warn on logits that look like probabilities."""
-        h, w = self.input_size
+        size = self.input_size
         gen = torch.Generator().manual_seed(0)
-        batches = [torch.zeros(1, self.in_channels, h, w), torch.randn(2, self.in_channels, h, w, generator=gen)]
+        batches = [torch.zeros(1, self.in_channels, *size), torch.randn(2, self.in_channels, *size, generator=gen)]
         all_probability_like = True
         with torch.no_grad():
             for x in batches:
@@ -213,7 +246,12 @@ class LoadedTeacher:
             pre["size"] = list(self.preprocess.size)
         options = dataclasses.asdict(self.options)
         options["tta_flips"] = list(self.options.tta_flips)
+        volume = None
+        if self.volume is not None:
+            from nakt_ray.config.convert import to_plain
+
+            volume = to_plain(self.volume)
         return {"name": self.name, "source": self.source, "kind": self.kind, "fingerprint": self.fingerprint,
                 "labels": list(self.labels), "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "input_size": list(self.input_size), "outputs": self.outputs, "preprocess": pre,
+                "input_size": list(self.input_size), "outputs": self.outputs, "preprocess": pre, "volume": volume,
                 "inference": options, "device": str(self.device), "details": dict(self.details)}

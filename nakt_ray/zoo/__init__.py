@@ -2,8 +2,10 @@
 its arguments checked before anything is built.
 
 Takes in: an architecture name, channel and class counts, the spatial size and ``arch_args``. Gives out: a freshly
-initialised ``nn.Module`` mapping ``[B, C, H, W]`` images to ``[B, K, H, W]`` logits, or an error naming what is
-wrong. Imports torch (and MONAI / timm only when a model of theirs is built), nothing of the pipeline.
+initialised ``nn.Module`` mapping ``[B, C, H, W]`` images to ``[B, K, H, W]`` logits, or, built with the arch_arg
+``spatial_dims: 3`` (:func:`spatial_dims_of`), ``[B, C, D, H, W]`` volumes to ``[B, K, D, H, W]`` logits; or an
+error naming what is wrong. Imports torch (and MONAI / timm only when a model of theirs is built), nothing of the
+pipeline.
 
 :mod:`~nakt_ray.zoo.registry` holds the registry machinery; :mod:`~nakt_ray.zoo.monai_nets` and
 :mod:`~nakt_ray.zoo.timm_unet` register the built-in architectures when this package is imported.
@@ -21,6 +23,8 @@ from nakt_ray.zoo.registry import (
     list_architectures,
     register_architecture,
     resolve_arch_args,
+    spatial_dims_of,
+    volume_architectures,
 )
 from nakt_ray.zoo.timm_unet import (
     TimmUNet,
@@ -28,4 +32,5 @@ from nakt_ray.zoo.timm_unet import (
 )
 
 __all__ = ["TimmUNet", "UnknownArchitectureError", "check_arch_args", "check_spatial_size", "count_parameters",
-           "create_model", "describe", "list_architectures", "register_architecture", "resolve_arch_args"]
+           "create_model", "describe", "list_architectures", "register_architecture", "resolve_arch_args",
+           "spatial_dims_of", "volume_architectures"]

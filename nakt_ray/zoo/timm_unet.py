@@ -4,6 +4,10 @@
 conv stages and a 1x1 head: ``[B, C, H, W]`` image -> ``[B, K, H, W]`` logits. timm is imported inside the builder
 only, after the torchvision shim of :mod:`nakt_ray._torchvision_compat`; a zoo-built model pickles as "rebuild
 through the zoo" so that unpickling it in a fresh process goes through the shim too.
+
+2D only: timm encoders are 2D networks. ``spatial_dims`` is an arch_arg all the same (default 2), so that a config
+asking for ``spatial_dims: 3`` gets a message that says so and names the architectures that build volumes, rather
+than "unknown key".
 """
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nakt_ray.errors import ConfigError, error
-from nakt_ray.zoo.registry import rebuild_model, register_architecture
+from nakt_ray.zoo.registry import (
+    rebuild_model,
+    register_architecture,
+    volume_architectures,
+)
 
 __all__ = ["TimmUNet"]
 
@@ -109,20 +117,30 @@ def _unknown_timm_encoder(encoder: str, timm: Any) -> ConfigError:
                  f"unknown timm encoder {encoder!r}{hint} (timm.list_models('*pattern*') lists the valid names)")
 
 
-@register_architecture("timm_unet", size_rule=lambda args: (32, 64))
+_ONLY_2D = "timm encoders are 2D only"
+
+
+@register_architecture("timm_unet", size_rule=lambda args: (32, 64), only_2d=_ONLY_2D)
 def _build_timm_unet(
     in_channels: int,
     num_classes: int,
     *,
     encoder: str = "resnet18",
     decoder_channels: Sequence[int] | None = None,
+    spatial_dims: int = 2,
 ) -> nn.Module:
     """A randomly initialised timm encoder (no pretrained weights: nothing is downloaded) with a U-Net decoder.
 
     ``decoder_channels=None`` derives one width per decoder stage, deepest first, halving down to 16:
     ``(128, 64, 32, 16)`` for resnet18 / efficientnet_b0 (5 feature maps), ``(64, 32, 16)`` for convnext (4).
     The size rule assumes the usual maximum reduction of 32 and a bottleneck of at least 2x2 (batch norm).
+    ``spatial_dims`` must be 2 (create_model refuses 3 already, when it checks the arch_args; this covers a direct
+    call).
     """
+    if spatial_dims != 2:
+        raise error(ConfigError, "architecture 'timm_unet'",
+                    f"spatial_dims {spatial_dims!r} is not available: {_ONLY_2D}; the zoo's architectures that take "
+                    f"spatial_dims: 3 are {', '.join(volume_architectures())}")
     from nakt_ray._torchvision_compat import ensure_torchvision
 
     ensure_torchvision()  # timm imports torchvision, which needs the shim against CPU torch

@@ -25,19 +25,39 @@ NumPy, SciPy and Pillow, nothing of the pipeline.
 The parts: :mod:`.sites` (the site statistics and presets), :mod:`.shapes` (smooth random fields and ellipse
 geometry), :mod:`.ultrasound` (probe, shadows, speckle, attenuation, compression), :mod:`.cases` (one case, layer
 by layer) and :mod:`.folders` (dataset folders and their ``synthetic.json``).
+
+3D volumes (CT- and MR-like, for ``nakt demo --3d`` and jobs/experiments/brain_mr.py): :mod:`.render` (the
+generative image model: label map -> image, and resampling with the geometry), :mod:`.phantom` (a 3D body with
+four target structures) and :mod:`.volumes` (3D sites and ``make_volume_folders``).
 """
 from nakt_ray.demo.synthetic.cases import generate_case, generate_mixed_case
 from nakt_ray.demo.synthetic.folders import IMAGE_FORMATS, write_folder
+from nakt_ray.demo.synthetic.phantom import PHANTOM_LABELS, phantom_labels, phantom_mask
+from nakt_ray.demo.synthetic.render import acquire, render_image, resample
 from nakt_ray.demo.synthetic.sites import MIXED, NUM_CLASSES_SUPPORTED, SITES, SiteStyle, get_site
+from nakt_ray.demo.synthetic.volumes import (HELD_OUT_SITE, TEACHER_SITES, VOLUME_SITES, VolumeSite,
+                                             generate_volume, make_volume_folders)
 
 __all__ = [
+    "HELD_OUT_SITE",
     "IMAGE_FORMATS",
     "MIXED",
     "NUM_CLASSES_SUPPORTED",
+    "PHANTOM_LABELS",
     "SITES",
+    "TEACHER_SITES",
+    "VOLUME_SITES",
     "SiteStyle",
+    "VolumeSite",
+    "acquire",
     "generate_case",
     "generate_mixed_case",
+    "generate_volume",
     "get_site",
+    "make_volume_folders",
+    "phantom_labels",
+    "phantom_mask",
+    "render_image",
+    "resample",
     "write_folder",
 ]

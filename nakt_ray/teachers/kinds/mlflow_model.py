@@ -129,7 +129,7 @@ def _load_module(name: str, source: str, device: torch.device, trust_pickle: boo
     if entry is not None:
         model, spec = mlflow_format.load_registered(source, device, entry)
         data = {"labels": list(spec.labels), "in_channels": spec.in_channels,
-                "input_size": list(spec.preprocess.size), "outputs": "logits",
+                "input_size": list(spec.input_size), "outputs": "logits",
                 "preprocess": spec.to_dict()["preprocess"]}
         return model, data, FLAVOR
     if not trust_pickle:

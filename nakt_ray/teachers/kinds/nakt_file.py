@@ -35,8 +35,8 @@ def load(name: str, source: str, device: torch.device) -> RawTeacher:
     except CheckpointError as err:
         raise error(TeacherLoadError, teacher_where(name, source), f"{err} ({_OTHER_SOURCES})") from None
     description = TeacherDescription(labels=spec.labels, in_channels=spec.in_channels,
-                                     input_size=tuple(spec.preprocess.size), outputs="logits",
-                                     preprocess=spec.preprocess)
+                                     input_size=spec.input_size, outputs="logits",
+                                     preprocess=spec.preprocess if spec.volume is None else None, volume=spec.volume)
     details = {"path": str(Path(source).resolve()), "arch": spec.arch, "arch_args": dict(spec.arch_args),
                "role": spec.role, "spec_name": spec.name}
     return RawTeacher(model, description, fingerprint(source), details)
