@@ -278,11 +278,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     _use_tracking_uri(args.tracking_uri)
     report = predict_folder(args.model, args.images, args.out, batch_size=args.batch_size, overlays=args.overlays,
-                            device=args.device, progress=progress, pseudonymize=args.pseudonymize)
+                            device=args.device, progress=progress, pseudonymize=args.pseudonymize,
+                            volumes=args.volumes, slice_axis=args.slice_axis)
     if report["model"]["inferred"]:
+        used = ("volume: RAS, per-volume z-score, each volume's spacing" if report.get("volumes")
+                else "preprocess: resize to its input size, z-score")
         print(f"nakt predict: note: the model does not declare its {', '.join(report['model']['inferred'])}; "
-              "used what was inferred (preprocess: resize to its input size, z-score); declare them in its "
-              "description YAML or nakt.* MLflow tags", file=sys.stderr)
+              f"used what was inferred ({used}); declare them in its description YAML or nakt.* MLflow tags",
+              file=sys.stderr)
     counts = report["counts"]
     print(f"{counts['ok']} of {counts['cases']} cases segmented into {args.out} ({counts['failed']} failed; "
           f"per-case status and reasons: {Path(args.out) / 'predictions.json'})")
@@ -291,6 +294,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.volumes:
+        from nakt_ray.demo.run3d import run_demo_3d
+
+        run_demo_3d(run_dir=args.run_dir, smoke=args.smoke)
+        return 0
     from nakt_ray.demo.run import run_demo
 
     run_demo(run_dir=args.run_dir, smoke=args.smoke)
@@ -404,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the evaluation files of a non-empty --output (other files stay)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap CIs (default: 0; same seed, same CIs)")
     p.add_argument("--nsd-tolerance", type=float, default=2.0,
-                   help="NSD tolerance in pixels of the original images (default: 2)")
+                   help="NSD tolerance in pixels of the original images, or mm where their headers give the "
+                        "pixel size (volumes always: mm) (default: 2)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = _sub(sub, "export", "export a model to TorchScript and ONNX (parity-checked, with descriptions)",
@@ -437,21 +446,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pseudonymize", action="store_true",
                    help="name cases by a keyed hash of their file names (key: NAKT_PSEUDONYM_KEY or "
                         "NAKT_PSEUDONYM_KEY_FILE)")
+    p.add_argument("--volumes", action=argparse.BooleanOptionalAction, default=None,
+                   help="segment volumes into NIfTI masks on their original grid, plus a mid-slice montage "
+                        "(default: yes for a 3D model; --volumes with a 2D model predicts them slice by slice)")
+    p.add_argument("--slice-axis", type=int, default=0,
+                   help="with --volumes and a 2D model: the volume axis (0, 1, 2 of D, H, W) it slices along")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI for models:/ and runs:/ sources")
     p.set_defaults(fn=cmd_predict)
 
     from nakt_ray.demo.run import DEMO_TIME, MARKER
+    from nakt_ray.demo.run3d import DEMO3D_TIME
 
     p = _sub(sub, "demo", f"the whole flow on synthetic data ({DEMO_TIME[False]})",
              "Generates three labeled sites, trains three teachers, annotates, distils and registers a student,\n"
              "evaluates and segments with the registered model. Run it again on the same --run-dir and it replaces\n"
              f"the earlier demo's output there (a folder holding no {MARKER} file is refused, untouched).",
              "nakt demo                  # into runs/demo\nnakt demo --smoke          # into runs/smoke\n"
+             "nakt demo --3d             # volumes, into runs/demo3d\n"
              "nakt demo --run-dir runs/demo2 --verbose")
     p.add_argument("--run-dir", default=None, help="where everything goes (default: runs/demo, with --smoke "
                                                    "runs/smoke); an earlier demo's output there is replaced")
     p.add_argument("--smoke", action="store_true",
-                   help=f"tiny version of the same path ({DEMO_TIME[True]})")
+                   help=f"tiny version of the same path ({DEMO_TIME[True]}; with --3d {DEMO3D_TIME[True]})")
+    p.add_argument("--3d", dest="volumes", action="store_true",
+                   help=f"the flow on synthetic 3D volumes ({DEMO3D_TIME[False]}): three 3D teachers of three "
+                        "architectures on MR/CT-like sites, a 3D student, Dice and HD95 in mm (default run dir "
+                        "runs/demo3d, with --smoke runs/smoke3d)")
     p.set_defaults(fn=cmd_demo)
     for p in sub.choices.values():  # last in every command's option list
         p.add_argument("--verbose", action="store_true", default=console.verbose_from_env(),

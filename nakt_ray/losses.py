@@ -1,8 +1,10 @@
 """Student losses against fused soft labels, as pure torch functions.
 
-Shapes: ``logits`` are the student's raw outputs ``[B, C, H, W]`` (class axis 1, class 0 = background);
-``target`` is a per-pixel class distribution of the same shape (a fused soft label or a one-hot hard label);
-``pixel_weight`` is an optional ``[B, H, W]`` non-negative weight per pixel (e.g. teacher agreement).
+Shapes: ``logits`` are the student's raw outputs ``[B, C, H, W]`` (class axis 1, class 0 = background), or
+``[B, C, D, H, W]`` for volumes: every function works over any number of spatial axes ``[B, C, *spatial]``, and
+"pixel" below means a voxel there; ``target`` is a per-pixel class distribution of the same shape (a fused soft
+label or a one-hot hard label); ``pixel_weight`` is an optional ``[B, *spatial]`` non-negative weight per pixel
+(e.g. teacher agreement).
 
 :func:`segmentation_loss` combines the parts and returns a dict of named tensors (``loss``, ``dice``, ``ce``,
 ``kl``, ``hard``) that go straight to the metrics logger.
@@ -21,8 +23,9 @@ def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> None:
             f"logits shape {tuple(logits.shape)} does not match target shape {tuple(target.shape)}; "
             "target must be per-class probabilities [B, C, H, W] (one-hot encode integer label maps)"
         )
-    if logits.ndim != 4:
-        raise ValueError(f"logits and target must be [B, C, H, W]; got shape {tuple(logits.shape)}")
+    if logits.ndim not in (4, 5):
+        raise ValueError(f"logits and target must be [B, C, H, W] or [B, C, D, H, W]; got shape "
+                         f"{tuple(logits.shape)}")
     if logits.shape[1] < 2:
         raise ValueError(
             f"need at least 2 classes on axis 1 (background + foreground); got shape {tuple(logits.shape)}"
@@ -35,13 +38,13 @@ def _check_pixel_weight(pixel_weight: torch.Tensor | None, logits: torch.Tensor)
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(pixel_weight.shape) != expected:
         raise ValueError(
-            f"pixel_weight shape {tuple(pixel_weight.shape)} does not match [B, H, W] = {expected} "
+            f"pixel_weight shape {tuple(pixel_weight.shape)} does not match [B, *spatial] = {expected} "
             f"of logits {tuple(logits.shape)}"
         )
 
 
 def _pixel_mean(per_pixel: torch.Tensor, pixel_weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean over all B*H*W pixels of ``per_pixel`` ``[B, H, W]``, each pixel multiplied by its weight."""
+    """Mean over all pixels of ``per_pixel`` ``[B, *spatial]``, each pixel multiplied by its weight."""
     if pixel_weight is not None:
         per_pixel = per_pixel * pixel_weight.to(per_pixel.dtype)
     return per_pixel.mean()
@@ -71,8 +74,9 @@ def soft_dice_loss(
     target = target.to(prob.dtype)
     if not include_background:
         prob, target = prob[:, 1:], target[:, 1:]
-    intersection = (prob * target).sum(dim=(2, 3))
-    denominator = prob.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
+    spatial = tuple(range(2, prob.ndim))  # (2, 3) for images, (2, 3, 4) for volumes
+    intersection = (prob * target).sum(dim=spatial)
+    denominator = prob.sum(dim=spatial) + target.sum(dim=spatial)
     dice = (2.0 * intersection + eps) / (denominator + eps)  # [B, C']
     return 1.0 - dice.mean()
 
@@ -153,8 +157,8 @@ def segmentation_loss(
 
     ``loss = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard``, where ``hard`` is Dice
     plus cross-entropy against the one-hot arg-max of ``target`` (the fused hard label). All parts are computed
-    and returned even when their weight is 0, so they can be logged. ``pixel_weight`` applies to the per-pixel terms (ce and
-    kl); Dice is a region overlap and ignores it. Dice excludes the background class.
+    and returned even when their weight is 0, so they can be logged. ``pixel_weight`` applies to the per-pixel
+    terms (ce and kl); Dice is a region overlap and ignores it. Dice excludes the background class.
 
     Args:
         logits: ``[B, C, H, W]`` raw student outputs.
@@ -174,7 +178,7 @@ def segmentation_loss(
     dice = soft_dice_loss(logits, target)
     ce = soft_cross_entropy(logits, target, pixel_weight=pixel_weight)
     kl = kl_distillation(logits, target, temperature, pixel_weight=pixel_weight)
-    hard_target = F.one_hot(target.argmax(1), target.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    hard_target = F.one_hot(target.argmax(1), target.shape[1]).movedim(-1, 1).to(logits.dtype)
     hard = soft_dice_loss(logits, hard_target) + soft_cross_entropy(logits, hard_target, pixel_weight=pixel_weight)
     total = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard
     return {"loss": total, "dice": dice, "ce": ce, "kl": kl, "hard": hard}

@@ -2,14 +2,17 @@
 
 Pure NumPy, no I/O. Label maps are integer arrays ``[H, W]`` or batched ``[..., H, W]`` (usually ``[B, H, W]``)
 with values in ``0 .. num_classes - 1``; class 0 is background. Per-class scores come back with the class axis
-last: ``[C]`` for one map, ``[..., C]`` for a batch.
+last: ``[C]`` for one map, ``[..., C]`` for a batch. With ``spatial_dims=3`` a map is a volume ``[D, H, W]`` (or a
+batch ``[..., D, H, W]``), scored over all its voxels at once, and a spacing is ``(d, h, w)`` in mm
+(``nakt_ray/data/volumes.py``).
 
 Empty-class convention (the same for Dice and IoU): a class absent from both prediction and target scores 1.0
 (nothing to find, nothing found); a class present in exactly one of them scores 0.0.
 
-Boundary metrics (:func:`boundary_per_class`, used by evaluation): HD95 and NSD per class, in pixels or, given a
-pixel spacing, in mm. The same convention for a class absent from both maps (HD95 0, NSD 1); a class present in
-exactly one of them has no boundary distance: HD95 NaN (callers leave it out of means and count it), NSD 0.
+Boundary metrics (:func:`boundary_per_class`, used by evaluation): HD95 and NSD per class, in pixels (voxels) or,
+given a pixel (voxel) spacing, in mm. The same convention for a class absent from both maps (HD95 0, NSD 1); a
+class present in exactly one of them has no boundary distance: HD95 NaN (callers leave it out of means and count
+it), NSD 0.
 :func:`surface_scores` (training's validation metrics, via MONAI) keeps MONAI's own conventions.
 """
 from __future__ import annotations
@@ -23,15 +26,26 @@ __all__ = ["bootstrap_ci", "boundary_per_class", "case_scores", "class_scores", 
            "foreground_nanmean", "iou_per_class", "surface_scores"]
 
 
-def _check_label_maps(pred: np.ndarray, target: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+_AXES = {2: "H, W", 3: "D, H, W"}
+
+
+def _check_spatial_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+        raise ValueError(f"spatial_dims must be 2 (images) or 3 (volumes); got {spatial_dims!r}")
+    return int(spatial_dims)
+
+
+def _check_label_maps(pred: np.ndarray, target: np.ndarray, num_classes: int,
+                      spatial_dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Validate a prediction/target pair of integer label maps and return them as arrays."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+    axes = _AXES[_check_spatial_dims(spatial_dims)]
     pred = np.asarray(pred)
     target = np.asarray(target)
     for name, arr in (("pred", pred), ("target", target)):
-        if arr.ndim < 2:
-            raise ValueError(f"{name} must be a label map [H, W] or a batch [..., H, W]; got shape {arr.shape}")
+        if arr.ndim < spatial_dims:
+            raise ValueError(f"{name} must be a label map [{axes}] or a batch [..., {axes}]; got shape {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
             raise ValueError(
                 f"{name} must be an integer label map; got dtype {arr.dtype} "
@@ -48,10 +62,10 @@ def _check_label_maps(pred: np.ndarray, target: np.ndarray, num_classes: int) ->
 
 
 def _overlap_counts(
-    pred: np.ndarray, target: np.ndarray, num_classes: int
+    pred: np.ndarray, target: np.ndarray, num_classes: int, spatial_dims: int = 2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class |P ∩ T|, |P| and |T| summed over H, W; each ``[..., C]`` int64."""
-    lead = pred.shape[:-2]
+    """Per-class |P ∩ T|, |P| and |T| summed over the spatial axes; each ``[..., C]`` int64."""
+    lead = pred.shape[:-spatial_dims]
     maps = int(np.prod(lead))
     # one pass: a confusion matrix per map from a bincount of (map, pred, target) codes; a one-hot [..., H, W, C]
     # costs C passes and was the evaluation's slowest step on full-size images
@@ -62,7 +76,7 @@ def _overlap_counts(
     return intersection, confusion.sum(axis=-1, dtype=np.int64), confusion.sum(axis=-2, dtype=np.int64)
 
 
-def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, spatial_dims: int = 2) -> np.ndarray:
     """Dice coefficient per class, ``2 |P ∩ T| / (|P| + |T|)``.
 
     Args:
@@ -70,25 +84,26 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np
             ``0 .. num_classes - 1``.
         target: reference label map, same shape as ``pred``.
         num_classes: C, the number of classes including background (class 0).
+        spatial_dims: 2 (maps ``[..., H, W]``) or 3 (volumes ``[..., D, H, W]``, each scored as a whole).
 
     Returns:
         float64 ``[C]`` for one map or ``[..., C]`` for a batch, for classes ``0 .. C - 1``. A class empty in
         both maps scores 1.0; a class empty in exactly one scores 0.0.
     """
-    pred, target = _check_label_maps(pred, target, num_classes)
-    intersection, pred_size, target_size = _overlap_counts(pred, target, num_classes)
+    pred, target = _check_label_maps(pred, target, num_classes, spatial_dims)
+    intersection, pred_size, target_size = _overlap_counts(pred, target, num_classes, spatial_dims)
     denominator = pred_size + target_size
     # both empty -> denominator 0 -> 1.0; one empty -> intersection 0 -> 0.0
     return np.where(denominator == 0, 1.0, 2.0 * intersection / np.maximum(denominator, 1))
 
 
-def iou_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+def iou_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, spatial_dims: int = 2) -> np.ndarray:
     """Intersection over union (Jaccard) per class, ``|P ∩ T| / |P ∪ T|``.
 
     Same arguments, shapes and empty-class convention as :func:`dice_per_class`.
     """
-    pred, target = _check_label_maps(pred, target, num_classes)
-    intersection, pred_size, target_size = _overlap_counts(pred, target, num_classes)
+    pred, target = _check_label_maps(pred, target, num_classes, spatial_dims)
+    intersection, pred_size, target_size = _overlap_counts(pred, target, num_classes, spatial_dims)
     union = pred_size + target_size - intersection
     return np.where(union == 0, 1.0, intersection / np.maximum(union, 1))
 
@@ -135,30 +150,34 @@ def foreground_nanmean(scores: np.ndarray) -> float | np.ndarray:
     return float(result) if result.ndim == 0 else result
 
 
-def _check_spacing(spacing: Sequence[float] | None) -> np.ndarray:
+def _check_spacing(spacing: Sequence[float] | None, spatial_dims: int = 2) -> np.ndarray:
     if spacing is None:
-        return np.ones(2)
+        return np.ones(spatial_dims)
     arr = np.asarray(spacing, dtype=np.float64)
-    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"spacing must be two finite positive pixel sizes (rows, columns); got {spacing!r}")
+    if arr.shape != (spatial_dims,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        what = "two finite positive pixel sizes (rows, columns)" if spatial_dims == 2 else \
+            "three finite positive voxel sizes (d, h, w)"
+        raise ValueError(f"spacing must be {what}; got {spacing!r}")
     return arr
 
 
 def _edges(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Boundary pixels of each foreground class of one ``[H, W]`` map: ``[C - 1, H, W]`` bool, class ``c`` at
-    ``c - 1``. A boundary pixel belongs to the class and has a 4-neighbour that does not (the image border
-    counts as outside): the mask minus its erosion by a cross, as MONAI's ``get_mask_edges``."""
-    from scipy.ndimage import binary_erosion
+    """Boundary pixels (voxels) of each foreground class of one map ``[H, W]`` or ``[D, H, W]``: ``[C - 1, ...]``
+    bool, class ``c`` at ``c - 1``. A boundary pixel belongs to the class and has a face neighbour (4 in 2D, 6 in
+    3D) that does not (the border counts as outside): the mask minus its erosion by a cross, as MONAI's
+    ``get_mask_edges``."""
+    from scipy.ndimage import binary_erosion, generate_binary_structure
 
-    masks = labels[None] == np.arange(1, num_classes)[:, None, None]
-    cross = np.zeros((3, 3, 3), bool)
-    cross[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # one erosion for every class at once, classes kept apart
+    masks = labels[None] == np.arange(1, num_classes).reshape(-1, *[1] * labels.ndim)
+    # one erosion for every class at once, classes kept apart: the cross only in the middle of the class axis
+    cross = np.zeros((3,) * (labels.ndim + 1), bool)
+    cross[1] = generate_binary_structure(labels.ndim, 1)
     return masks & ~binary_erosion(masks, structure=cross, border_value=0)
 
 
 def _hd95_nsd(pred_edge: np.ndarray, target_edge: np.ndarray, spacing: np.ndarray,
               tolerance: float) -> tuple[float, float]:
-    """HD95 and NSD of one class from its boundary pixels ``[H, W]`` in prediction and target."""
+    """HD95 and NSD of one class from its boundary pixels (voxels) in prediction and target."""
     from scipy.spatial import cKDTree
 
     has_pred, has_target = bool(pred_edge.any()), bool(target_edge.any())
@@ -179,7 +198,7 @@ def _hd95_nsd(pred_edge: np.ndarray, target_edge: np.ndarray, spacing: np.ndarra
 
 
 def boundary_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, nsd_tolerance: float = 2.0,
-                       spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+                       spacing: Sequence[float] | None = None, spatial_dims: int = 2) -> dict[str, np.ndarray]:
     """HD95 and NSD per class (background not scored: NaN at class 0).
 
     Definitions (those of MONAI's ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice``,
@@ -188,32 +207,38 @@ def boundary_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, n
     each boundary pixel of one map to the nearest boundary pixel of the other. ``nsd`` (normalised surface Dice
     at tolerance tau) is the share of the boundary pixels of both maps that lie within tau of the other map's
     boundary. A class absent from both maps: HD95 0, NSD 1; present in exactly one: HD95 NaN (undefined), NSD 0.
+    In 3D (``spatial_dims=3``) the same on surfaces: a class's surface is its voxels with a 6-neighbour outside
+    it, and distances are between voxel centres, each axis scaled by its spacing (anisotropic voxels measured
+    in mm).
 
     Args:
-        pred: predicted label map ``[H, W]`` or ``[..., H, W]``, integers in ``0 .. num_classes - 1``.
+        pred: predicted label map ``[H, W]`` or ``[..., H, W]`` (``[..., D, H, W]`` in 3D), integers in
+            ``0 .. num_classes - 1``.
         target: reference label map, same shape as ``pred``.
         num_classes: C, the number of classes including background (class 0).
         nsd_tolerance: tau, in the unit of the distances (pixels, or mm with ``spacing``), > 0.
-        spacing: pixel size ``(rows, columns)`` in mm; None measures in pixels.
+        spacing: pixel size ``(rows, columns)`` in mm, or voxel size ``(d, h, w)`` in 3D; None measures in
+            pixels (voxels).
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Returns:
         ``{"hd95": [..., C], "nsd": [..., C]}`` float64, in pixels or mm.
     """
-    pred, target = _check_label_maps(pred, target, num_classes)
-    step = _check_spacing(spacing)
+    pred, target = _check_label_maps(pred, target, num_classes, spatial_dims)
+    step = _check_spacing(spacing, spatial_dims)
     if isinstance(nsd_tolerance, bool) or not np.isfinite(nsd_tolerance) or nsd_tolerance <= 0:
         raise ValueError(f"nsd_tolerance must be a finite number > 0; got {nsd_tolerance!r}")
-    lead = pred.shape[:-2]
+    lead = pred.shape[:-spatial_dims]
     hd95 = np.full((*lead, num_classes), np.nan)
     nsd = np.full((*lead, num_classes), np.nan)
     for idx in np.ndindex(*lead):
-        rows, cols = np.nonzero((pred[idx] > 0) | (target[idx] > 0))
-        if rows.size == 0:  # no foreground anywhere: every class absent from both
+        where = np.nonzero((pred[idx] > 0) | (target[idx] > 0))
+        if where[0].size == 0:  # no foreground anywhere: every class absent from both
             hd95[(*idx, slice(1, None))], nsd[(*idx, slice(1, None))] = 0.0, 1.0
             continue
         # the boundaries lie inside the foreground's bounding box: erode only that, with a margin of one pixel
         # (or the image border, which counts as outside either way); distances do not depend on the offset
-        box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+        box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in where)
         pred_edges, target_edges = _edges(pred[idx][box], num_classes), _edges(target[idx][box], num_classes)
         for c in range(1, num_classes):
             hd95[(*idx, c)], nsd[(*idx, c)] = _hd95_nsd(pred_edges[c - 1], target_edges[c - 1], step,
@@ -222,11 +247,13 @@ def boundary_per_class(pred: np.ndarray, target: np.ndarray, num_classes: int, n
 
 
 def class_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, nsd_tolerance: float = 2.0,
-                 spacing: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+                 spacing: Sequence[float] | None = None, spatial_dims: int = 2) -> dict[str, np.ndarray]:
     """Every evaluation score per class: ``dice``, ``iou`` (:func:`dice_per_class`), ``hd95`` and ``nsd``
-    (:func:`boundary_per_class`), each ``[C]`` or ``[..., C]`` float64 (HD95 and NSD NaN at class 0)."""
-    return {"dice": dice_per_class(pred, target, num_classes), "iou": iou_per_class(pred, target, num_classes),
-            **boundary_per_class(pred, target, num_classes, nsd_tolerance, spacing)}
+    (:func:`boundary_per_class`), each ``[C]`` or ``[..., C]`` float64 (HD95 and NSD NaN at class 0); volumes
+    ``[D, H, W]`` with ``spatial_dims=3`` and a voxel ``spacing`` ``(d, h, w)`` in mm."""
+    return {"dice": dice_per_class(pred, target, num_classes, spatial_dims),
+            "iou": iou_per_class(pred, target, num_classes, spatial_dims),
+            **boundary_per_class(pred, target, num_classes, nsd_tolerance, spacing, spatial_dims)}
 
 
 def surface_scores(pred: np.ndarray, target: np.ndarray, num_classes: int, metrics: Sequence[str],

@@ -36,9 +36,10 @@ TAG_IN_CHANNELS = "nakt.in_channels"
 TAG_INPUT_SIZE = "nakt.input_size"
 TAG_OUTPUTS = "nakt.outputs"
 TAG_PREPROCESS = "nakt.preprocess"
+TAG_VOLUME = "nakt.volume"  # a 3D model's volume preprocessing (config.VolumePreprocessConfig), instead of preprocess
 # TeacherDescription field -> its tag.
 DESCRIPTION_TAGS = {"labels": TAG_LABELS, "in_channels": TAG_IN_CHANNELS, "input_size": TAG_INPUT_SIZE,
-                    "outputs": TAG_OUTPUTS, "preprocess": TAG_PREPROCESS}
+                    "outputs": TAG_OUTPUTS, "preprocess": TAG_PREPROCESS, "volume": TAG_VOLUME}
 
 # Tags: lineage of a student (written at registration, read by people and by `nakt predict`'s report).
 TAG_TEACHER = "nakt.teacher"
@@ -208,9 +209,13 @@ def description_tags(spec: Any) -> dict[str, str]:
     import json
     from dataclasses import asdict
 
-    return {TAG_LABELS: json.dumps(list(spec.labels)), TAG_IN_CHANNELS: json.dumps(spec.in_channels),
-            TAG_INPUT_SIZE: json.dumps(list(spec.preprocess.size)), TAG_OUTPUTS: "logits",
-            TAG_PREPROCESS: json.dumps(asdict(spec.preprocess))}
+    tags = {TAG_LABELS: json.dumps(list(spec.labels)), TAG_IN_CHANNELS: json.dumps(spec.in_channels),
+            TAG_INPUT_SIZE: json.dumps(list(spec.input_size)), TAG_OUTPUTS: "logits"}
+    if getattr(spec, "volume", None) is not None:  # a 3D model: its volume preprocessing (the 2D one does not apply)
+        tags[TAG_VOLUME] = json.dumps(spec.to_dict()["volume"])
+    else:
+        tags[TAG_PREPROCESS] = json.dumps(asdict(spec.preprocess))
+    return tags
 
 
 def set_alias_and_tags(registered_name: str, version: str, alias: str, tags: dict[str, str]) -> tuple[str, str]:

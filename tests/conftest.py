@@ -146,3 +146,36 @@ def committed_checkpoint(storage: Path) -> bool:
         except (OSError, ValueError):  # being written
             continue
     return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Volumes: a teacher whose answer is known, and a volume it answers (test_{annotate,evaluate,predict}_volumes.py)
+
+
+def scripted_threshold(path: Path, input_size: list[int], volume: dict | None = None) -> Path:
+    """A TorchScript teacher (with its description YAML) whose answer is known: foreground ("ball") where the
+    normalised intensity exceeds 0.5, for 2D or 3D inputs alike (``input_size`` of 2 or 3 values)."""
+    import torch
+
+    class Threshold(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([torch.zeros_like(x), 10.0 * (x - 0.5)], 1)
+
+    torch.jit.script(Threshold()).save(str(path))
+    description = {"labels": ["background", "ball"], "in_channels": 1, "input_size": input_size, "outputs": "logits"}
+    if volume is not None:
+        description["volume"] = volume
+    path.with_name(path.name + ".yaml").write_text(_json.dumps(description))
+    return path
+
+
+def ball_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (20, 24, 22),
+                radius: tuple[float, float] = (4.0, 5.0)) -> np.ndarray:
+    """A body (100) with a bright ball (300) inside, zero outside the body, mild noise: ``[D, H, W]`` float32."""
+    d, h, w = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    body = ((np.abs(d - shape[0] / 2) < shape[0] / 2 - 2) & (np.abs(h - shape[1] / 2) < shape[1] / 2 - 3)
+            & (np.abs(w - shape[2] / 2) < shape[2] / 2 - 2))
+    c = rng.uniform(0.4, 0.6, 3) * np.array(shape)
+    ball = ((d - c[0]) ** 2 + (h - c[1]) ** 2 + (w - c[2]) ** 2) < rng.uniform(*radius) ** 2
+    img = np.where(body, 100.0, 0.0) + np.where(ball & body, 200.0, 0.0)
+    return (img + body * rng.normal(0, 3, shape)).astype(np.float32)

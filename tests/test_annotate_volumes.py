@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ball_volume, scripted_threshold
 
 from nakt_ray import config
 from nakt_ray.annotation import parquet as ann
@@ -26,29 +27,10 @@ VOLUME = {"spacing": [2.0, 2.0, 2.0], "orientation": "RAS", "modality": "mri", "
           "patch_size": [16, 16, 16]}
 
 
-class Threshold(torch.nn.Module):
-    """A teacher whose answer is known: foreground where the normalised intensity exceeds 0.5 (any 2D or 3D input)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x), 10.0 * (x - 0.5)], 1)
 
 
-def _scripted(path: Path, input_size: list[int]) -> str:
-    torch.jit.script(Threshold()).save(str(path))
-    path.with_name(path.name + ".yaml").write_text(json.dumps(
-        {"labels": ["background", "ball"], "in_channels": 1, "input_size": input_size, "outputs": "logits"}))
-    return str(path)
 
 
-def _ball_volume(rng: np.random.Generator, shape=(20, 24, 22)) -> np.ndarray:
-    """A body (100) with a bright ball (300) inside, zero outside the body, mild noise."""
-    d, h, w = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    body = (np.abs(d - shape[0] / 2) < shape[0] / 2 - 2) & (np.abs(h - shape[1] / 2) < shape[1] / 2 - 3) & \
-           (np.abs(w - shape[2] / 2) < shape[2] / 2 - 2)
-    c = rng.uniform(0.4, 0.6, 3) * np.array(shape)
-    ball = ((d - c[0]) ** 2 + (h - c[1]) ** 2 + (w - c[2]) ** 2) < rng.uniform(3.5, 5.0) ** 2
-    img = np.where(body, 100.0, 0.0) + np.where(ball & body, 200.0, 0.0)
-    return (img + body * rng.normal(0, 3, shape)).astype(np.float32)
 
 
 def _write_cases(root: Path, n: int, seed: int = 0) -> Path:
@@ -57,7 +39,7 @@ def _write_cases(root: Path, n: int, seed: int = 0) -> Path:
     for i in range(n):
         geom = VolumeGeometry.create((20, 24, 22), (2.5, 1.5, 1.5), (-10.0 * i, 3.0, 7.0),
                                      oblique if i == 1 else None)
-        image = _ball_volume(rng)
+        image = ball_volume(rng, radius=(3.5, 5.0))
         write_volume(root / "images" / f"vol{i}.nii.gz", image, geom)
         write_volume(root / "masks" / f"vol{i}.nii.gz", (image > 200).astype(np.uint8), geom)
     return root
@@ -78,9 +60,9 @@ def volume_run(tmp_path_factory):
                                                                                "volume"))
     net = save_model(tmp / "net3d.pt", spec.build(), spec)
     teachers = [
-        {"name": "thr3d", "checkpoint": _scripted(tmp / "thr3d.ts", [16, 16, 16]), "sliding_window": True,
+        {"name": "thr3d", "checkpoint": str(scripted_threshold(tmp / "thr3d.ts", [16, 16, 16])), "sliding_window": True,
          "tta_flips": [-3, -1]},
-        {"name": "thr2d", "checkpoint": _scripted(tmp / "thr2d.ts", [16, 16]), "sliding_window": True,
+        {"name": "thr2d", "checkpoint": str(scripted_threshold(tmp / "thr2d.ts", [16, 16])), "sliding_window": True,
          "slice_axis": 0},
         {"name": "net", "checkpoint": str(net)},
     ]

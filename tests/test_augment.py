@@ -1,6 +1,7 @@
 """Augmentation keeps image, soft target and weight aligned, and targets valid distributions."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nakt_ray.data.augment import Augmenter
@@ -38,3 +39,44 @@ def test_strength_zero_only_flips() -> None:
     x2, y2, _ = Augmenter(strength=0.0, seed=2)(fg.clone(), y.clone())
     for i in range(4):
         assert torch.equal(x2[i], fg[i]) or torch.equal(x2[i], fg[i].flip(-1))
+
+
+def _ball_batch(b: int = 4, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    zz, yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), torch.arange(size), indexing="ij")
+    fg = torch.stack([((zz - 4 - i) ** 2 + (yy - 6) ** 2 + (xx - 9 - i) ** 2 < 16).float() for i in range(b)])
+    return fg[:, None], torch.stack([1 - fg, fg], 1)
+
+
+def test_volume_flips_move_image_target_and_weight_alike_over_all_three_axes() -> None:
+    from nakt_ray.data.augment3d import VolumeAugmenter
+
+    fg, y = _ball_batch()
+    aug = VolumeAugmenter(strength=0.0, seed=3)  # flips only: the image channel must equal the target's foreground
+    seen = set()
+    for _ in range(8):
+        x2, y2, w2 = aug(fg.clone(), y.clone(), fg[:, 0].clone())
+        assert torch.equal(x2[:, 0], y2[:, 1]) and torch.equal(w2, y2[:, 1])
+        assert torch.equal(y2.sum(1), torch.ones_like(y2[:, 0]))  # flips move voxels: still exact distributions
+        for i in range(fg.shape[0]):
+            flips = [dims for dims in ((), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3))
+                     if torch.equal(x2[i], fg[i].flip(dims) if dims else fg[i])]
+            assert flips
+            seen.update(flips)
+    assert {(1,), (2,), (3,)} <= seen | {d[:1] for d in seen} and len(seen) > 3
+
+
+def test_volume_intensity_and_noise_touch_the_image_only_and_are_seeded() -> None:
+    from nakt_ray.data.augment3d import VolumeAugmenter
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 1, 8, 8, 8), torch.softmax(torch.randn(6, 3, 8, 8, 8), 1)
+    a = VolumeAugmenter(strength=2.0, seed=5)(x, y)
+    b = VolumeAugmenter(strength=2.0, seed=5)(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(a[:2], b[:2])) and a[2] is None
+    x2, y2, _ = a
+    assert torch.allclose(y2.sum(1), torch.ones(6, 8, 8, 8), atol=1e-6)
+    changed = [not any(torch.allclose(x2[i], x[i].flip(d) if d else x[i]) for d in
+                       ((), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3))) for i in range(6)]
+    assert any(changed)  # some intensity change or noise beyond the flips
+    with pytest.raises(ValueError, match=r"\[B, C_in, D, H, W\]"):
+        VolumeAugmenter()(x[:, :, 0], y[:, :, 0])

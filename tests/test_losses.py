@@ -185,3 +185,21 @@ def test_errors(call, message: str) -> None:
     with pytest.raises(ValueError) as excinfo:
         call()
     assert message in str(excinfo.value)
+
+
+def test_every_part_works_on_volumes_as_on_their_voxels_laid_out_as_an_image() -> None:
+    """[B, C, D, H, W]: Dice sums over the whole volume and CE / KL / weights average over its voxels, so a
+    volume gives what the same voxels give as one [B, C, D * H, W] image."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 4, 5, 6, generator=g, requires_grad=True)
+    target = torch.softmax(torch.randn(2, 3, 4, 5, 6, generator=g), 1)
+    weight = torch.rand(2, 4, 5, 6, generator=g)
+    volume = segmentation_loss(logits, target, kl_weight=0.5, hard_weight=0.5, temperature=2.0, pixel_weight=weight)
+    image = segmentation_loss(logits.reshape(2, 3, 20, 6), target.reshape(2, 3, 20, 6), kl_weight=0.5,
+                              hard_weight=0.5, temperature=2.0, pixel_weight=weight.reshape(2, 20, 6))
+    for part in ("loss", "dice", "ce", "kl", "hard"):
+        assert volume[part].item() == pytest.approx(image[part].item(), rel=1e-6), part
+    volume["loss"].backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="pixel_weight shape"):
+        soft_cross_entropy(logits, target, weight[:, 0])

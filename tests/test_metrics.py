@@ -272,3 +272,124 @@ def test_class_scores_and_boundary_errors() -> None:
             boundary_per_class(pred, target, 2, **kwargs)
     with pytest.raises(ValueError, match="expected 0 .. 1"):
         boundary_per_class(pred * 2, target, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Volumes (spatial_dims=3): Dice / IoU over every voxel, HD95 and NSD on 3D surfaces with anisotropic voxels
+
+
+def _blobs_3d(rng: np.random.Generator, shape=(12, 14, 16)) -> np.ndarray:
+    """Smooth random regions of classes 1 and 2 in a small volume, both present."""
+    from scipy.ndimage import gaussian_filter
+
+    a = (gaussian_filter(rng.random(shape), 2.0) > 0.5).astype(np.int64)
+    return np.maximum(a, 2 * (gaussian_filter(rng.random(shape), 2.0) > 0.52))
+
+
+def _brute_surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` [D, H, W] with a 6-neighbour outside it (or outside the volume), by plain loops."""
+    out = []
+    for idx in map(tuple, np.argwhere(mask)):
+        for axis in range(3):
+            for step in (-1, 1):
+                n = list(idx)
+                n[axis] += step
+                if not 0 <= n[axis] < mask.shape[axis] or not mask[tuple(n)]:
+                    out.append(idx)
+                    break
+            else:
+                continue
+            break
+    return np.array(out, dtype=float).reshape(-1, 3)
+
+
+def _brute_hd95_nsd(pred: np.ndarray, target: np.ndarray, spacing, tol: float) -> tuple[float, float]:
+    """The definitions, by every pairwise distance between the two surfaces (mm)."""
+    from scipy.spatial.distance import cdist
+
+    p, t = _brute_surface(pred) * spacing, _brute_surface(target) * spacing
+    d = cdist(p, t)
+    d_pt, d_tp = d.min(1), d.min(0)
+    hd95 = max(np.percentile(d_pt, 95), np.percentile(d_tp, 95))
+    return hd95, ((d_pt <= tol).sum() + (d_tp <= tol).sum()) / (len(d_pt) + len(d_tp))
+
+
+@pytest.mark.parametrize("spacing", [None, (2.5, 0.7, 1.1)])
+def test_boundary_metrics_of_volumes_match_a_brute_force_reference(spacing) -> None:
+    from nakt_ray.metrics import boundary_per_class, class_scores
+
+    rng = np.random.default_rng(11)
+    pred, target = _blobs_3d(rng), _blobs_3d(rng)
+    step = np.ones(3) if spacing is None else np.asarray(spacing)
+    tol = 2.0
+    mine = boundary_per_class(pred, target, 3, nsd_tolerance=tol, spacing=spacing, spatial_dims=3)
+    assert mine["hd95"].shape == (3,)  # one volume, one score per class (not one per slice)
+    for c in (1, 2):
+        hd95, nsd = _brute_hd95_nsd(pred == c, target == c, step, tol)
+        assert mine["hd95"][c] == pytest.approx(hd95, rel=1e-9)
+        assert mine["nsd"][c] == pytest.approx(nsd, rel=1e-9)
+    # a batch of volumes gives the same per volume
+    batch = boundary_per_class(np.stack([pred, target]), np.stack([target, target]), 3, tol, spacing, spatial_dims=3)
+    np.testing.assert_allclose(batch["hd95"][0], mine["hd95"])
+    assert batch["hd95"][1, 1] == 0.0 and batch["nsd"][1, 2] == 1.0
+    scores = class_scores(pred, target, 3, tol, spacing, spatial_dims=3)
+    assert set(scores) == {"dice", "iou", "hd95", "nsd"} and all(v.shape == (3,) for v in scores.values())
+
+
+def test_boundary_metrics_of_volumes_agree_with_monai_with_anisotropic_spacing() -> None:
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    from nakt_ray.metrics import boundary_per_class
+
+    rng = np.random.default_rng(3)
+    pred, target = np.stack([_blobs_3d(rng) for _ in range(2)]), np.stack([_blobs_3d(rng) for _ in range(2)])
+    spacing = (3.0, 0.8, 1.2)
+    mine = boundary_per_class(pred, target, 3, nsd_tolerance=2.5, spacing=spacing, spatial_dims=3)
+
+    def one_hot(a: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.from_numpy(a).long(), 3).permute(0, 4, 1, 2, 3).float()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(one_hot(pred), one_hot(target), include_background=False, percentile=95,
+                                        spacing=spacing)
+        nsd = compute_surface_dice(one_hot(pred), one_hot(target), [2.5, 2.5], include_background=False,
+                                   spacing=spacing)
+    np.testing.assert_allclose(mine["hd95"][:, 1:], hd.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(mine["nsd"][:, 1:], nsd.numpy(), rtol=1e-5)
+
+
+def test_a_cube_shifted_along_the_thick_axis_is_measured_in_mm() -> None:
+    from nakt_ray.metrics import boundary_per_class
+
+    target = np.zeros((16, 16, 16), np.int64)
+    target[4:10, 4:10, 4:10] = 1
+    pred = np.roll(target, 2, axis=0)  # 2 slices of 3 mm: 6 mm
+    s = boundary_per_class(pred, target, 2, nsd_tolerance=5.0, spacing=(3.0, 0.5, 0.5), spatial_dims=3)
+    assert s["hd95"][1] == pytest.approx(6.0) and 0 < s["nsd"][1] < 1
+    assert boundary_per_class(pred, target, 2, nsd_tolerance=6.0, spacing=(3.0, 0.5, 0.5),
+                              spatial_dims=3)["nsd"][1] == 1.0
+    sideways = np.roll(target, 2, axis=2)  # 2 columns of 0.5 mm: 1 mm
+    assert boundary_per_class(sideways, target, 2, spacing=(3.0, 0.5, 0.5), spatial_dims=3)["hd95"][1] == \
+        pytest.approx(1.0)
+    with pytest.raises(ValueError, match="three finite positive voxel sizes"):
+        boundary_per_class(pred, target, 2, spacing=(3.0, 0.5), spatial_dims=3)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        boundary_per_class(pred, target, 2, spatial_dims=4)
+
+
+def test_dice_and_iou_of_a_volume_count_every_voxel() -> None:
+    rng = np.random.default_rng(2)
+    pred, target = _blobs_3d(rng), _blobs_3d(rng)
+    dice = dice_per_class(pred, target, 3, spatial_dims=3)
+    iou = iou_per_class(pred, target, 3, spatial_dims=3)
+    assert dice.shape == (3,) and iou.shape == (3,)
+    for c in range(3):
+        p, t = pred == c, target == c
+        assert dice[c] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum()))
+        assert iou[c] == pytest.approx((p & t).sum() / (p | t).sum())
+    # a batch of volumes [B, D, H, W]; the 2D default would score each slice instead
+    assert dice_per_class(np.stack([pred, pred]), np.stack([target, pred]), 3, spatial_dims=3).shape == (2, 3)
+    assert dice_per_class(pred, target, 3).shape == (12, 3)

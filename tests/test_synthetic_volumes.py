@@ -129,7 +129,8 @@ def test_make_volume_folders_writes_readable_pairs_deterministically(tmp_path) -
     assert {c.split("_", 1)[1].rsplit("_", 1)[0] for c in summary["cases"]["transferal"]} == \
         set(TEACHER_SITES) | {HELD_OUT_SITE}
     pairs = [(root / s, c) for s in TEACHER_SITES for c in summary["cases"][s]]
-    pairs += [(root / "val", c) for c in summary["cases"]["val"]] + [(root / "test", c) for c in summary["cases"]["test"]]
+    pairs += [(root / "val", c) for c in summary["cases"]["val"]]
+    pairs += [(root / "test", c) for c in summary["cases"]["test"]]
     for folder, case in pairs:
         image, ig = read_volume(folder / "images" / f"{case}.nii.gz")
         mask, mg = read_label_volume(folder / "masks" / f"{case}.nii.gz")

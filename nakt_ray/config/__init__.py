@@ -9,7 +9,8 @@ ranges), ``overrides`` (dotted keys set in plain data), ``space`` (the language 
 the trial configs it produces), ``io`` (``from_dict``, ``load``, ``dump``: the boundary where a whole run is
 validated, its search space included), ``docs`` (the key table of docs/config.md), ``volume`` (volume
 preprocessing: target spacing, orientation, modality normalisation, patch size: the ``volume`` section of a 3D
-run). Imports the zoo (architecture names and arguments are checked here) and no Ray: the search itself lives in ``nakt_ray.search``.
+run). Imports the zoo (architecture names and arguments are checked here) and no Ray: the search itself lives in
+``nakt_ray.search``.
 """
 from nakt_ray.config.convert import build, flatten
 from nakt_ray.config.io import dump, from_dict, load

@@ -108,6 +108,11 @@ class TrainingConfig:
     and re-fused once and held in Ray's object store, and every epoch reshuffles it through a buffer of up to
     256 MiB of rows; a larger set streams from Parquet every epoch (file order shuffled, 4-batch buffer). 0 always
     streams. ``seed`` fixes initialisation, shuffles and augmentation.
+
+    3D models (a 3D run's student, 3D teachers) train on patches of ``volume.patch_size``: ``patches_per_case``
+    random patches per case per epoch, of which a share ``foreground_share`` is centred on a foreground voxel of a
+    random class present (nnU-Net's oversampling; 0.33 as there); validation is a sliding window over whole
+    volumes (Dice and IoU per class; HD95 and NSD in mm come from ``nakt evaluate``).
     """
 
     epochs: int = 10
@@ -132,6 +137,8 @@ class TrainingConfig:
     max_failures: int = 2
     seed: int = 0
     cache_mb: int = 1024
+    patches_per_case: int = 4
+    foreground_share: float = 0.33
 
     def _validate(self, p: str) -> None:
         for key in ("epochs", "batch_size"):
@@ -168,6 +175,12 @@ class TrainingConfig:
         if self.cache_mb < 0:
             raise error(ConfigError, f"config key '{p}cache_mb'",
                         expected(self.cache_mb, "an integer >= 0 (MiB; 0 always streams)"))
+        if self.patches_per_case < 1:
+            raise error(ConfigError, f"config key '{p}patches_per_case'",
+                        expected(self.patches_per_case, "an integer >= 1 (patches per case per epoch)"))
+        if not 0 <= self.foreground_share <= 1:
+            raise error(ConfigError, f"config key '{p}foreground_share'",
+                        expected(self.foreground_share, "a share in [0, 1] of patches centred on foreground"))
         if self.patience is not None and self.patience < 1:
             raise error(ConfigError, f"config key '{p}patience'",
                         expected(self.patience, "an integer >= 1 or null (no early stopping)"))
@@ -455,6 +468,13 @@ class RunConfig:
         if self.spatial_dims == 3:
             from nakt_ray import zoo
 
+            volume_teachers = any(zoo.spatial_dims_of(t.arch, t.arch_args) == 3 for t in self.teachers)
+            for key, tc in (("training", self.training), ("finetune", self.finetune),
+                            ("teacher_training", self.teacher_training if volume_teachers else None)):
+                if tc is not None and tc.val_metrics:
+                    raise error(ConfigError, f"config key '{p}{key}.val_metrics'",
+                                expected(list(tc.val_metrics), "[] for 3D models: their validation scores Dice and "
+                                         "IoU on whole volumes; HD95 and NSD in mm come from `nakt evaluate`"))
             try:
                 zoo.check_spatial_size(self.student.arch, self.volume.patch_size, self.student.arch_args)
             except ValueError as err:

@@ -122,44 +122,8 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     say(f"  data in {data}; run config written to {Path(run_dir) / 'run.yaml'}")
 
     from nakt_ray import tracking
-    from nakt_ray.annotation.pipeline import annotate
-    from nakt_ray.evaluation.evaluate import evaluate
-    from nakt_ray.runtime.cluster import init_ray
-    from nakt_ray.training.student import train_student
-    from nakt_ray.training.teacher import train_teacher
 
-    init_ray(cfg.ray)
-    progress(f"training {len(cfg.teachers)} teachers with Ray Train: "
-             + ", ".join(f"{t.name} ({t.arch})" for t in cfg.teachers))
-    for t in cfg.teachers:
-        ts = time.perf_counter()
-        path = train_teacher(cfg, t)
-        say(f"  teacher {t.name}: {path} ({time.perf_counter() - ts:.1f} s)")
-
-    progress("annotating the transferal set with Ray Data (one actor pool per teacher), fusing by the mean")
-    with tracking.stage_run(cfg, "annotate"):
-        import mlflow
-
-        summary = annotate(cfg)
-        mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s")})
-    say(f"  {summary['cases_read']} cases read, {summary['annotated']} annotated, {summary['failed']} failed "
-          f"-> {summary['output']}")
-
-    progress(f"distilling a {cfg.student.arch} student with Ray Train and registering it in MLflow")
-    student = train_student(cfg)
-    say(f"  student: {student['model_path']} -> {student['model_uri']} (version {student['version']})")
-
-    progress("evaluating teachers, their ensemble and the student on the held-out test set")
-    models = {t.name: str(cfg.teacher_checkpoint(t)) for t in cfg.teachers}
-    ensemble = list(models)
-    models[cfg.student.name] = student["model_path"]
-    with tracking.stage_run(cfg, "evaluate"):
-        import mlflow
-
-        report = evaluate(cfg, models, cfg.data.test, Path(run_dir) / "evaluation", ensemble=ensemble)
-        for name, r in report["models"].items():
-            mlflow.log_metrics({f"dice.{name}": r["dice"], f"iou.{name}": r["iou"]})
-        mlflow.log_artifacts(str(Path(run_dir) / "evaluation"), artifact_path="evaluation")
+    summary, student, report = transfer(cfg, run_dir, progress, TRANSFER_WORDS)
 
     progress("loading the registered student from the MLflow Model Registry and segmenting a test image")
     overlay = segment_with_registered(cfg, student["model_uri"], Path(run_dir) / "evaluation")
@@ -174,6 +138,63 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     if console.diverted():
         say(f"  Ray's own output:    {console.log_path()}")
     return {**report, "wall_s": wall, "student": student, "annotations": summary, "overlay": str(overlay)}
+
+
+# How each demo announces the steps of :func:`transfer`.
+TRANSFER_WORDS = {
+    "teachers": "training {n} teachers with Ray Train",
+    "annotate": "annotating the transferal set with Ray Data (one actor pool per teacher), fusing by the mean",
+    "cases": "cases",
+    "student": "distilling a {arch} student with Ray Train and registering it in MLflow",
+    "evaluate": "evaluating teachers, their ensemble and the student on the held-out test set",
+}
+
+
+def transfer(cfg: config.RunConfig, run_dir: str, progress: _Progress,
+             words: dict[str, str]) -> tuple[dict, dict, dict]:
+    """The steps both demos share, each announced with ``words``: train every teacher, annotate the transferal set
+    (logged to MLflow), distil and register the student, evaluate the teachers, their ensemble and the student on
+    the test set. Returns the annotation summary, the student's result and the evaluation report."""
+    from nakt_ray import tracking
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.evaluation.evaluate import evaluate
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.student import train_student
+    from nakt_ray.training.teacher import train_teacher
+
+    init_ray(cfg.ray)
+    progress(words["teachers"].format(n=len(cfg.teachers)) + ": "
+             + ", ".join(f"{t.name} ({t.arch})" for t in cfg.teachers))
+    for t in cfg.teachers:
+        ts = time.perf_counter()
+        path = train_teacher(cfg, t)
+        say(f"  teacher {t.name}: {path} ({time.perf_counter() - ts:.1f} s)")
+
+    progress(words["annotate"])
+    with tracking.stage_run(cfg, "annotate"):
+        import mlflow
+
+        summary = annotate(cfg)
+        mlflow.log_metrics({k: summary[k] for k in ("cases_read", "annotated", "failed", "wall_s")})
+    say(f"  {summary['cases_read']} {words['cases']} read, {summary['annotated']} annotated, {summary['failed']} "
+        f"failed -> {summary['output']}")
+
+    progress(words["student"].format(arch=cfg.student.arch))
+    student = train_student(cfg)
+    say(f"  student: {student['model_path']} -> {student['model_uri']} (version {student['version']})")
+
+    progress(words["evaluate"])
+    models = {t.name: str(cfg.teacher_checkpoint(t)) for t in cfg.teachers}
+    ensemble = list(models)
+    models[cfg.student.name] = student["model_path"]
+    with tracking.stage_run(cfg, "evaluate"):
+        import mlflow
+
+        report = evaluate(cfg, models, cfg.data.test, Path(run_dir) / "evaluation", ensemble=ensemble)
+        for name, r in report["models"].items():
+            mlflow.log_metrics({f"dice.{name}": r["dice"], f"iou.{name}": r["iou"]})
+        mlflow.log_artifacts(str(Path(run_dir) / "evaluation"), artifact_path="evaluation")
+    return summary, student, report
 
 
 def segment_with_registered(cfg: config.RunConfig, model_uri: str, out_dir: Path) -> Path:

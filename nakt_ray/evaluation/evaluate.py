@@ -11,6 +11,10 @@ A model named like one of the run's teachers is scored as that teacher annotates
 
 Distances (HD95, the NSD tolerance) are in mm when every image's header gives its pixel size (NIfTI, DICOM:
 ``readers.read_pixel_spacing``; ``units: mm``), else in pixels of the original image for all (``units: px``).
+
+A 3D run (``cfg.spatial_dims == 3``) scores volumes instead: one case per volume, scored on its original grid with
+its voxel spacing (always mm), through the same pools (:mod:`nakt_ray.evaluation.volumes`), plus a figure per model
+of orthogonal mid-slices (:mod:`nakt_ray.evaluation.figures`).
 """
 from __future__ import annotations
 
@@ -125,6 +129,11 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
     header gives its pixel size (NIfTI, DICOM; ``units: mm``), else in pixels (``units: px``). Returns the
     JSON report (``models``: see :func:`~nakt_ray.evaluation.report.summarize`; ``failed``; ``units``;
     ``nsd_tolerance``; ``bootstrap``) plus ``table`` (the summary Markdown) and ``files``.
+
+    In a 3D run (``cfg.spatial_dims == 3``) ``data`` holds volumes (``data/volume_cases.py``), preprocessed by the
+    run's ``volume`` config; each is scored on its original grid in mm (``units: mm``, ``spatial_dims: 3`` in
+    the report), and ``evaluation_slices__<model>.png`` (orthogonal mid-slices of the first cases with the
+    contours of ground truth, ensemble and model) are written too. ``batch_size`` is then one volume.
     """
     from nakt_ray.data.datasets import cases_dataset, decode_batch
     from nakt_ray.data.privacy import cases_for
@@ -135,20 +144,28 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
     num_classes = cfg.data.num_classes
     refs = model_refs(cfg, models, batch_size)
     uri = tracking_uri(cfg)
-    check_teachers(refs, num_classes, pre.in_channels, uri)  # fail fast, by name, before any actor starts
-    cases = cases_for(list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix), cfg.data.pseudonymize)
-    # Distances in mm when every image's header gives its pixel size (NIfTI, DICOM), else in pixels for all.
-    in_mm = all(read_pixel_spacing(c.image_path, c.slice_index) is not None for c in cases)
-    ds = cases_dataset(cases, rows_per_block=batch_size)
-    ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.25,
-                        fn_kwargs=dict(preprocess=pre, num_classes=num_classes, mask_values=cfg.data.mask_values,
-                                       keep_mask=True))
-    ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri, pools=cfg.annotate.pools,
-                           shared_actors=cfg.annotate.shared_actors)
-    ds = ds.map_batches(score_batch, batch_size=batch_size, num_cpus=0.25,
-                        fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes,
-                                       nsd_tolerance=nsd_tolerance, in_mm=in_mm))
-    rows = ds.take_all()
+    volumes = cfg.spatial_dims == 3
+    if volumes:
+        from nakt_ray.evaluation.volumes import volume_rows
+
+        rows = volume_rows(cfg, refs, data, out_dir, ensemble or [], ENSEMBLE, nsd_tolerance, uri)
+        in_mm = True  # a volume always has its voxel spacing
+    else:
+        check_teachers(refs, num_classes, pre.in_channels, uri)  # fail fast, by name, before any actor starts
+        cases = cases_for(list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix),
+                          cfg.data.pseudonymize)
+        # Distances in mm when every image's header gives its pixel size (NIfTI, DICOM), else in pixels for all.
+        in_mm = all(read_pixel_spacing(c.image_path, c.slice_index) is not None for c in cases)
+        ds = cases_dataset(cases, rows_per_block=batch_size)
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.25,
+                            fn_kwargs=dict(preprocess=pre, num_classes=num_classes, mask_values=cfg.data.mask_values,
+                                           keep_mask=True))
+        ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri, pools=cfg.annotate.pools,
+                               shared_actors=cfg.annotate.shared_actors)
+        ds = ds.map_batches(score_batch, batch_size=batch_size, num_cpus=0.25,
+                            fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes,
+                                           nsd_tolerance=nsd_tolerance, in_mm=in_mm))
+        rows = ds.take_all()
 
     names = list(models) + ([ENSEMBLE] if ensemble else [])
     labels = list(cfg.data.labels)
@@ -160,5 +177,13 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
               "bootstrap": {"resamples": n_boot, "alpha": 0.05, "seed": seed}, "labels": labels,
               "models": summarize(ok, names, labels, seed=seed, n_boot=n_boot), "ensemble_of": ensemble or [],
               "failed": failed, "model_files": {k: str(v) for k, v in models.items()}}
+    if volumes:
+        report["spatial_dims"] = 3
     files = write(out_dir, report, ok, names, labels)
+    if volumes:  # a figure per model: mid-slices of the first cases with the contours of truth, ensemble, model
+        from nakt_ray.evaluation.figures import write_model_figures
+
+        pictured = sorted((str(r["case_id"]), r["figure"]) for r in ok if r["figure"])
+        if pictured:
+            files.update(write_model_figures(out_dir, pictured, names, ENSEMBLE if ensemble else None, num_classes))
     return {**report, "table": tables(report)[0], "files": files}

@@ -119,10 +119,20 @@ def tables(report: dict[str, Any]) -> tuple[str, str]:
     per_class = ["| model | class | " + " | ".join(heads) + " |", "|---" * (len(heads) + 2) + "|"]
     per_class += [f"| {name} | {label} | " + " | ".join(_cells(c)) + " |"
                   for name, r in report["models"].items() for label, c in r["classes"].items()]
+    volumes = report.get("spatial_dims", 2) == 3
     unit_note = ("pixels of the original image: some image of the set gives no pixel size (PNG, JPEG, TIFF and BMP "
                  "have none), so HD95 and the NSD tolerance are in pixels for every case"
                  if units == "px" else "mm, from each image's pixel size in its header (NIfTI voxel sizes, DICOM "
                  "PixelSpacing)")
+    boundary = ("- Boundary of a class: its pixels with a 4-neighbour outside it. HD95: the larger of the two "
+                "directed 95th percentiles of the distances from one boundary to the nearest point of the other.")
+    if volumes:
+        unit_note = ("mm, from each volume's voxel spacing (d, h, w) in its header, on its original grid "
+                     "(anisotropic voxels measured in mm)")
+        boundary = ("- Each case is a volume, predicted on the run's preprocessed grid (`volume`) and mapped back "
+                    "onto its original grid (shape, spacing, affine) before the argmax. Surface of a class: its "
+                    "voxels with a 6-neighbour outside it. HD95: the larger of the two directed 95th percentiles "
+                    "of the distances (mm) from one surface to the nearest voxel of the other.")
     definitions = [
         "## Definitions", "",
         ("- Each case is scored at its original size (the prediction is mapped back and argmaxed); a case's score "
@@ -131,8 +141,7 @@ def tables(report: dict[str, Any]) -> tuple[str, str]:
          "in case_id order, so a rerun gives the same interval; every model and metric resamples the same cases)."),
         ("- Dice = 2|P∩T|/(|P|+|T|), IoU = |P∩T|/|P∪T|; a class absent from both prediction and truth scores 1, "
          "present in only one scores 0."),
-        ("- Boundary of a class: its pixels with a 4-neighbour outside it. HD95: the larger of the two directed "
-         "95th percentiles of the distances from one boundary to the nearest point of the other. NSD at "
+        (f"{boundary} NSD at "
          f"tolerance {tol:g} {units}: the share of both boundaries lying within the tolerance of the other "
          "(MONAI's compute_hausdorff_distance(percentile=95) and compute_surface_dice; DeepMind surface-distance)."),
         ("- A class absent from both prediction and truth: HD95 0, NSD 1. A class present in only one of them: "

@@ -11,6 +11,10 @@ Both files take a float32 batch ``[B, in_channels, H, W]`` at the model's ``inpu
 dynamic) and return what the torch model returns (``logits`` ``[B, K, H, W]`` for nakt models). Other sizes are
 for the caller to resample to, as :class:`~nakt_ray.teachers.inference.LoadedTeacher` does.
 
+A 3D model (``ModelSpec.volume``) is exported alike at its patch size: ``[B, in_channels, D, H, W]`` -> ``[B, K, D,
+H, W]``, batch dynamic; its description gives ``input_size`` ``(D, H, W)`` and its ``volume`` preprocessing, so the
+file predicts whole volumes by sliding window as a teacher or in ``nakt predict``.
+
 The parity check runs the saved file (``torch.jit.load`` / onnxruntime) and the torch model on the same random
 batch of :data:`PARITY_BATCH` images (another batch size than the one traced, so a batch dimension frozen by the
 export would fail) and refuses a file whose largest absolute difference exceeds the format's tolerance.
@@ -39,21 +43,27 @@ PARITY_BATCH = 3
 
 def description(spec: ModelSpec, outputs: str = "logits", file: str | None = None) -> dict[str, Any]:
     """The description YAML data (``nakt_ray.teachers.description.TeacherDescription``) of a model exported from
-    ``spec``."""
+    ``spec``: a 2D model's ``preprocess``, or a 3D model's ``volume`` preprocessing (its patch size is then
+    ``input_size``)."""
     pre = spec.preprocess
     data: dict[str, Any] = {
-        "labels": list(spec.labels), "in_channels": spec.in_channels, "input_size": list(pre.size),
+        "labels": list(spec.labels), "in_channels": spec.in_channels, "input_size": list(spec.input_size),
         "outputs": outputs,
-        "preprocess": {"size": list(pre.size), "mode": pre.mode, "normalize": pre.normalize,
-                       "in_channels": pre.in_channels},
     }
+    if spec.volume is None:
+        data["preprocess"] = {"size": list(pre.size), "mode": pre.mode, "normalize": pre.normalize,
+                              "in_channels": pre.in_channels}
+    else:
+        from nakt_ray.config.convert import to_plain
+
+        data["volume"] = to_plain(spec.volume)
     return {"file": file, **data} if file else data
 
 
 def _example(spec: ModelSpec, batch: int, seed: int) -> torch.Tensor:
-    # Unit-variance noise: what a z-scored image looks like to the first layer.
+    # Unit-variance noise: what a z-scored image (or volume) looks like to the first layer.
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, spec.in_channels, *spec.preprocess.size, generator=gen)
+    return torch.randn(batch, spec.in_channels, *spec.input_size, generator=gen)
 
 
 def _write_description(model_path: Path, spec: ModelSpec, outputs: str) -> Path:
@@ -88,7 +98,8 @@ def export_onnx(model: torch.nn.Module, spec: ModelSpec, out_dir: str | Path, ou
     """Export ``model`` to ``<out_dir>/model.onnx`` (dynamic batch) and write ``model.onnx.yaml`` beside it.
 
     Uses the torch.export-based exporter (``dynamo=True``, the default since torch 2.9; the TorchScript-based one
-    is deprecated). Input ``image`` ``[batch, in_channels, H, W]``, output ``logits`` (or ``probabilities``).
+    is deprecated). Input ``image`` ``[batch, in_channels, H, W]`` (``[batch, in_channels, D, H, W]`` for a 3D
+    model), output ``logits`` (or ``probabilities``).
     """
     from torch.export import Dim
 
@@ -130,7 +141,7 @@ def check_parity(path: str | Path, model: torch.nn.Module, spec: ModelSpec, tole
                  sample: torch.Tensor | None = None) -> float:
     """Run the exported file at ``path`` and ``model`` on ``sample`` and return the largest absolute difference.
 
-    ``sample`` defaults to :data:`PARITY_BATCH` random images ``[B, in_channels, *input_size]``; ``tolerance``
+    ``sample`` defaults to :data:`PARITY_BATCH` random images (volumes) ``[B, in_channels, *input_size]``; ``tolerance``
     to the format's entry in :data:`TOLERANCES` (the format is taken from the suffix, ``.ts`` or ``.onnx``).
 
     Raises:
@@ -176,7 +187,7 @@ def load_for_export(source: str | Path) -> tuple[torch.nn.Module, ModelSpec, str
     defaults to a resize to its input size with z-score normalisation, and ``spec.lineage["inferred"]`` lists
     what was not declared.
     """
-    from nakt_ray.config import PreprocessConfig
+    from nakt_ray.config import PreprocessConfig, VolumePreprocessConfig
     from nakt_ray.models.model_file import load_model
     from nakt_ray.teachers.registry import load_teacher, source_kind
 
@@ -192,14 +203,20 @@ def load_for_export(source: str | Path) -> tuple[torch.nn.Module, ModelSpec, str
     module = teacher.module
     assert module is not None  # MLflow teachers are torch modules
     inferred = list(teacher.details.get("inferred", []))
-    preprocess = teacher.preprocess
-    if preprocess is None:
+    preprocess, volume = teacher.preprocess, teacher.volume
+    if teacher.spatial_dims == 3:
+        preprocess = PreprocessConfig(in_channels=teacher.in_channels)  # a 3D model: only its channels count
+        if volume is None:
+            volume = VolumePreprocessConfig(patch_size=tuple(teacher.input_size))  # type: ignore[arg-type]
+            inferred.append("volume")
+    elif preprocess is None:
         preprocess = PreprocessConfig(size=teacher.input_size, in_channels=teacher.in_channels)
         inferred.append("preprocess")
     name = teacher.details.get("registered_model") or "model"
     spec = ModelSpec(name=name, arch="mlflow", arch_args={}, labels=teacher.labels, preprocess=preprocess,
                      role="student", lineage={"source": src, **{k: v for k, v in teacher.details.items()
-                                                                    if k != "inferred"}, "inferred": inferred})
+                                                                    if k != "inferred"}, "inferred": inferred},
+                     volume=volume)
     return module, spec, teacher.outputs
 
 
@@ -227,7 +244,7 @@ def export(source: str | Path, out_dir: str | Path, formats: Iterable[str] | str
         files[fmt] = {"model": str(path), "description": str(path.with_name(path.name + ".yaml")),
                       "max_abs_diff": diff, "tolerance": TOLERANCES[fmt]}
     report = {"source": str(source), "model": spec.name, "arch": spec.arch, "labels": list(spec.labels),
-              "input_size": list(spec.preprocess.size), "outputs": outputs,
+              "input_size": list(spec.input_size), "outputs": outputs,
               "lineage": json.loads(json.dumps(spec.lineage, default=str)), "files": files}
     (out / "export.json").write_text(json.dumps(report, indent=2))
     return report

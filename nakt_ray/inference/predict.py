@@ -15,6 +15,9 @@ Outputs under ``out_dir`` (a ``case_id`` with folders, ``site/a``, keeps them; s
 
 A case that cannot be read or predicted is recorded with its reason and the run goes on. Plain PyTorch in one
 process (no Ray): predicting a folder is one model on one device.
+
+A 3D model (or a 2D one with ``volumes=True``) segments volumes instead: NIfTI masks on each volume's original grid
+and a montage of mid-slices, in :mod:`nakt_ray.inference.predict_volumes`.
 """
 from __future__ import annotations
 
@@ -26,44 +29,10 @@ from typing import Any
 
 import numpy as np
 
-# Colours of foreground classes 1, 2, ... (RGB), reused cyclically beyond eight classes.
-PALETTE = np.array([(255, 64, 0), (0, 160, 255), (255, 215, 0), (0, 220, 90), (220, 0, 220), (0, 230, 230),
-                    (255, 128, 160), (150, 100, 255)], dtype=np.float32)
-FILL_ALPHA = 0.4
+# Re-exported: the mask encoding and the overlays are part of this module's interface (demo, tests).
+from nakt_ray.inference.overlays import FILL_ALPHA, PALETTE, mask_scale, overlay
 
-
-def mask_scale(num_classes: int) -> int:
-    """The factor between a class index and its grey value in a mask PNG (255 for binary)."""
-    if not 2 <= num_classes <= 256:
-        raise ValueError(f"a model with {num_classes} classes cannot be written as an 8-bit mask PNG; expected "
-                         "2 to 256 classes")
-    return max(1, 255 // (num_classes - 1))
-
-
-def _contour(region: np.ndarray) -> np.ndarray:
-    """Pixels of boolean ``region`` ``[H, W]`` with a 4-neighbour outside it (or on the image border)."""
-    padded = np.pad(region, 1, constant_values=False)
-    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
-    return region & ~interior
-
-
-def overlay(image: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Image ``[C, H, W]`` (any intensities) + class map ``[H, W]`` -> RGB uint8 ``[H, W, 3]`` for people.
-
-    The image is shown in grey (channel mean, stretched to 0-255); each foreground class is filled with its
-    :data:`PALETTE` colour at :data:`FILL_ALPHA` and outlined in it.
-    """
-    grey = image.astype(np.float32).mean(0)
-    grey = 255 * (grey - grey.min()) / max(float(np.ptp(grey)), 1e-6)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    for cls in np.unique(label):
-        if cls == 0:
-            continue
-        region = label == cls
-        colour = PALETTE[(int(cls) - 1) % len(PALETTE)]
-        rgb[region] = (1 - FILL_ALPHA) * rgb[region] + FILL_ALPHA * colour
-        rgb[_contour(region)] = colour
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+__all__ = ["FILL_ALPHA", "PALETTE", "mask_scale", "overlay", "predict_folder"]
 
 
 def _check_device(device: str) -> str:
@@ -83,7 +52,7 @@ def _check_device(device: str) -> str:
 def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Path, batch_size: int = 8,
                    overlays: bool = True, device: str = "cpu",
                    progress: Callable[[int, int, int], None] | None = None,
-                   pseudonymize: bool = False) -> dict[str, Any]:
+                   pseudonymize: bool = False, volumes: bool | None = None, slice_axis: int = 0) -> dict[str, Any]:
     """Segment every case under ``images_dir`` with the model at ``source``; write masks, overlays and a report.
 
     Args:
@@ -96,6 +65,11 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
         progress: called after each batch with (cases done, cases in total, cases failed so far).
         pseudonymize: name every case by a keyed hash of its id (file names, ``predictions.json``), with the key
             from the environment (``nakt_ray/data/privacy.py``).
+        volumes: segment volumes (one case per volume, NIfTI masks on the original grid and a montage of
+            mid-slices: ``inference/predict_volumes.py``) instead of images and slices. None (the default): volumes
+            for a 3D model, images for a 2D one (which then predicts a NIfTI volume slice by slice as PNGs, as it
+            always has); True with a 2D model predicts each volume slice by slice along ``slice_axis`` (0, 1 or 2
+            of ``[D, H, W]``) into a NIfTI mask.
 
     Returns:
         The ``predictions.json`` content: ``{"model", "images", "output", "mask_encoding", "preprocess",
@@ -105,8 +79,8 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
         class), or ``reason``.
 
     Raises:
-        ValueError: a bad ``batch_size`` or ``device``; TeacherLoadError: a model that cannot be loaded;
-        DataError: a missing or empty images folder.
+        ValueError: a bad ``batch_size``, ``device`` or ``slice_axis``, or ``volumes=False`` for a 3D model;
+        TeacherLoadError: a model that cannot be loaded; DataError: a missing or empty images folder.
     """
     import torch
     from PIL import Image
@@ -121,9 +95,21 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: got {batch_size!r}; expected an integer >= 1")
     device = _check_device(device)
+    if slice_axis not in (0, 1, 2) or isinstance(slice_axis, bool):
+        raise ValueError(f"slice_axis: got {slice_axis!r}; expected 0, 1 or 2 (an axis of a volume [D, H, W])")
     t0 = time.perf_counter()
     # 1. The model, and how to feed it: its own preprocessing, else a resize to its input size with z-score.
     teacher = load_teacher("model", str(source), device)
+    if volumes is None:
+        volumes = teacher.spatial_dims == 3
+    if teacher.spatial_dims == 3 and not volumes:
+        raise ValueError(f"model {str(source)!r} is a 3D model (input_size {list(teacher.input_size)}); it segments "
+                         "volumes, not images (leave out --no-volumes)")
+    if volumes:
+        from nakt_ray.inference.predict_volumes import predict_volume_folder
+
+        return predict_volume_folder(teacher, images_dir, out_dir, overlays=overlays, slice_axis=slice_axis,
+                                     progress=progress, pseudonymize=pseudonymize, started=t0)
     pre = teacher.preprocess
     assumed = pre is None
     if pre is None:

@@ -71,7 +71,7 @@ def log_and_register_model(model: torch.nn.Module, spec: ModelSpec, registered_n
 
     model = getattr(model, "module", model).cpu().eval()
     # The signature is what a reader without nakt sees of the model: [-1, C, H, W] in, [-1, K, H, W] out.
-    example = np.zeros((1, spec.in_channels, *spec.preprocess.size), dtype=np.float32)
+    example = np.zeros((1, spec.in_channels, *spec.input_size), dtype=np.float32)
     with torch.no_grad():
         out = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, out)

@@ -141,8 +141,8 @@ def tune_student(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
     from nakt_ray import tracking
     from nakt_ray.annotation import parquet as ann
-    from nakt_ray.data.datasets import labeled_split
     from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.volume_data import validation_dataset
 
     # 1. Everything a trial needs, checked before Ray starts.
     if not cfg.tune.space:
@@ -172,7 +172,7 @@ def tune_student(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         _save_state(cfg, state)
         resources = {"cpu": cfg.tune.cpus_per_trial}
         # The validation set is the same for every trial: decoded once, shared through the object store.
-        val_ds = labeled_split(cfg, cfg.data.val, cfg.training.batch_size)[0]
+        val_ds = validation_dataset(cfg, cfg.data.val, cfg.training.batch_size, cfg.spatial_dims)
         base = trial_base(cfg, src)
         trial_fn = trainable(base, dict(cfg.tune.space), str(exp_dir / "trials"), parent.info.run_id, val_ds,
                              resources)

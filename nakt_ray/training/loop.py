@@ -4,6 +4,10 @@ Teachers learn from hard labels, students from fused soft labels; both arrive th
 column of uint8 probabilities ``[C, H, W]`` (one-hot x 255 for hard labels), so there is one loop. The loop
 reads its shard of a Ray Dataset (``get_dataset_shard``), reports per-epoch metrics with a checkpoint holding a
 self-describing model file, and logs metrics to MLflow from rank 0.
+
+3D models run the same loop on patches ``[C, d, h, w]`` (``training/volume_data.py``): the losses take any number
+of spatial axes, the augmentation is ``data/augment3d.py``, and validation predicts whole volumes by sliding window
+(``training/volume_validation.py``). A model is 3D when its spec carries a ``volume`` preprocessing.
 """
 from __future__ import annotations
 
@@ -138,7 +142,13 @@ def train_loop(config: dict[str, Any]) -> None:
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    augmenter = Augmenter(tc.augment_strength, seed=tc.seed + 1000 * rank + 7 * start_epoch) if tc.augment else None
+    volumes = spec.volume is not None  # a 3D model: patches in, sliding-window validation on whole volumes
+    augmenter = None
+    if tc.augment:
+        from nakt_ray.data.augment3d import VolumeAugmenter
+
+        augmenter = (VolumeAugmenter if volumes else Augmenter)(tc.augment_strength,
+                                                                seed=tc.seed + 1000 * rank + 7 * start_epoch)
 
     if logger is not None:
         # Every (re)start of the loop, and the epoch it starts from: a worker group restarted after a failure, or a
@@ -174,8 +184,14 @@ def train_loop(config: dict[str, Any]) -> None:
         # 4. Validation on rank 0 (the val set is not split across workers); early stopping by patience.
         stop = False
         if val_shard is not None and rank == 0:
-            metrics.update(validate(bare, val_shard.iter_torch_batches(batch_size=tc.batch_size, device=device),
-                                    spec.num_classes, tc, amp_dtype))
+            if volumes:
+                from nakt_ray.training.volume_validation import validate_volumes
+
+                metrics.update(validate_volumes(bare, val_shard.iter_batches(batch_size=1, batch_format="numpy"),
+                                                spec.labels, spec.input_size, device, tc.batch_size, amp_dtype))
+            else:
+                metrics.update(validate(bare, val_shard.iter_torch_batches(batch_size=tc.batch_size, device=device),
+                                        spec.num_classes, tc, amp_dtype))
             if metrics["val_dice"] > best:
                 best, best_epoch, best_state = metrics["val_dice"], epoch, cpu_state_dict(bare)
             metrics.update(best_val_dice=best, best_epoch=best_epoch)

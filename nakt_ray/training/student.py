@@ -9,7 +9,7 @@ from typing import Any
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.config import RunConfig
-from nakt_ray.errors import DataError, error
+from nakt_ray.errors import ConfigError, DataError, error
 from nakt_ray.runtime import storage
 from nakt_ray.tracking import (
     TAG_ANNOTATION_FINGERPRINT,
@@ -166,18 +166,24 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     stream from Parquet into the Ray Train workers' shards. ``resume`` continues an interrupted run from its last
     checkpoint, in the same MLflow run.
 
+    A 3D student (``cfg.spatial_dims == 3``) trains on an annotation set of volumes (schema version 2): random
+    patches of ``volume.patch_size`` streamed from the case stores, a share centred on foreground, re-fused per
+    patch when the rule differs (``training/volume_data.py``); it validates on whole volumes of ``data.val`` by
+    sliding window. A set of the other dimensionality is refused by name (:func:`check_dimensions`).
+
     A search trial (``nakt_ray/search/``) is this same function with ``register=False`` (the search registers
     only its best trial), its own ``stage`` and ``run_name`` (MLflow run, Ray Train run prefix), ``run_tags`` naming
     the search's parent run, ``callbacks`` (a Ray Train ``UserCallback`` that hands epochs to Tune) and ``val_ds``,
     the decoded ``data.val`` (the search decodes it once for all its trials; default: decoded here).
     """
-    from nakt_ray.data.datasets import labeled_split
     from nakt_ray.models.model_file import model_spec
     from nakt_ray.runtime.cluster import init_ray
     from nakt_ray.training.student_data import annotation_dataset, decoded_row_bytes
+    from nakt_ray.training.volume_data import annotation_patch_dataset, patch_options, validation_dataset
 
     src = str(annotations_dir or cfg.student.annotations or cfg.annotations_dir)  # a path or a URI
     manifest = ann.read_manifest(src)
+    check_dimensions(cfg, manifest, src)
     if manifest["labels"] != list(cfg.data.labels):
         raise ValueError(f"annotation set {str(src)!r} has labels {manifest['labels']}; the config says "
                          f"{list(cfg.data.labels)}")
@@ -192,14 +198,21 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
     init_ray(cfg.ray)
     tc = cfg.training
-    train_ds = annotation_dataset(str(src), rule=rule if needs_re_fusion else None, weights=weights,
-                                  batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True,
-                                  seed=tc.seed)
-    if cases * decoded_row_bytes(manifest) <= tc.cache_mb * 2**20:
-        # Small enough to hold: decode and re-fuse once, not every epoch (STAPLE: ~4 s an epoch for 178 HC18 cases).
-        train_ds = train_ds.materialize()
+    if cfg.spatial_dims == 3:
+        # Patches drawn anew every epoch cannot be held; they stream from the case stores (volume_data.py).
+        train_ds = annotation_patch_dataset(str(src), patch_size=cfg.volume.patch_size,
+                                            rule=rule if needs_re_fusion else None, weights=weights,
+                                            agreement=tc.agreement_weighting, seed=tc.seed, **patch_options(tc))
+    else:
+        train_ds = annotation_dataset(str(src), rule=rule if needs_re_fusion else None, weights=weights,
+                                      batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True,
+                                      seed=tc.seed)
+        if cases * decoded_row_bytes(manifest) <= tc.cache_mb * 2**20:
+            # Small enough to hold: decode and re-fuse once, not every epoch (STAPLE: ~4 s an epoch for 178 HC18
+            # cases).
+            train_ds = train_ds.materialize()
     if val_ds is None and cfg.data.val:
-        val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0]
+        val_ds = validation_dataset(cfg, cfg.data.val, tc.batch_size, cfg.spatial_dims)
     tags = lineage_tags(manifest, src, rule, weights)
     spec = model_spec(cfg, cfg.student.name, cfg.student.arch, cfg.student.arch_args, "student", tags)
     init_state = _init_state(cfg.student.init, spec) if cfg.student.init else None
@@ -208,6 +221,41 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
                              tags=tags, params={"student.cases": cases}, resume=resume,
                              alias=cfg.tracking.alias if register else None, init_state=init_state, state=state,
                              run_tags=run_tags, callbacks=callbacks)
+
+
+def check_dimensions(cfg: RunConfig, manifest: dict[str, Any], src: str) -> None:
+    """Refuse, by name, a 2D student on an annotation set of volumes, a 3D student on a set of images, and a 3D
+    student whose volume preprocessing differs from the one its set was annotated with (its model file would
+    record preprocessing it was not trained on)."""
+    from nakt_ray.config.convert import to_plain
+
+    version = manifest.get("schema_version")
+    where = f"annotation set {src!r}"
+    if version == ann.SCHEMA_VERSION_VOLUMES and cfg.spatial_dims != 3:
+        raise error(DataError, where, f"is a set of volumes (schema version {version}), but the student "
+                    f"{cfg.student.arch!r} is 2D: set student.arch_args.spatial_dims: 3 (and volume.patch_size) to "
+                    "train a 3D student on it, or point student.annotations at a set of images")
+    if version != ann.SCHEMA_VERSION_VOLUMES and cfg.spatial_dims == 3:
+        raise error(DataError, where, f"is a set of 2D images (schema version {version}), but the student "
+                    f"{cfg.student.arch!r} is 3D (student.arch_args.spatial_dims: 3), which trains on volumes: "
+                    "annotate a transferal set of volumes with this config (nakt annotate), or set "
+                    "student.arch_args.spatial_dims: 2")
+    if cfg.spatial_dims == 3:
+        ours, theirs = to_plain(cfg.volume), dict(manifest.get("preprocess") or {})
+        differ = sorted(k for k in ours if k != "patch_size" and k in theirs and ours[k] != theirs[k])
+        if differ:
+            raise error(DataError, where, "was preprocessed otherwise than this config says: " + "; ".join(
+                f"volume.{k} is {ours[k]!r} here, {theirs[k]!r} in the set" for k in differ) + "; use the set's "
+                "values (its manifest.json, preprocess) or annotate again")
+        check_val_metrics(cfg.training, "training")
+
+
+def check_val_metrics(training: Any, key: str) -> None:
+    """3D validation scores Dice and IoU per volume: HD95 and NSD asked of a 3D run are refused, not skipped."""
+    if training.val_metrics:
+        raise error(ConfigError, f"config key '{key}.val_metrics'", f"{list(training.val_metrics)} are not computed "
+                    "while training a 3D model (its validation scores Dice and IoU per volume); remove them and "
+                    "score HD95 and NSD with nakt evaluate")
 
 
 def _init_state(path: str | Path, spec: Any) -> dict[str, Any]:
@@ -236,18 +284,20 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
     are the three variants to compare on one test set (``nakt evaluate``). Only the fine-tuned student is
     registered (alias ``<tracking.alias>-finetuned``).
     """
-    from nakt_ray.data.datasets import labeled_split
     from nakt_ray.models.model_file import model_spec
     from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.volume_data import labeled_training_set, validation_dataset
 
     if start not in FINETUNE_VARIANTS:
         raise ValueError(f"fine-tuning start {start!r}: expected one of {FINETUNE_VARIANTS}")
     if not cfg.data.finetune:
         raise ValueError("no labeled fine-tuning set: set data.finetune to a folder with images/ and masks/")
+    if cfg.spatial_dims == 3:
+        check_val_metrics(cfg.finetune, "finetune")
     init_ray(cfg.ray)
     tc = cfg.finetune
-    train_ds, failed, n = labeled_split(cfg, cfg.data.finetune, tc.batch_size)
-    val_ds = labeled_split(cfg, cfg.data.val, tc.batch_size)[0] if cfg.data.val else None
+    train_ds, failed, n = labeled_training_set(cfg, cfg.data.finetune, tc, cfg.spatial_dims)
+    val_ds = validation_dataset(cfg, cfg.data.val, tc.batch_size, cfg.spatial_dims) if cfg.data.val else None
     tags = {TAG_FINETUNE_DATA: str(Path(cfg.data.finetune).resolve()), TAG_FINETUNE_CASES: str(n - len(failed)),
             TAG_START: start}
     init_state = None

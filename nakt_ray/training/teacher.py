@@ -8,27 +8,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nakt_ray import zoo
 from nakt_ray.config import RunConfig, TeacherConfig
-from nakt_ray.data.datasets import labeled_split
 from nakt_ray.models.model_file import model_spec
 from nakt_ray.tracking import TAG_TEACHER
 
 
 def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
-    """Train ``teacher`` on its ``train_data``; returns the path of its model file."""
+    """Train ``teacher`` on its ``train_data``; returns the path of its model file.
+
+    A 3D teacher (``zoo.spatial_dims_of(arch, arch_args) == 3``) trains on patches of the labeled volumes of
+    ``train_data``, read and preprocessed once as ``volume`` says, and validates on whole volumes of ``val_data``
+    by sliding window (``training/volume_data.py``); its model file records that preprocessing."""
     import mlflow
 
     from nakt_ray import tracking
     from nakt_ray.runtime.cluster import init_ray
     from nakt_ray.training.loop import fit
+    from nakt_ray.training.student import check_val_metrics
+    from nakt_ray.training.volume_data import labeled_training_set, validation_dataset
 
     if not teacher.train_data:
         raise ValueError(f"teacher {teacher.name!r} has no train_data; set teachers[].train_data to a labeled "
                          "folder (images/ and masks/) or give it a finished checkpoint")
-    init_ray(cfg.ray)
     tc = cfg.teacher_training
-    train_ds, failed, n = labeled_split(cfg, teacher.train_data, tc.batch_size)
-    val_ds = labeled_split(cfg, teacher.val_data, tc.batch_size)[0] if teacher.val_data else None
+    dims = zoo.spatial_dims_of(teacher.arch, teacher.arch_args)
+    if dims == 3:
+        check_val_metrics(tc, "teacher_training")
+    init_ray(cfg.ray)
+    train_ds, failed, n = labeled_training_set(cfg, teacher.train_data, tc, dims)
+    val_ds = validation_dataset(cfg, teacher.val_data, tc.batch_size, dims) if teacher.val_data else None
     lineage = {"train_data": str(Path(teacher.train_data).resolve()), "num_cases": n - len(failed)}
     spec = model_spec(cfg, teacher.name, teacher.arch, teacher.arch_args, "teacher", lineage)
     out_path = cfg.teacher_checkpoint(teacher)

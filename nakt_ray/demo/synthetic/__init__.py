@@ -35,8 +35,14 @@ from nakt_ray.demo.synthetic.folders import IMAGE_FORMATS, write_folder
 from nakt_ray.demo.synthetic.phantom import PHANTOM_LABELS, phantom_labels, phantom_mask
 from nakt_ray.demo.synthetic.render import acquire, render_image, resample
 from nakt_ray.demo.synthetic.sites import MIXED, NUM_CLASSES_SUPPORTED, SITES, SiteStyle, get_site
-from nakt_ray.demo.synthetic.volumes import (HELD_OUT_SITE, TEACHER_SITES, VOLUME_SITES, VolumeSite,
-                                             generate_volume, make_volume_folders)
+from nakt_ray.demo.synthetic.volumes import (
+                                             HELD_OUT_SITE,
+                                             TEACHER_SITES,
+                                             VOLUME_SITES,
+                                             VolumeSite,
+                                             generate_volume,
+                                             make_volume_folders,
+)
 
 __all__ = [
     "HELD_OUT_SITE",

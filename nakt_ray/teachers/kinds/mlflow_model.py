@@ -97,7 +97,8 @@ def _parse_tags(name: str, uri: str, tags: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _signature_shape(uri: str) -> tuple[int, ...] | None:
-    """The logged signature's input shape ``(-1, C, H, W)``, or None without a 4-d tensor signature."""
+    """The logged signature's input shape ``(-1, C, H, W)`` or ``(-1, C, D, H, W)``, or None without such a tensor
+    signature."""
     import mlflow
 
     try:
@@ -106,7 +107,7 @@ def _signature_shape(uri: str) -> tuple[int, ...] | None:
         shape = getattr(spec, "shape", None)
     except Exception:  # noqa: BLE001 - no or unreadable signature: the tags must say it
         return None
-    return tuple(int(s) for s in shape) if shape is not None and len(shape) == 4 else None
+    return tuple(int(s) for s in shape) if shape is not None and len(shape) in (4, 5) else None
 
 
 def _refusal(name: str, flavors: list[str]) -> str:
@@ -129,8 +130,11 @@ def _load_module(name: str, source: str, device: torch.device, trust_pickle: boo
     if entry is not None:
         model, spec = mlflow_format.load_registered(source, device, entry)
         data = {"labels": list(spec.labels), "in_channels": spec.in_channels,
-                "input_size": list(spec.input_size), "outputs": "logits",
-                "preprocess": spec.to_dict()["preprocess"]}
+                "input_size": list(spec.input_size), "outputs": "logits"}
+        if spec.volume is not None:
+            data["volume"] = spec.to_dict()["volume"]
+        else:
+            data["preprocess"] = spec.to_dict()["preprocess"]
         return model, data, FLAVOR
     if not trust_pickle:
         raise error(TeacherLoadError, teacher_where(name, source), _refusal(name, flavors))
@@ -192,9 +196,9 @@ def load(name: str, source: str, device: torch.device, trust_pickle: bool = Fals
         except Exception as err:  # noqa: BLE001 - a model that fails on its own declared input
             probe_shape = [1, data["in_channels"], *data["input_size"]]
             raise error(TeacherLoadError, where, f"probing with an input of {probe_shape} failed: {err}") from None
-        if not isinstance(raw, torch.Tensor) or raw.ndim != 4:
+        if not isinstance(raw, torch.Tensor) or raw.ndim != probe.ndim:
             raise error(TeacherLoadError, where, f"the model returned {getattr(raw, 'shape', type(raw).__name__)}; "
-                                                 "expected [B, K, H, W]")
+                                                 f"expected [B, K, {'H, W' if probe.ndim == 4 else 'D, H, W'}]")
         if "labels" not in data:
             data["labels"] = [f"class_{k}" for k in range(raw.shape[1])]
             inferred.append("labels")

@@ -52,15 +52,18 @@ def load(name: str, source: str, device: torch.device) -> RawTeacher:
                                              "a teacher takes one image tensor")
     inp = inputs[0]
     dtypes: dict[str, Any] = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-    if inp.type not in dtypes or len(inp.shape) != 4:
-        raise error(TeacherLoadError, where, f"the ONNX input {inp.name!r} is {inp.type} {inp.shape}; expected a 4-d "
-                                             "float tensor [B, C, H, W]")
+    dims = len(description.input_size)  # 2, or 3 for a model of volumes
+    if inp.type not in dtypes or len(inp.shape) != 2 + dims:
+        axes = "H, W" if dims == 2 else "D, H, W"
+        raise error(TeacherLoadError, where, f"the ONNX input {inp.name!r} is {inp.type} {inp.shape}; expected a "
+                                             f"{2 + dims}-d float tensor [B, C, {axes}] (input_size "
+                                             f"{list(description.input_size)})")
     batch, channels, *spatial = inp.shape
     if isinstance(channels, int) and channels != description.in_channels:
         raise error(TeacherLoadError, where, f"the ONNX input {inp.name!r} has {channels} channels; the description "
                                              f"says in_channels {description.in_channels}")
     fixed = [s for s in spatial if isinstance(s, int)]
-    if len(fixed) == 2 and tuple(fixed) != tuple(description.input_size):
+    if len(fixed) == dims and tuple(fixed) != tuple(description.input_size):
         raise error(TeacherLoadError, where, f"the ONNX input {inp.name!r} is fixed at {tuple(fixed)}; the "
                                              f"description says input_size {list(description.input_size)}")
     fixed_batch = batch if isinstance(batch, int) and batch > 0 else None

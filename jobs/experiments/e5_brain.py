@@ -1,0 +1,254 @@
+"""E5 — 3D knowledge transfer on real brain anatomy: three 3D teachers of three architectures, one per MR contrast
+("site"), distilled into one 3D student, scored per class in every site's contrast and in one no teacher saw.
+
+    .venv/bin/python jobs/experiments/e5_brain.py             # full: see docs/results.md for the measured cost
+    .venv/bin/python jobs/experiments/e5_brain.py --smoke     # the same path, tiny: a few minutes
+    .venv/bin/python jobs/experiments/e5_brain.py --reuse     # keep the data, teachers and annotation sets
+
+Data (``jobs/experiments/brain_mr.py``): 20 real brain label maps (SynthSeg's training maps, 1 mm, FreeSurfer
+labels), grouped into 7 classes + background, rendered as MR-like head images by a generative model, one contrast
+family per site (T1-like, T2-like, PD-like; and a low-resolution T1-like spin echo no teacher saw), resampled to
+2 mm. Split by subject (seed 0): three teacher sites of 3 subjects each, a transferal set of 6 subjects in every
+contrast (its labels never read), val 2 and test 3 subjects, each in every contrast.
+
+Protocol: a 3D teacher per site (MONAI UNet, SegResNet, DynUNet; ``--patch``^3 patches, a third forced onto
+foreground), each on its own site's 3 subjects, keeping its last epoch. One annotation run of the transferal set
+with the three (3D sliding window), maps stored per case (zarr). Students (one architecture, same settings):
+  student_mean      fused by the mean (the default configuration);
+  student_searched  fused by the weighted mean whose weights were searched on the validation subjects: the three
+                    teachers annotate val (maps stored), every weight vector on the simplex grid of step 0.1 (66)
+                    fuses them and is scored by Dice against val's labels on the preprocessed grid; the best
+                    re-fuses the transferal set (``nakt fuse``: no teacher runs again) and a student is trained on it.
+Every model is scored on each contrast's test folder (``nakt evaluate``: each volume on its original grid, per-class
+Dice and HD95 in mm with bootstrap CIs over the 3 subjects) against each teacher alone and the teachers' ensemble
+(the mean of their probabilities). Results: ``results/e5/`` (``e5.md``, ``e5.json``, per-contrast evaluations).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import brain_mr  # noqa: E402  (the experiment's data, in this folder)
+
+NAME = "e5"
+TEACHERS = (  # (name, architecture, arch_args, site)
+    ("unet_t1", "unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0}, "site_t1"),
+    ("segresnet_t2", "segresnet", {"init_filters": 8, "blocks_down": [1, 2, 2, 2], "blocks_up": [1, 1, 1]},
+     "site_t2"),
+    ("dynunet_pd", "dynunet", {"filters": [8, 16, 32, 64]}, "site_pd"),
+)
+STUDENT = ("unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1})
+
+
+def search_weights(cfg, val_annotations: Path, val_folder: str, step: float = 0.1) -> dict:
+    """Score every weight vector of the simplex grid (``step``) by the foreground Dice of the weighted-mean fusion of
+    the stored val maps against val's labels (preprocessed grid, mean over cases); the best and the table."""
+    from nakt_ray.annotation import parquet as ann
+    from nakt_ray.annotation import volume_store as vs
+    from nakt_ray.data.volume_cases import list_volume_cases, read_case_labels
+    from nakt_ray.data.volume_preprocess import VolumeTransform
+    from nakt_ray.fusion import fuse
+    from nakt_ray.metrics import dice_per_class
+
+    names = [t.name for t in cfg.teachers]
+    table = ann.read_table(val_annotations).to_pydict()
+    cases = {c.case_id: c for c in list_volume_cases(val_folder, require_masks=True)}
+    n = round(1 / step)
+    grid = [np.array(w) / n for w in itertools.product(range(n + 1), repeat=len(names)) if sum(w) == n]
+    scores = np.zeros(len(grid))
+    used = 0
+    for i, case_id in enumerate(table["case_id"]):
+        if table["status"][i] != "ok":
+            continue
+        group = vs.open_case(val_annotations, table["store"][i])
+        probs = np.stack([ann.dequantize(np.asarray(group[vs.teacher_key(t)][...]), axis=0) for t in names])
+        transform = VolumeTransform.from_dict(json.loads(table["geometry"][i]))
+        truth = read_case_labels(cases[case_id], cfg.volume, transform, cfg.data.num_classes)
+        t, c, d, h, w = probs.shape
+        flat = probs.reshape(t, c, d * h, w)
+        for k, weights in enumerate(grid):
+            label = fuse(flat, "weighted_mean", weights).argmax(0).reshape(d, h, w)
+            scores[k] += dice_per_class(label, truth, c)[1:].mean()
+        used += 1
+    scores /= max(used, 1)
+    best = int(np.argmax(scores))
+    ranked = sorted(range(len(grid)), key=lambda k: -scores[k])
+    return {"weights": [float(x) for x in grid[best]], "val_dice": float(scores[best]), "cases": used,
+            "candidates": len(grid), "equal_weights_val_dice": float(scores[min(
+                range(len(grid)), key=lambda k: np.abs(grid[k] - 1 / len(names)).sum())]),
+            "top": [{"weights": [float(x) for x in grid[k]], "val_dice": float(scores[k])} for k in ranked[:5]]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from nakt_ray import config
+    from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.annotation.re_fuse import re_fuse
+    from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate
+    from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.student import train_student
+    from nakt_ray.training.teacher import train_teacher
+
+    run_dir = Path(args.run_dir)
+    data = Path(args.data_dir or run_dir / "data")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if not (args.reuse and (data / "split.json").exists()):
+        brain_mr.make_brain_set(data, seed=args.seed, sizes=brain_mr.SMOKE_SIZES if args.smoke else None)
+    split = json.loads((data / "split.json").read_text())
+    timings["data_s"] = time.perf_counter() - t
+    folders = split["folders"]
+    epochs = dict(teacher=2, student=2) if args.smoke else dict(teacher=args.teacher_epochs,
+                                                                student=args.student_epochs)
+    common = {"batch_size": 2, "lr": 3e-3, "num_workers": 0, "torch_threads": os.cpu_count()}
+    patches = dict(teacher=2, student=2) if args.smoke else dict(teacher=args.teacher_patches,
+                                                                 student=args.student_patches)
+    raw = {
+        "run_dir": str(run_dir),
+        "data": {"labels": list(brain_mr.CLASSES), "transferal": folders["transferal"], "val": folders["val"]},
+        "volume": {"spacing": [2.0, 2.0, 2.0], "orientation": "RAS", "modality": "mri", "crop_nonzero": True,
+                   "patch_size": [args.patch] * 3},
+        "teachers": [{"name": name, "arch": arch, "arch_args": {**arch_args, "spatial_dims": 3},
+                      "train_data": folders["teachers"][site], "sliding_window": True,
+                      "overlap": 0.25} for name, arch, arch_args, site in TEACHERS],
+        "fusion": {"rule": "mean"},
+        "student": {"name": "student_mean", "arch": STUDENT[0], "arch_args": {**STUDENT[1], "spatial_dims": 3}},
+        # Teachers keep their last epoch (no validation pass per epoch: it would cost more than their training);
+        # students pick their best epoch on val.
+        "teacher_training": {**common, "epochs": epochs["teacher"], "patches_per_case": patches["teacher"]},
+        "training": {**common, "epochs": epochs["student"], "patches_per_case": patches["student"]},
+        "tracking": {"experiment": NAME, "registered_model": "e5-student"},
+        "ray": {"num_cpus": os.cpu_count()},
+    }
+    cfg = config.from_dict(raw)
+    init_ray(cfg.ray)
+    models: dict[str, str] = {}
+    for teacher in cfg.teachers:
+        t = time.perf_counter()
+        done = cfg.teacher_checkpoint(teacher)
+        models[teacher.name] = str(done if args.reuse and done.exists() else train_teacher(cfg, teacher))
+        timings[f"{teacher.name}_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    ann_dir = run_dir / "annotations"
+    if not (args.reuse and (ann_dir / "summary.json").exists()):
+        annotate(cfg, output=str(ann_dir), resume=args.reuse and (ann_dir / "manifest.json").exists())
+    timings["annotate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    val_ann = run_dir / "annotations_val"
+    if not (args.reuse and (val_ann / "summary.json").exists()):
+        annotate(cfg, transferal=folders["val"], output=str(val_ann),
+                 resume=args.reuse and (val_ann / "manifest.json").exists())
+    search = search_weights(cfg, val_ann, folders["val"])
+    searched_dir = run_dir / "annotations_searched"
+    if not (args.reuse and (searched_dir / "summary.json").exists()):
+        re_fuse(ann_dir, searched_dir, "weighted_mean", search["weights"])
+    timings["search_s"] = time.perf_counter() - t
+
+    students = {}
+    fusions = {"student_mean": (ann_dir, {"rule": "mean"}),
+               # the re-fused set stores this fusion already, so training reads its soft labels as they are
+               "student_searched": (searched_dir, {"rule": "weighted_mean", "weights": search["weights"]})}
+    for name, (annotation_set, fusion) in fusions.items():
+        scfg = config.from_dict({**raw, "fusion": fusion,
+                                 "student": {**raw["student"], "name": name, "annotations": str(annotation_set)}})
+        t = time.perf_counter()
+        result = train_student(scfg, register=name == "student_mean")
+        timings[f"{name}_s"] = time.perf_counter() - t
+        models[name] = result["model_path"]
+        students[name] = {"best_val_dice": result["metrics"].get("best_val_dice"),
+                          "train_wall_s": result.get("wall_s")}
+
+    teachers = [t.name for t in cfg.teachers]
+    reports = {}
+    for site, folder in folders["test"].items():
+        t = time.perf_counter()
+        report = evaluate(cfg, dict(models), folder, Path(args.out) / f"evaluation_{site}", ensemble=teachers)
+        timings[f"evaluate_{site}_s"] = time.perf_counter() - t
+        reports[site] = {name: {k: r[k] for k in ("n", "dice", "dice_ci", "hd95", "hd95_ci", "classes")}
+                         for name, r in report["models"].items()}
+    return {"teachers": {n: {"arch": a, "site": s} for n, a, _, s in TEACHERS}, "student_arch": STUDENT[0],
+            "patch": args.patch, "epochs": epochs, "patches_per_case": patches,
+            "search": search, "students": students, "reports": reports, "ensemble": ENSEMBLE,
+            "classes": list(brain_mr.CLASSES), "split": split["subjects"], "timings_s": timings}
+
+
+def write_results(result: dict, out: Path) -> None:
+    """``e5.md``: per contrast, the mean over classes (Dice, HD95 mm, with CIs) of every model, the goal checks, and
+    per-class Dice and HD95."""
+    ens = result["ensemble"]
+    teachers = list(result["teachers"])
+    described = ", ".join(f"{n} ({v['arch']}, {v['site']})" for n, v in result["teachers"].items())
+    lines = [f"# E5: 3D transfer on brain anatomy ({len(result['classes']) - 1} classes, 2 mm)", "",
+             f"Teachers: {described}; "
+             f"student {result['student_arch']}; patch {result['patch']}^3; epochs {result['epochs']}; "
+             f"patches per case per epoch {result['patches_per_case']}. Searched weights "
+             f"{result['search']['weights']} (val Dice {result['search']['val_dice']:.3f}; equal weights "
+             f"{result['search']['equal_weights_val_dice']:.3f}). Total {result['wall_s'] / 60:.1f} min.", ""]
+    for site, models in result["reports"].items():
+        lines += [f"## Test contrast {site} ({models[teachers[0]]['n']} subjects)", "",
+                  "| model | Dice (mean of classes) [95% CI] | HD95 mm [95% CI] |", "|---|---|---|"]
+        for name, r in models.items():
+            lines.append(f"| {name} | {r['dice']:.3f} [{r['dice_ci'][0]:.3f}, {r['dice_ci'][1]:.3f}] | "
+                         f"{r['hd95']:.1f} [{r['hd95_ci'][0]:.1f}, {r['hd95_ci'][1]:.1f}] |")
+        best_teacher = max(teachers, key=lambda n: models[n]["dice"])
+        for student in ("student_mean", "student_searched"):
+            s = models[student]["dice"]
+            lines.append(f"\n{student}: {s - models[best_teacher]['dice']:+.3f} against the best teacher "
+                         f"({best_teacher}), {s - models[ens]['dice']:+.3f} against the ensemble.")
+        classes = list(next(iter(models.values()))["classes"])
+        lines += ["", "| model | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for name, r in models.items():
+            lines.append(f"| {name} | " + " | ".join(
+                f"{r['classes'][c]['dice']:.2f} / {r['classes'][c]['hd95']:.1f}" for c in classes) + " |")
+        lines += ["", "(per class: Dice / HD95 mm)", ""]
+    lines += ["## Cost (s)", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k[:-2]} | {v:.0f} |" for k, v in result["timings_s"].items()]
+    (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default=None, help="default runs/e5 (runs/e5-smoke with --smoke)")
+    p.add_argument("--out", default=None, help="default results/e5 (results/e5-smoke with --smoke)")
+    p.add_argument("--data-dir", default=None, help="the brain-MR data (default <run-dir>/data, made if absent)")
+    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--teacher-epochs", type=int, default=20)
+    p.add_argument("--student-epochs", type=int, default=12)
+    p.add_argument("--teacher-patches", type=int, default=20, help="patches per case per epoch (3 cases a site)")
+    p.add_argument("--student-patches", type=int, default=8, help="patches per case per epoch (24 volumes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="keep the data, teachers and annotation sets of --run-dir")
+    args = p.parse_args()
+    suffix = "-smoke" if args.smoke else ""
+    args.run_dir = args.run_dir or f"runs/{NAME}{suffix}"
+    args.out = args.out or f"results/{NAME}{suffix}"
+    if args.smoke:
+        args.patch = 32
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("NAKT_PROGRESS", "0")
+    if not (brain_mr.BRAIN_LABELS / "labels").is_dir() and not args.data_dir:
+        raise SystemExit(f"no brain label maps at {brain_mr.BRAIN_LABELS} (see its SOURCE.txt); pass --data-dir")
+    if (Path(args.run_dir) / "annotations").exists() and not args.reuse:
+        raise SystemExit(f"{args.run_dir} holds an earlier run; remove it, pass another --run-dir, or --reuse")
+    t0 = time.perf_counter()
+    result = run(args)
+    result["wall_s"] = time.perf_counter() - t0
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"{NAME}.json").write_text(json.dumps(result, indent=2))
+    write_results(result, Path(args.out))
+    print((Path(args.out) / f"{NAME}.md").read_text())
+    print(f"total {result['wall_s'] / 60:.1f} min; written {args.out}/{NAME}.md")
+
+
+if __name__ == "__main__":
+    main()
