@@ -4,7 +4,7 @@ Every teacher's probability map is stored, so fusion is a cheap pass over Parque
 ``soft_label``/``hard_label``/``agreement``/``entropy`` with :func:`nakt_ray.annotation.parquet.re_fuse_batch`,
 write a new set whose manifest records the new fusion and the set it came from. A set of volumes (schema version 2)
 is re-fused store by store: each case's store is copied into the new set and fused again there, slab by slab
-(:func:`re_fuse_volume_cases`), so the new set stands on its own.
+(``annotation.volumes.re_fuse_volume_cases``), so the new set stands on its own.
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights:
     t0 = time.perf_counter()
     ds = read_parquet(ann.parquet_files(src))
     if manifest["schema_version"] == ann.SCHEMA_VERSION_VOLUMES:
+        from nakt_ray.annotation.volumes import re_fuse_volume_cases
+
         ds = ds.map_batches(re_fuse_volume_cases, batch_size=1, num_cpus=0.5,
                             fn_kwargs=dict(src=str(src.resolve()), out_dir=str(out_dir.resolve()), teachers=teachers,
                                            rule=rule, weights=weights))
@@ -67,23 +69,3 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights:
     (out_dir / ann.SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 
-
-def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teachers: list[str], rule: str,
-                         weights: list[float] | None) -> dict[str, Any]:
-    """Rows of a set of volumes -> the same rows in ``out_dir``: each ok case's store copied there and fused again
-    by ``rule`` / ``weights`` (its ``agreement`` and ``entropy`` recomputed); error rows pass through."""
-    import shutil
-
-    import numpy as np
-
-    from nakt_ray.annotation import volume_store as vs
-
-    out = {k: np.asarray(v).copy() for k, v in batch.items()}
-    for i, status in enumerate(batch["status"]):
-        if status != "ok":
-            continue
-        name = str(batch["store"][i])
-        shutil.copytree(Path(src) / vs.STORES / name, Path(out_dir) / vs.STORES / name, dirs_exist_ok=True)
-        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, weights)
-        out["agreement"][i], out["entropy"][i] = figures["agreement"], figures["entropy"]
-    return out

@@ -142,6 +142,21 @@ def fuse_cases(batch: dict[str, np.ndarray], *, out_dir: str, teachers: list[str
             "agreement": agreement, "entropy": entropy}
 
 
+def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teachers: list[str], rule: str,
+                         weights: list[float] | None) -> dict[str, Any]:
+    """Rows of a set of volumes -> the same rows in ``out_dir``: each ok case's store copied there and fused again
+    by ``rule`` / ``weights`` (its ``agreement`` and ``entropy`` recomputed); error rows pass through."""
+    out = {k: np.asarray(v).copy() for k, v in batch.items()}
+    for i, status in enumerate(batch["status"]):
+        if status != "ok":
+            continue
+        name = str(batch["store"][i])
+        shutil.copytree(Path(src) / vs.STORES / name, Path(out_dir) / vs.STORES / name, dirs_exist_ok=True)
+        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, weights)
+        out["agreement"][i], out["entropy"][i] = figures["agreement"], figures["entropy"]
+    return out
+
+
 def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: list[Any], tracking_uri: str | None,
                    predictor_cls: type, layout: str) -> Any:
     """The Ray Dataset that annotates ``todo`` into ``out_dir``: prepare (tasks) -> teacher pools -> fuse (tasks)."""
