@@ -9,10 +9,10 @@ Cost on 2 CPU cores: ~6-9 min with defaults (plain loop and both pipeline layout
 Both paths run the same three teachers of different architectures (unet, segresnet, attention_unet; random
 weights: throughput does not depend on them) over the same images with the same code for decoding and
 preprocessing (``data.datasets.decode_batch``), inference (``annotation.pools.TeacherPredictor``),
-fusion (``annotation.pipeline.fuse_batch``, mean) and the same Parquet schema. The plain loop runs them one after another in this
-process with all cores for torch; the pipeline runs ``annotate.annotate`` on a fresh local Ray instance, in the
-layout ``--pools`` (default ``auto``: one shared pool of all-teacher actors on a machine without GPUs) and, side
-by side, again with one actor pool per teacher.
+fusion (``annotation.pipeline.fuse_batch``, mean) and the same Parquet schema. The plain loop runs them one after
+another in this process with all cores for torch; the pipeline runs ``annotate.annotate`` on a fresh local Ray
+instance, in the layout ``--pools`` (default ``auto``: one shared pool of all-teacher actors on a machine without
+GPUs) and, side by side, again with one actor pool per teacher.
 
 Printed and written as JSON (``--out``): images/s of each path, the ratio pipeline / plain, peak memory of each
 (PSS summed over the process and all its descendants, i.e. Ray's processes too, sampled every 0.5 s from
@@ -320,7 +320,8 @@ def main() -> None:
               f"{result['ratio_ceiling']:.3f} ({result['ratio_ceiling_running_cluster']:.3f} on a running cluster)")
     if args.repeat:
         nx = result[f"ray_pipeline_{args.repeat}x"]
-        print(f"  pipeline at {args.repeat}x input: {nx['images_per_s']:.2f} images/s, peak {nx['peak_memory_mb']:.0f} MB "
+        print(f"  pipeline at {args.repeat}x input: {nx['images_per_s']:.2f} images/s, "
+              f"peak {nx['peak_memory_mb']:.0f} MB "
               f"-> memory {args.repeat}x / 1x = {result['memory_ratio_nx_over_1x']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

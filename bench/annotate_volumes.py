@@ -67,7 +67,8 @@ def repeated(src: Path, dst: Path, repeat: int) -> Path:
     return dst
 
 
-def make_teachers(folder: Path, patch: int, spacing: float) -> list[tuple[str, str]]:
+def make_teachers(folder: Path, patch: int, spacing: float, teachers: int = len(TEACHERS)) -> list[tuple[str, str]]:
+    """The first ``teachers`` of :data:`TEACHERS` as nakt model files (random weights, seeded) under ``folder``."""
     import torch
 
     from nakt_ray import config
@@ -75,7 +76,7 @@ def make_teachers(folder: Path, patch: int, spacing: float) -> list[tuple[str, s
 
     volume = config.build(config.VolumePreprocessConfig, volume_section(patch, spacing), "volume")
     out = []
-    for i, (name, arch, args) in enumerate(TEACHERS):
+    for i, (name, arch, args) in enumerate(TEACHERS[:teachers]):
         torch.manual_seed(i)
         spec = ModelSpec(name=name, arch=arch, arch_args={**args, "spatial_dims": 3}, labels=tuple(LABELS),
                          preprocess=config.PreprocessConfig(), volume=volume)

@@ -18,8 +18,9 @@ of epochs and steps, same step function (``training.train_step``: MONAI augmenta
       ``datasets.annotation_batch``, one loader worker process), torch on all cores, in this process;
   (c) ``training.fit`` with 2 workers (DDP over gloo, each with half the cores).
 With ``--rounds N`` (b), (a) and (a') alternate N times and the ratios are medians over the rounds (the
-host's speed drifts over minutes). Steady-state samples/s is measured over epochs 2..N (epoch 1 carries warm-up); start-up (for Ray: trainer and
-worker start, dataset set-up; everything in the wall time that is not an epoch) is reported separately.
+host's speed drifts over minutes). Steady-state samples/s is measured over epochs 2..N (epoch 1 carries warm-up);
+start-up (for Ray: trainer and worker start, dataset set-up; everything in the wall time that is not an epoch) is
+reported separately.
 Per-epoch figures of the Ray runs come from the training loop's own MLflow metrics (``epoch_s``).
 
 ``--kill-worker``: a 2-worker ``train_student`` run on the same annotations with 40 labeled HC18 images as
@@ -104,7 +105,7 @@ def ray_fit(args, annotations: Path, num_workers: int, work: Path, held: bool = 
     t_held = time.perf_counter() - t_held
     torch_seed()
     t0 = time.perf_counter()
-    result = fit(spec_for(manifest, args.arch), ds, tc, out_path=work / f"model-{tag}.pt",
+    fit(spec_for(manifest, args.arch), ds, tc, out_path=work / f"model-{tag}.pt",
                  storage=work / "ray_train", name=f"bench-{tag}w", logger=RunLogger(uri, run.info.run_id))
     wall = time.perf_counter() - t0 + t_held  # materialising is start-up
     def history(key: str) -> list[float]:

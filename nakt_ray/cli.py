@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
              "--weights 2,1,1")
     p.add_argument("--annotations", required=True, help="annotation set folder written by `nakt annotate`")
     p.add_argument("--output", required=True, help="folder for the re-fused set")
-    p.add_argument("--rule", required=True, help="mean, weighted_mean, majority_vote or staple")
+    p.add_argument("--rule", required=True,
+                   help="mean, weighted_mean, majority_vote, staple or confidence_weighted")
     p.add_argument("--weights", help="comma-separated, one per teacher in the set's order, e.g. 2,1,1")
     p.add_argument("--ray-address", help="join a running Ray cluster ('auto')")
     p.set_defaults(fn=cmd_fuse)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json as _json
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,52 @@ def ball_volume(rng: np.random.Generator, shape: tuple[int, int, int] = (20, 24,
     ball = ((d - c[0]) ** 2 + (h - c[1]) ** 2 + (w - c[2]) ** 2) < rng.uniform(*radius) ** 2
     img = np.where(body, 100.0, 0.0) + np.where(ball & body, 200.0, 0.0)
     return (img + body * rng.normal(0, 3, shape)).astype(np.float32)
+
+
+def kill_when(predicate, action, timeout: float = 240.0) -> threading.Thread:
+    """Run ``action`` once, from a daemon thread, as soon as ``predicate()`` holds (polled every 0.2 s)."""
+    def run():
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                action()
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def actor_pids(class_name: str) -> list[int]:
+    """PIDs of live Ray actor processes of ``class_name`` started by this test process's Ray instance (their
+    process title is ``ray::<Class>...``; the state API needs the dashboard, which the tests do not start)."""
+    import os
+
+    parent, title = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                title[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return sorted(pid for pid, t in title.items() if t.startswith(f"ray::{class_name}") and ours(pid))
+
+
+def kill_a_train_worker() -> list[int]:
+    """SIGKILL the newest live Ray Train worker process of this test's Ray instance; the PIDs killed (0 or 1)."""
+    import signal
+
+    workers = actor_pids("RayTrainWorker")
+    if workers:
+        os.kill(workers[-1], signal.SIGKILL)
+    return workers[-1:]

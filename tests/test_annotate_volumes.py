@@ -145,7 +145,8 @@ def test_a_3d_teacher_cannot_annotate_a_2d_run(volume_run, tmp_path):
         check_teachers([teacher_ref(cfg, cfg.teacher("thr3d"))], 2, 1, None, cfg.spatial_dims)
 
 
-def test_fuse_case_slab_by_slab_equals_fusing_the_whole_volume(tmp_path):
+@pytest.mark.parametrize("rule", ["mean", "confidence_weighted"])
+def test_fuse_case_slab_by_slab_equals_fusing_the_whole_volume(tmp_path, rule):
     rng = np.random.default_rng(3)
     shape = (3, 70, 20, 18)  # C, D (three slabs of CHUNK), H, W
     group = vs.create_case(tmp_path, "c.zarr", rng.normal(size=(1, *shape[1:])).astype(np.float32), {})
@@ -156,9 +157,9 @@ def test_fuse_case_slab_by_slab_equals_fusing_the_whole_volume(tmp_path):
         q = ann.quantize(p)
         vs.write_map(group, vs.teacher_key(t), q)
         probs.append(ann.dequantize(q, axis=0))
-    figures = vs.fuse_case(group, teachers, "mean", None)
+    figures = vs.fuse_case(group, teachers, rule, None)
     stack = np.stack(probs)                                       # [T, C, D, H, W]
-    whole = fuse(stack.reshape(3, 3, shape[1] * shape[2], shape[3]), "mean").reshape(shape)
+    whole = fuse(stack.reshape(3, 3, shape[1] * shape[2], shape[3]), rule).reshape(shape)
     np.testing.assert_array_equal(np.asarray(group["soft_label"][...]), ann.quantize(whole))
     np.testing.assert_array_equal(np.asarray(group["hard_label"][...]), whole.argmax(0))
     expected = pairwise_dice(stack.reshape(3, 3, shape[1] * shape[2], shape[3]))

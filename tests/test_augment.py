@@ -80,3 +80,22 @@ def test_volume_intensity_and_noise_touch_the_image_only_and_are_seeded() -> Non
     assert any(changed)  # some intensity change or noise beyond the flips
     with pytest.raises(ValueError, match=r"\[B, C_in, D, H, W\]"):
         VolumeAugmenter()(x[:, :, 0], y[:, :, 0])
+
+
+def test_volume_gamma_and_contrast_keep_statistics_and_order_as_nnunet() -> None:
+    from nakt_ray.data.augment3d import _contrast, _gamma
+
+    torch.manual_seed(1)
+    x = torch.randn(1, 6, 6, 6, dtype=torch.float64) * 2 + 3
+    order = x.flatten().argsort()
+    for g, negate in ((0.7, False), (1.5, False), (0.7, True), (1.5, True)):
+        y = _gamma(x, g, negate)
+        assert torch.allclose(y.mean(), x.mean()) and torch.allclose(y.std(), x.std())  # retain_stats
+        assert torch.equal(y.flatten().argsort(), order)  # monotone: no voxel swaps rank
+        assert not torch.allclose(y, x, atol=1e-3)
+    # gamma < 1 on the image lifts the dark tail; on the negated image it lowers the bright one instead
+    low = x.flatten() < x.median()
+    assert (_gamma(x, 0.7, False) - x).flatten()[low].mean() > 0 > (_gamma(x, 0.7, True) - x).flatten()[~low].mean()
+    c = _contrast(x, 1.25)
+    assert c.min() >= x.min() and c.max() <= x.max() and c.std() > x.std()
+    assert torch.allclose(_contrast(x, 1.0), x)

@@ -6,6 +6,7 @@ import pytest
 
 from nakt_ray.fusion import (
     FUSION_RULES,
+    confidence_weighted,
     entropy,
     fuse,
     hard_label,
@@ -70,7 +71,21 @@ def test_direct_calls_match_fuse() -> None:
 
 
 def test_registry_names() -> None:
-    assert set(FUSION_RULES) == {"mean", "weighted_mean", "majority_vote", "staple"}
+    assert set(FUSION_RULES) == {"mean", "weighted_mean", "majority_vote", "staple", "confidence_weighted"}
+
+
+def test_confidence_weighted_lets_the_sure_teacher_decide() -> None:
+    sure, unsure = binary([[1.0, 0.0]]), binary([[0.5, 0.5]])  # confidences 1 and 0 (floored at 1e-6)
+    np.testing.assert_allclose(confidence_weighted(np.stack([sure, unsure]))[1], [[1.0, 0.0]], atol=1e-5)
+    # by hand, pixel (0, 0) of PROBS: confidence 1 - H(p) / log 2 of fg 0.9, 0.7, 0.8, to the 4th power
+    fg = np.array([0.9, 0.7, 0.8])
+    conf = (1 + (fg * np.log(fg) + (1 - fg) * np.log(1 - fg)) / np.log(2)) ** 4
+    np.testing.assert_allclose(fuse(PROBS, "confidence_weighted")[1, 0, 0], (conf * fg).sum() / conf.sum(), atol=1e-6)
+    assert fuse(PROBS, "confidence_weighted")[1, 0, 0] > mean(PROBS)[1, 0, 0]  # the surest (0.9) pulls up
+    # weights multiply in; sharpness 0 is the weighted mean
+    np.testing.assert_allclose(confidence_weighted(PROBS, [1, 0, 0]), PROBS[0], atol=1e-6)
+    np.testing.assert_allclose(confidence_weighted(PROBS, [1, 1, 2], sharpness=0),
+                               weighted_mean(PROBS, [1, 1, 2]), atol=1e-6)
 
 
 def test_majority_vote_keeps_ties_soft() -> None:
@@ -189,7 +204,8 @@ def _batch_probs() -> np.ndarray:
 @pytest.mark.parametrize(
     "rule, weights",
     [("mean", None), ("weighted_mean", [1, 2, 0, 1]), ("majority_vote", None), ("majority_vote", [1, 1, 2, 0]),
-     ("staple", None), ("staple", [1, 1, 2, 0.5])],
+     ("staple", None), ("staple", [1, 1, 2, 0.5]), ("confidence_weighted", None),
+     ("confidence_weighted", [1, 2, 0, 1])],
 )
 def test_batch_form_matches_per_case(rule: str, weights: list | None) -> None:
     probs = _batch_probs()
@@ -246,7 +262,8 @@ ERRORS = [
     (PROBS, "weighted_mean", [[1, 1, 1]], "1-D"),
     (PROBS, "weighted_mean", [1, np.nan, 1], "finite"),
     (PROBS, "staples", None, "did you mean 'staple'"),
-    (PROBS, "median", None, "valid rules are ['majority_vote', 'mean', 'staple', 'weighted_mean']"),
+    (PROBS, "median", None,
+     "valid rules are ['confidence_weighted', 'majority_vote', 'mean', 'staple', 'weighted_mean']"),
 ]
 
 

@@ -2,14 +2,12 @@
 fine-tuning variants, a worker killed mid-run, and an interrupted run resumed into the same MLflow run."""
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_UNET, committed_checkpoint, corrupt_copy
+from conftest import TINY_UNET, committed_checkpoint, corrupt_copy, kill_a_train_worker, kill_when
 
 from nakt_ray import config
 
@@ -112,65 +110,18 @@ def test_finetuning_starts_from_the_distilled_student_and_scratch_does_not(annot
         finetune_student(config.from_dict(config.apply_overrides(cfg.to_dict(), ["data.finetune=null"])))
 
 
-def _kill_when(predicate, action, timeout: float = 240.0) -> threading.Thread:
-    def run():
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if predicate():
-                action()
-                return
-            time.sleep(0.2)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
-def _actor_pids(class_name: str) -> list[int]:
-    """PIDs of live Ray actor processes of ``class_name`` started by this test process's Ray instance (their
-    process title is ``ray::<Class>...``; the state API needs the dashboard, which the tests do not start)."""
-    import os
-
-    parent, title = {}, {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                title[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                continue
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == os.getpid():
-                return True
-        return False
-
-    return sorted(pid for pid, t in title.items() if t.startswith(f"ray::{class_name}") and ours(pid))
-
-
 @pytest.mark.fault
 @pytest.mark.timeout(600)  # several Ray processes killed and restarted: minutes on a loaded 2-core machine
 def test_two_worker_run_survives_a_killed_worker_and_registers(annotated, tmp_path, synthetic_dirs):
-    import os
-    import signal
 
     from nakt_ray.training.student import train_student
 
     cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
         epochs=3, num_workers=2, cpus_per_worker=0.5, torch_threads=1, max_failures=2))
     killed = []
-
-    def kill_a_worker():
-        workers = _actor_pids("RayTrainWorker")
-        if workers:
-            os.kill(workers[-1], signal.SIGKILL)
-            killed.append(workers[-1])
-
     storage = Path(cfg.run_dir) / "ray_train"
     # killed once Ray Train has recorded a checkpoint: a group restarted before that rightly starts at epoch 0
-    _kill_when(lambda: committed_checkpoint(storage), kill_a_worker)
+    kill_when(lambda: committed_checkpoint(storage), lambda: killed.extend(kill_a_train_worker()))
     result = train_student(cfg)
     assert killed, "the test did not kill a worker"
     assert result["metrics"]["epoch"] == 2 and result["model_uri"].endswith(f"@{cfg.tracking.alias}")

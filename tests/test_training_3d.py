@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_UNET, tiny_raw_config
+from conftest import TINY_UNET, committed_checkpoint, kill_a_train_worker, kill_when, tiny_raw_config
 
 from nakt_ray import config
 
@@ -259,6 +259,29 @@ def test_a_3d_run_resumes_from_its_last_checkpoint(ray_session, volume_set, volu
     history = mlflow.MlflowClient().get_metric_history(run_id, "start_epoch")
     assert sorted(h.value for h in history) == [0, 1]  # the second run started at epoch 1, from the checkpoint
     assert sorted(h.step for h in mlflow.MlflowClient().get_metric_history(run_id, "train_loss")) == [0, 1, 2]
+
+
+@pytest.mark.fault
+@pytest.mark.timeout(600)  # Ray Train workers killed and restarted: minutes on a loaded 2-core machine
+def test_a_two_worker_3d_run_survives_a_killed_worker_and_registers(ray_session, volume_set, volumes, tmp_path):
+    """Worker-failure recovery as in 2D: DDP on patches, one worker SIGKILLed once a checkpoint is recorded; the
+    restarted group goes on from it, finishes and registers the student."""
+
+    from mlflow.tracking import MlflowClient
+
+    from nakt_ray.tracking import tracking_uri
+    from nakt_ray.training.student import train_student
+
+    cfg = config.from_dict(_student_raw(tmp_path, volume_set, volumes, training=dict(
+        epochs=3, num_workers=2, cpus_per_worker=0.5, torch_threads=1, max_failures=2, patches_per_case=2)))
+    killed = []
+    kill_when(lambda: committed_checkpoint(Path(cfg.run_dir) / "ray_train"),
+              lambda: killed.extend(kill_a_train_worker()))
+    result = train_student(cfg)
+    assert killed, "the test did not kill a worker"
+    assert result["metrics"]["epoch"] == 2 and result["model_uri"].endswith(f"@{cfg.tracking.alias}")
+    steps = [h.step for h in MlflowClient(tracking_uri(cfg)).get_metric_history(result["run_id"], "train_loss")]
+    assert set(steps) == {0, 1, 2} and len(steps) <= 4  # at most the epoch in flight was done twice
 
 
 def test_sets_of_the_other_dimensionality_are_refused_by_name(volume_set, volumes, tmp_path):

@@ -15,10 +15,11 @@ Protocol: a 3D teacher per site (MONAI UNet, SegResNet, DynUNet; ``--patch``^3 p
 foreground), each on its own site's 3 subjects, keeping its last epoch. One annotation run of the transferal set
 with the three (3D sliding window), maps stored per case (zarr). Students (one architecture, same settings):
   student_mean      fused by the mean (the default configuration);
-  student_searched  fused by the weighted mean whose weights were searched on the validation subjects: the three
-                    teachers annotate val (maps stored), every weight vector on the simplex grid of step 0.1 (66)
-                    fuses them and is scored by Dice against val's labels on the preprocessed grid; the best
-                    re-fuses the transferal set (``nakt fuse``: no teacher runs again) and a student is trained on it.
+  student_searched  fused by the rule and weights searched on the validation subjects: the three teachers annotate
+                    val (maps stored); the weighted mean and the confidence-weighted mean, each with every weight
+                    vector of the simplex grid of step 0.1 (2 x 66), fuse them and are scored by Dice against val's
+                    labels on the preprocessed grid; the best re-fuses the transferal set (``nakt fuse``: no
+                    teacher runs again) and a student is trained on it.
 Every model is scored on each contrast's test folder (``nakt evaluate``: each volume on its original grid, per-class
 Dice and HD95 in mm with bootstrap CIs over the 3 subjects) against each teacher alone and the teachers' ensemble
 (the mean of their probabilities). Results: ``results/e5/`` (``e5.md``, ``e5.json``, per-contrast evaluations).
@@ -39,23 +40,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brain_mr  # noqa: E402  (the experiment's data, in this folder)
 
 NAME = "e5"
-TEACHERS = (  # (name, architecture, arch_args, site)
-    ("unet_t1", "unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0}, "site_t1"),
+TEACHERS = (  # (name, architecture, arch_args, site, epochs): epochs for about 6 minutes each on 2 cores at 48^3
+    ("unet_t1", "unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0}, "site_t1", 60),
     ("segresnet_t2", "segresnet", {"init_filters": 8, "blocks_down": [1, 2, 2, 2], "blocks_up": [1, 1, 1]},
-     "site_t2"),
-    ("dynunet_pd", "dynunet", {"filters": [8, 16, 32, 64]}, "site_pd"),
+     "site_t2", 28),
+    ("dynunet_pd", "dynunet", {"filters": [8, 16, 32, 64]}, "site_pd", 30),
 )
 STUDENT = ("unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1})
 
 
-def search_weights(cfg, val_annotations: Path, val_folder: str, step: float = 0.1) -> dict:
-    """Score every weight vector of the simplex grid (``step``) by the foreground Dice of the weighted-mean fusion of
-    the stored val maps against val's labels (preprocessed grid, mean over cases); the best and the table."""
+SEARCHED_RULES = ("weighted_mean", "confidence_weighted")
+
+
+def search_fusion(cfg, val_annotations: Path, val_folder: str, step: float = 0.1) -> dict:
+    """Score every fusion rule of :data:`SEARCHED_RULES` with every weight vector of the simplex grid (``step``) by
+    the mean foreground Dice (over classes, then cases) of its fused label on the stored val maps against val's
+    labels (preprocessed grid); the best, the best of each rule, equal weights, and the top five."""
     from nakt_ray.annotation import parquet as ann
     from nakt_ray.annotation import volume_store as vs
     from nakt_ray.data.volume_cases import list_volume_cases, read_case_labels
     from nakt_ray.data.volume_preprocess import VolumeTransform
-    from nakt_ray.fusion import fuse
+    from nakt_ray.fusion.rules import confidence_weighted, teacher_confidence, weighted_mean
     from nakt_ray.metrics import dice_per_class
 
     names = [t.name for t in cfg.teachers]
@@ -63,7 +68,8 @@ def search_weights(cfg, val_annotations: Path, val_folder: str, step: float = 0.
     cases = {c.case_id: c for c in list_volume_cases(val_folder, require_masks=True)}
     n = round(1 / step)
     grid = [np.array(w) / n for w in itertools.product(range(n + 1), repeat=len(names)) if sum(w) == n]
-    scores = np.zeros(len(grid))
+    candidates = [(rule, w) for rule in SEARCHED_RULES for w in grid]
+    scores = np.zeros(len(candidates))
     used = 0
     for i, case_id in enumerate(table["case_id"]):
         if table["status"][i] != "ok":
@@ -74,24 +80,76 @@ def search_weights(cfg, val_annotations: Path, val_folder: str, step: float = 0.
         truth = read_case_labels(cases[case_id], cfg.volume, transform, cfg.data.num_classes)
         t, c, d, h, w = probs.shape
         flat = probs.reshape(t, c, d * h, w)
-        for k, weights in enumerate(grid):
-            label = fuse(flat, "weighted_mean", weights).argmax(0).reshape(d, h, w)
-            scores[k] += dice_per_class(label, truth, c)[1:].mean()
+        confidence = teacher_confidence(flat)  # independent of the weights: once per case
+        for k, (rule, weights) in enumerate(candidates):
+            soft = (weighted_mean(flat, weights) if rule == "weighted_mean"
+                    else confidence_weighted(flat, weights, confidence=confidence))
+            scores[k] += dice_per_class(soft.argmax(0).reshape(d, h, w), truth, c, spatial_dims=3)[1:].mean()
         used += 1
     scores /= max(used, 1)
-    best = int(np.argmax(scores))
-    ranked = sorted(range(len(grid)), key=lambda k: -scores[k])
-    return {"weights": [float(x) for x in grid[best]], "val_dice": float(scores[best]), "cases": used,
-            "candidates": len(grid), "equal_weights_val_dice": float(scores[min(
-                range(len(grid)), key=lambda k: np.abs(grid[k] - 1 / len(names)).sum())]),
-            "top": [{"weights": [float(x) for x in grid[k]], "val_dice": float(scores[k])} for k in ranked[:5]]}
+
+    def entry(k: int) -> dict:
+        return {"rule": candidates[k][0], "weights": [float(x) for x in candidates[k][1]], "val_dice": float(scores[k])}
+
+    equal = min(range(len(grid)), key=lambda k: np.abs(grid[k] - 1 / len(names)).sum())
+    ranked = sorted(range(len(candidates)), key=lambda k: -scores[k])
+    return {**entry(ranked[0]), "cases": used, "candidates": len(candidates),
+            "equal_weights_val_dice": {rule: float(scores[j * len(grid) + equal])
+                                       for j, rule in enumerate(SEARCHED_RULES)},
+            "best_per_rule": {rule: entry(max(range(j * len(grid), (j + 1) * len(grid)), key=lambda k: scores[k]))
+                              for j, rule in enumerate(SEARCHED_RULES)},
+            "top": [entry(k) for k in ranked[:5]]}
+
+
+def annotation_quality(cfg, annotations: Path, truth_masks: Path) -> dict:
+    """What the student learns from, scored after the fact: per contrast, the mean over cases of the mean foreground
+    Dice of the stored hard label (the fused annotation) and of each teacher's argmax against the transferal set's
+    withheld masks (preprocessed grid). Only this report reads those masks; the pipeline never does."""
+    from nakt_ray.annotation import parquet as ann
+    from nakt_ray.annotation import volume_store as vs
+    from nakt_ray.data.readers import Case
+    from nakt_ray.data.volume_cases import read_case_labels
+    from nakt_ray.data.volume_preprocess import VolumeTransform
+    from nakt_ray.metrics import dice_per_class
+
+    names = [t.name for t in cfg.teachers]
+    table = ann.read_table(annotations).to_pydict()
+    scores: dict[str, dict[str, list[float]]] = {}
+    for i, case_id in enumerate(table["case_id"]):
+        if table["status"][i] != "ok":
+            continue
+        group = vs.open_case(annotations, table["store"][i])
+        transform = VolumeTransform.from_dict(json.loads(table["geometry"][i]))
+        case = Case(case_id, table["source"][i], str(truth_masks / Path(table["source"][i]).name))
+        truth = read_case_labels(case, cfg.volume, transform, cfg.data.num_classes)
+        site = case_id.split("_", 1)[1]
+        labels = {"fused": np.asarray(group["hard_label"][...])}
+        labels.update({t: np.asarray(group[vs.teacher_key(t)][...]).argmax(0) for t in names})
+        for name, label in labels.items():
+            dice = dice_per_class(label, truth, cfg.data.num_classes, spatial_dims=3)[1:].mean()
+            scores.setdefault(site, {}).setdefault(name, []).append(float(dice))
+    return {site: {name: float(np.mean(v)) for name, v in by.items()} for site, by in scores.items()}
+
+
+def evaluate_all(cfg, models: dict, folders: dict, teachers: list[str], out: Path, timings: dict) -> dict:
+    """Every model and the teachers' ensemble on each contrast's test folder; the reports' summaries by contrast."""
+    from nakt_ray.evaluation.evaluate import evaluate
+
+    reports = {}
+    for site, folder in folders["test"].items():
+        t = time.perf_counter()
+        report = evaluate(cfg, dict(models), folder, out / f"evaluation_{site}", ensemble=teachers)
+        timings[f"evaluate_{site}_s"] = time.perf_counter() - t
+        reports[site] = {name: {k: r[k] for k in ("n", "dice", "dice_ci", "hd95", "hd95_ci", "classes")}
+                         for name, r in report["models"].items()}
+    return reports
 
 
 def run(args: argparse.Namespace) -> dict:
     from nakt_ray import config
     from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.annotation.re_fuse import re_fuse
-    from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate
+    from nakt_ray.evaluation.evaluate import ENSEMBLE
     from nakt_ray.runtime.cluster import init_ray
     from nakt_ray.training.student import train_student
     from nakt_ray.training.teacher import train_teacher
@@ -105,6 +163,7 @@ def run(args: argparse.Namespace) -> dict:
     split = json.loads((data / "split.json").read_text())
     timings["data_s"] = time.perf_counter() - t
     folders = split["folders"]
+    # teacher epochs: --teacher-epochs for all, or 0 (default) for each its own (TEACHERS)
     epochs = dict(teacher=2, student=2) if args.smoke else dict(teacher=args.teacher_epochs,
                                                                 student=args.student_epochs)
     common = {"batch_size": 2, "lr": 3e-3, "num_workers": 0, "torch_threads": os.cpu_count()}
@@ -117,12 +176,12 @@ def run(args: argparse.Namespace) -> dict:
                    "patch_size": [args.patch] * 3},
         "teachers": [{"name": name, "arch": arch, "arch_args": {**arch_args, "spatial_dims": 3},
                       "train_data": folders["teachers"][site], "sliding_window": True,
-                      "overlap": 0.25} for name, arch, arch_args, site in TEACHERS],
+                      "overlap": 0.25} for name, arch, arch_args, site, _ in TEACHERS],
         "fusion": {"rule": "mean"},
         "student": {"name": "student_mean", "arch": STUDENT[0], "arch_args": {**STUDENT[1], "spatial_dims": 3}},
         # Teachers keep their last epoch (no validation pass per epoch: it would cost more than their training);
         # students pick their best epoch on val.
-        "teacher_training": {**common, "epochs": epochs["teacher"], "patches_per_case": patches["teacher"]},
+        "teacher_training": {**common, "epochs": epochs["teacher"] or 1, "patches_per_case": patches["teacher"]},
         "training": {**common, "epochs": epochs["student"], "patches_per_case": patches["student"]},
         "tracking": {"experiment": NAME, "registered_model": "e5-student"},
         "ray": {"num_cpus": os.cpu_count()},
@@ -130,11 +189,22 @@ def run(args: argparse.Namespace) -> dict:
     cfg = config.from_dict(raw)
     init_ray(cfg.ray)
     models: dict[str, str] = {}
-    for teacher in cfg.teachers:
+    for teacher, (*_, teacher_epochs) in zip(cfg.teachers, TEACHERS):
         t = time.perf_counter()
         done = cfg.teacher_checkpoint(teacher)
-        models[teacher.name] = str(done if args.reuse and done.exists() else train_teacher(cfg, teacher))
+        if not (args.reuse and done.exists()):  # each teacher its own epochs (a budget of time, not of steps)
+            done = train_teacher(config.from_dict({**raw, "teacher_training": {
+                **raw["teacher_training"], "epochs": epochs["teacher"] or teacher_epochs}}), teacher)
+        models[teacher.name] = str(done)
         timings[f"{teacher.name}_s"] = time.perf_counter() - t
+
+    teachers = [t.name for t in cfg.teachers]
+    if args.teachers_only:  # calibration: the teachers and their ensemble on every contrast, nothing distilled
+        return {"teachers": {n: {"arch": a, "site": s, "epochs": epochs["teacher"] or e}
+                             for n, a, _, s, e in TEACHERS}, "patch": args.patch,
+                "epochs": epochs, "patches_per_case": patches, "ensemble": ENSEMBLE,
+                "classes": list(brain_mr.CLASSES), "timings_s": timings,
+                "reports": evaluate_all(cfg, models, folders, teachers, Path(args.out), timings)}
 
     t = time.perf_counter()
     ann_dir = run_dir / "annotations"
@@ -146,16 +216,19 @@ def run(args: argparse.Namespace) -> dict:
     if not (args.reuse and (val_ann / "summary.json").exists()):
         annotate(cfg, transferal=folders["val"], output=str(val_ann),
                  resume=args.reuse and (val_ann / "manifest.json").exists())
-    search = search_weights(cfg, val_ann, folders["val"])
+    search = search_fusion(cfg, val_ann, folders["val"])
     searched_dir = run_dir / "annotations_searched"
     if not (args.reuse and (searched_dir / "summary.json").exists()):
-        re_fuse(ann_dir, searched_dir, "weighted_mean", search["weights"])
+        re_fuse(ann_dir, searched_dir, search["rule"], search["weights"])
     timings["search_s"] = time.perf_counter() - t
+    truth = Path(folders["transferal"]).parent / "transferal_truth" / "masks"
+    quality = {"mean": annotation_quality(cfg, ann_dir, truth),
+               "searched": annotation_quality(cfg, searched_dir, truth)}
 
     students = {}
     fusions = {"student_mean": (ann_dir, {"rule": "mean"}),
                # the re-fused set stores this fusion already, so training reads its soft labels as they are
-               "student_searched": (searched_dir, {"rule": "weighted_mean", "weights": search["weights"]})}
+               "student_searched": (searched_dir, {"rule": search["rule"], "weights": search["weights"]})}
     for name, (annotation_set, fusion) in fusions.items():
         scfg = config.from_dict({**raw, "fusion": fusion,
                                  "student": {**raw["student"], "name": name, "annotations": str(annotation_set)}})
@@ -166,17 +239,12 @@ def run(args: argparse.Namespace) -> dict:
         students[name] = {"best_val_dice": result["metrics"].get("best_val_dice"),
                           "train_wall_s": result.get("wall_s")}
 
-    teachers = [t.name for t in cfg.teachers]
-    reports = {}
-    for site, folder in folders["test"].items():
-        t = time.perf_counter()
-        report = evaluate(cfg, dict(models), folder, Path(args.out) / f"evaluation_{site}", ensemble=teachers)
-        timings[f"evaluate_{site}_s"] = time.perf_counter() - t
-        reports[site] = {name: {k: r[k] for k in ("n", "dice", "dice_ci", "hd95", "hd95_ci", "classes")}
-                         for name, r in report["models"].items()}
-    return {"teachers": {n: {"arch": a, "site": s} for n, a, _, s in TEACHERS}, "student_arch": STUDENT[0],
+    reports = evaluate_all(cfg, models, folders, teachers, Path(args.out), timings)
+    return {"teachers": {n: {"arch": a, "site": s, "epochs": epochs["teacher"] or e}
+                             for n, a, _, s, e in TEACHERS}, "student_arch": STUDENT[0],
             "patch": args.patch, "epochs": epochs, "patches_per_case": patches,
-            "search": search, "students": students, "reports": reports, "ensemble": ENSEMBLE,
+            "search": search, "annotation_quality": quality, "students": students, "reports": reports,
+            "ensemble": ENSEMBLE,
             "classes": list(brain_mr.CLASSES), "split": split["subjects"], "timings_s": timings}
 
 
@@ -186,12 +254,29 @@ def write_results(result: dict, out: Path) -> None:
     ens = result["ensemble"]
     teachers = list(result["teachers"])
     described = ", ".join(f"{n} ({v['arch']}, {v['site']})" for n, v in result["teachers"].items())
-    lines = [f"# E5: 3D transfer on brain anatomy ({len(result['classes']) - 1} classes, 2 mm)", "",
-             f"Teachers: {described}; "
-             f"student {result['student_arch']}; patch {result['patch']}^3; epochs {result['epochs']}; "
-             f"patches per case per epoch {result['patches_per_case']}. Searched weights "
-             f"{result['search']['weights']} (val Dice {result['search']['val_dice']:.3f}; equal weights "
-             f"{result['search']['equal_weights_val_dice']:.3f}). Total {result['wall_s'] / 60:.1f} min.", ""]
+    distilled = "search" in result
+    lines = [f"# E5: 3D transfer on brain anatomy ({len(result['classes']) - 1} classes, 2 mm)"
+             + ("" if distilled else ": teachers only"), "",
+             f"Teachers: {described}; patch {result['patch']}^3; epochs {result['epochs']}; "
+             f"patches per case per epoch {result['patches_per_case']}."]
+    if distilled:
+        search = result["search"]
+        lines[-1] += (f" Student {result['student_arch']}. Searched fusion: {search['rule']} with weights "
+                      f"{search['weights']} (val Dice of the fused label {search['val_dice']:.3f}; equal weights: "
+                      + ", ".join(f"{r} {v:.3f}" for r, v in search["equal_weights_val_dice"].items()) + ").")
+    lines[-1] += f" Total {result['wall_s'] / 60:.1f} min."
+    lines.append("")
+    if "annotation_quality" in result:
+        quality = result["annotation_quality"]
+        sites = list(quality["mean"])
+        lines += ["## What the students learn from: the transferal annotations against the withheld masks", "",
+                  "Mean foreground Dice over classes and cases (preprocessed grid), by contrast.", "",
+                  "| label | " + " | ".join(sites) + " |", "|---|" + "---|" * len(sites)]
+        rows = [(f"fused, {fusion}", quality[fusion], "fused") for fusion in quality]
+        rows += [(f"teacher {t}", quality["mean"], t) for t in teachers]
+        for label, by_site, key in rows:
+            lines.append(f"| {label} | " + " | ".join(f"{by_site[s][key]:.3f}" for s in sites) + " |")
+        lines.append("")
     for site, models in result["reports"].items():
         lines += [f"## Test contrast {site} ({models[teachers[0]]['n']} subjects)", "",
                   "| model | Dice (mean of classes) [95% CI] | HD95 mm [95% CI] |", "|---|---|---|"]
@@ -199,7 +284,7 @@ def write_results(result: dict, out: Path) -> None:
             lines.append(f"| {name} | {r['dice']:.3f} [{r['dice_ci'][0]:.3f}, {r['dice_ci'][1]:.3f}] | "
                          f"{r['hd95']:.1f} [{r['hd95_ci'][0]:.1f}, {r['hd95_ci'][1]:.1f}] |")
         best_teacher = max(teachers, key=lambda n: models[n]["dice"])
-        for student in ("student_mean", "student_searched"):
+        for student in [n for n in ("student_mean", "student_searched") if n in models]:
             s = models[student]["dice"]
             lines.append(f"\n{student}: {s - models[best_teacher]['dice']:+.3f} against the best teacher "
                          f"({best_teacher}), {s - models[ens]['dice']:+.3f} against the ensemble.")
@@ -221,12 +306,14 @@ def main() -> None:
     p.add_argument("--out", default=None, help="default results/e5 (results/e5-smoke with --smoke)")
     p.add_argument("--data-dir", default=None, help="the brain-MR data (default <run-dir>/data, made if absent)")
     p.add_argument("--patch", type=int, default=48)
-    p.add_argument("--teacher-epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=0, help="0: each teacher its own (about 6 min each)")
     p.add_argument("--student-epochs", type=int, default=12)
     p.add_argument("--teacher-patches", type=int, default=20, help="patches per case per epoch (3 cases a site)")
     p.add_argument("--student-patches", type=int, default=8, help="patches per case per epoch (24 volumes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--teachers-only", action="store_true",
+                   help="train the teachers and score them and their ensemble on every contrast; no students")
     p.add_argument("--reuse", action="store_true", help="keep the data, teachers and annotation sets of --run-dir")
     args = p.parse_args()
     suffix = "-smoke" if args.smoke else ""

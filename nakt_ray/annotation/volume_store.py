@@ -122,8 +122,8 @@ def fuse_case(group: Any, teachers: list[str], rule: str, weights: list[float] |
     labels over the whole volume, as ``fusion.pairwise_dice``) and ``entropy`` (mean normalised voxel entropy of
     the fused label, as ``fusion.entropy``).
 
-    Per-voxel rules (mean, weighted mean, majority vote) give what fusing the whole volume at once gives; STAPLE
-    estimates its teacher performance per slab of ``CHUNK`` slices (docs/decisions.md, 52).
+    Per-voxel rules (mean, weighted mean, majority vote, confidence-weighted) give what fusing the whole volume at
+    once gives; STAPLE estimates its teacher performance per slab of ``CHUNK`` slices (docs/decisions.md, 52).
     """
     from nakt_ray.fusion import fuse
 

@@ -280,7 +280,7 @@ class StudentConfig:
 class FusionConfig:
     """How teachers' probabilities become one soft label. ``weights``: one per teacher, for weighted rules."""
 
-    rule: Literal["mean", "weighted_mean", "majority_vote", "staple"] = "mean"
+    rule: Literal["mean", "weighted_mean", "majority_vote", "staple", "confidence_weighted"] = "mean"
     weights: tuple[float, ...] | None = None
 
     def _validate(self, p: str) -> None:

@@ -263,8 +263,8 @@ def check_trials(cfg: RunConfig, prefix: str = "tune.space") -> None:
     rules = set(rule.args) if rule else {cfg.fusion.rule}
     if any(d.key.startswith("fusion.weights") for d in dists) and rules <= set(RULES_WITHOUT_WEIGHTS):
         raise error(ConfigError, f"config key '{prefix}[fusion.weights]'", expected(
-            sorted(rules), "a fusion rule that uses weights (weighted_mean, majority_vote, staple) in the base "
-                           "config or in the space: rule 'mean' takes no weights"))
+            sorted(rules), "a fusion rule that uses weights (weighted_mean, majority_vote, staple, "
+                           "confidence_weighted) in the base config or in the space: rule 'mean' takes no weights"))
     choice_dists = [d for d in dists if d.kind == "choice"]
     numeric = [d for d in dists if d.kind in ("uniform", "loguniform", "randint")]
     combos = list(itertools.islice(itertools.product(*[range(len(d.args)) for d in choice_dists]), 100_000))

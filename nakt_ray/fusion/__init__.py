@@ -4,7 +4,15 @@ the pipeline. The annotation stage applies it per batch; re-fusion and student t
 stored per-teacher maps.
 """
 from nakt_ray.fusion.quality import entropy, hard_label, pairwise_dice
-from nakt_ray.fusion.rules import FUSION_RULES, fuse, majority_vote, mean, staple, weighted_mean
+from nakt_ray.fusion.rules import (
+    FUSION_RULES,
+    confidence_weighted,
+    fuse,
+    majority_vote,
+    mean,
+    staple,
+    weighted_mean,
+)
 
-__all__ = ["FUSION_RULES", "entropy", "fuse", "hard_label", "majority_vote", "mean", "pairwise_dice", "staple",
-           "weighted_mean"]
+__all__ = ["FUSION_RULES", "confidence_weighted", "entropy", "fuse", "hard_label", "majority_vote", "mean",
+           "pairwise_dice", "staple", "weighted_mean"]

@@ -39,7 +39,8 @@ def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env_vars = {DATA_REQUEST_EXPIRE[0]: os.environ.get(*DATA_REQUEST_EXPIRE)}
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # Capped light-task pools (annotation.pools.light_task_pool) on small inputs: Ray warns that the cap exceeds the blocks.
+    # Capped light-task pools (annotation.pools.light_task_pool) on small inputs: Ray warns that the cap exceeds the
+    # blocks.
     warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for")
     kwargs = dict(
         address=cfg.address,

@@ -13,7 +13,8 @@ __all__ = ["ellipse_frame", "inward_distance", "ring_profile", "smooth_noise", "
 
 
 def _interp_weights(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left neighbour index [n_out] and weight of the right neighbour [n_out, 1] for linear upsampling (ends aligned)."""
+    """Left neighbour index [n_out] and weight of the right neighbour [n_out, 1] for linear upsampling (ends
+    aligned)."""
     pos = np.linspace(0.0, n_in - 1.0, n_out)
     i0 = np.minimum(np.floor(pos).astype(np.int64), n_in - 2)
     return i0, (pos - i0).astype(np.float32)[:, None]
