@@ -284,6 +284,36 @@ def test_a_two_worker_3d_run_survives_a_killed_worker_and_registers(ray_session,
     assert set(steps) == {0, 1, 2} and len(steps) <= 4  # at most the epoch in flight was done twice
 
 
+@pytest.mark.fault
+@pytest.mark.timeout(900)  # two 3D trials on Ray Tune: minutes on 2 cores (9.5 min with 2 epochs under load)
+def test_a_3d_search_scores_trials_by_sliding_window_and_registers_the_champion(ray_session, volume_set, volumes,
+                                                                                tmp_path):
+    """`nakt tune` on a set of volumes: each trial re-fuses the stored maps with its sampled rule and weights, trains a
+    3D student on patches, is scored on whole val volumes, and the best is registered with its trial config."""
+    from mlflow.tracking import MlflowClient
+
+    from nakt_ray.search.tune import tune_student
+    from nakt_ray.tracking import tracking_uri
+
+    raw = _student_raw(tmp_path, volume_set, volumes, training=dict(epochs=1, patches_per_case=2, torch_threads=1))
+    raw["tune"] = {"num_samples": 2, "max_concurrent_trials": 1, "grace_period": 1, "seed": 0, "space": {
+        "training.lr": {"loguniform": [3e-3, 3e-2]},
+        "fusion.rule": {"choice": ["weighted_mean", "confidence_weighted"]}, "fusion.weights": {"simplex": 2}}}
+    cfg = config.from_dict(raw)
+    result = tune_student(cfg)
+    rows = result["rows"]
+    assert len(rows) == 2 and all(r["status"] == "completed" and r["epochs"] == 1 for r in rows)
+    assert all(0 <= r["best"] <= 1 for r in rows) and len({r["values"]["training.lr"] for r in rows}) == 2
+    version = MlflowClient(tracking_uri(cfg)).get_model_version_by_alias(cfg.tracking.registered_model, "champion")
+    best = result["champion"]
+    assert best["best"] == max(r["best"] for r in rows) and version.run_id == best["run_id"]
+    assert json.loads(version.tags["nakt.tune_trial_config"])["fusion"]["rule"] == best["values"]["fusion.rule"]
+    from nakt_ray.models.model_file import load_model
+
+    _, spec = load_model(best["model_path"])
+    assert spec.volume == cfg.volume and spec.input_size == (16, 16, 16)
+
+
 def test_sets_of_the_other_dimensionality_are_refused_by_name(volume_set, volumes, tmp_path):
     from nakt_ray.annotation import parquet as ann
     from nakt_ray.errors import ConfigError, DataError

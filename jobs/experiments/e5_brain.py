@@ -12,7 +12,9 @@ family per site (T1-like, T2-like, PD-like; and a low-resolution T1-like spin ec
 contrast (its labels never read), val 2 and test 3 subjects, each in every contrast.
 
 Protocol: a 3D teacher per site (MONAI UNet, SegResNet, DynUNet; ``--patch``^3 patches, a third forced onto
-foreground), each on its own site's 3 subjects, keeping its last epoch. One annotation run of the transferal set
+foreground, nnU-Net's intensity augmentation), each on its own site's 3 subjects for about 6 minutes (epochs per
+architecture in ``TEACHERS``: the budget is time, as a hospital's is, not steps), keeping its last epoch. One
+annotation run of the transferal set
 with the three (3D sliding window), maps stored per case (zarr). Students (one architecture, same settings):
   student_mean      fused by the mean (the default configuration);
   student_searched  fused by the rule and weights searched on the validation subjects: the three teachers annotate
@@ -22,7 +24,10 @@ with the three (3D sliding window), maps stored per case (zarr). Students (one a
                     teacher runs again) and a student is trained on it.
 Every model is scored on each contrast's test folder (``nakt evaluate``: each volume on its original grid, per-class
 Dice and HD95 in mm with bootstrap CIs over the 3 subjects) against each teacher alone and the teachers' ensemble
-(the mean of their probabilities). Results: ``results/e5/`` (``e5.md``, ``e5.json``, per-contrast evaluations).
+(the mean of their probabilities). What the students learned from is scored too, after the fact: the fused labels
+and each teacher's labels of the transferal set against its withheld masks, per contrast. Results: ``results/e5/``
+(``e5.md``, ``e5.json``, per-contrast evaluations). ``--teachers-only`` stops after the teachers' table (calibration).
+Seconds per step are kept in ``<run-dir>/timings.json``, so a ``--reuse`` run reports the whole cost.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -156,12 +162,22 @@ def run(args: argparse.Namespace) -> dict:
 
     run_dir = Path(args.run_dir)
     data = Path(args.data_dir or run_dir / "data")
-    timings: dict[str, float] = {}
+    # Seconds per step, kept in the run folder: a step that --reuse skips keeps the time it took when it ran.
+    timings_file = run_dir / "timings.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if args.reuse and timings_file.exists() else {}
+
+    def record(key: str, since: float, ran: bool = True) -> None:
+        if ran:
+            timings[key] = time.perf_counter() - since
+            run_dir.mkdir(parents=True, exist_ok=True)
+            timings_file.write_text(json.dumps(timings, indent=1))
+
     t = time.perf_counter()
-    if not (args.reuse and (data / "split.json").exists()):
+    made = not (args.reuse and (data / "split.json").exists())
+    if made:
         brain_mr.make_brain_set(data, seed=args.seed, sizes=brain_mr.SMOKE_SIZES if args.smoke else None)
     split = json.loads((data / "split.json").read_text())
-    timings["data_s"] = time.perf_counter() - t
+    record("data_s", t, made)
     folders = split["folders"]
     # teacher epochs: --teacher-epochs for all, or 0 (default) for each its own (TEACHERS)
     epochs = dict(teacher=2, student=2) if args.smoke else dict(teacher=args.teacher_epochs,
@@ -192,11 +208,12 @@ def run(args: argparse.Namespace) -> dict:
     for teacher, (*_, teacher_epochs) in zip(cfg.teachers, TEACHERS):
         t = time.perf_counter()
         done = cfg.teacher_checkpoint(teacher)
-        if not (args.reuse and done.exists()):  # each teacher its own epochs (a budget of time, not of steps)
+        trained = not (args.reuse and done.exists())
+        if trained:  # each teacher its own epochs (a budget of time, not of steps)
             done = train_teacher(config.from_dict({**raw, "teacher_training": {
                 **raw["teacher_training"], "epochs": epochs["teacher"] or teacher_epochs}}), teacher)
         models[teacher.name] = str(done)
-        timings[f"{teacher.name}_s"] = time.perf_counter() - t
+        record(f"{teacher.name}_s", t, trained)
 
     teachers = [t.name for t in cfg.teachers]
     if args.teachers_only:  # calibration: the teachers and their ensemble on every contrast, nothing distilled
@@ -208,19 +225,28 @@ def run(args: argparse.Namespace) -> dict:
 
     t = time.perf_counter()
     ann_dir = run_dir / "annotations"
-    if not (args.reuse and (ann_dir / "summary.json").exists()):
+    ran = not (args.reuse and (ann_dir / "summary.json").exists())
+    if ran:
         annotate(cfg, output=str(ann_dir), resume=args.reuse and (ann_dir / "manifest.json").exists())
-    timings["annotate_s"] = time.perf_counter() - t
+    record("annotate_s", t, ran)
     t = time.perf_counter()
     val_ann = run_dir / "annotations_val"
-    if not (args.reuse and (val_ann / "summary.json").exists()):
+    ran = not (args.reuse and (val_ann / "summary.json").exists())
+    if ran:
         annotate(cfg, transferal=folders["val"], output=str(val_ann),
                  resume=args.reuse and (val_ann / "manifest.json").exists())
+    record("annotate_val_s", t, ran)
+    t = time.perf_counter()
     search = search_fusion(cfg, val_ann, folders["val"])
     searched_dir = run_dir / "annotations_searched"
-    if not (args.reuse and (searched_dir / "summary.json").exists()):
+    if args.reuse and (searched_dir / "summary.json").exists():
+        searched = json.loads((searched_dir / "manifest.json").read_text())["fusion"]
+        if (searched["rule"], searched["weights"]) != (search["rule"], search["weights"]):
+            shutil.rmtree(searched_dir)  # fused by an earlier search's choice: fuse again
+    if not (searched_dir / "summary.json").exists():
+        shutil.rmtree(searched_dir, ignore_errors=True)
         re_fuse(ann_dir, searched_dir, search["rule"], search["weights"])
-    timings["search_s"] = time.perf_counter() - t
+    record("search_s", t)
     truth = Path(folders["transferal"]).parent / "transferal_truth" / "masks"
     quality = {"mean": annotation_quality(cfg, ann_dir, truth),
                "searched": annotation_quality(cfg, searched_dir, truth)}
@@ -234,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
                                  "student": {**raw["student"], "name": name, "annotations": str(annotation_set)}})
         t = time.perf_counter()
         result = train_student(scfg, register=name == "student_mean")
-        timings[f"{name}_s"] = time.perf_counter() - t
+        record(f"{name}_s", t)
         models[name] = result["model_path"]
         students[name] = {"best_val_dice": result["metrics"].get("best_val_dice"),
                           "train_wall_s": result.get("wall_s")}
@@ -264,7 +290,9 @@ def write_results(result: dict, out: Path) -> None:
         lines[-1] += (f" Student {result['student_arch']}. Searched fusion: {search['rule']} with weights "
                       f"{search['weights']} (val Dice of the fused label {search['val_dice']:.3f}; equal weights: "
                       + ", ".join(f"{r} {v:.3f}" for r, v in search["equal_weights_val_dice"].items()) + ").")
-    lines[-1] += f" Total {result['wall_s'] / 60:.1f} min."
+    lines[-1] += (f" Cost: {sum(result['timings_s'].values()) / 60:.1f} min, the sum of the steps below (a step that "
+                  f"--reuse skipped counts the time it took when it ran; this invocation {result['wall_s'] / 60:.1f} "
+                  "min).")
     lines.append("")
     if "annotation_quality" in result:
         quality = result["annotation_quality"]
@@ -307,7 +335,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None, help="the brain-MR data (default <run-dir>/data, made if absent)")
     p.add_argument("--patch", type=int, default=48)
     p.add_argument("--teacher-epochs", type=int, default=0, help="0: each teacher its own (about 6 min each)")
-    p.add_argument("--student-epochs", type=int, default=12)
+    p.add_argument("--student-epochs", type=int, default=20)
     p.add_argument("--teacher-patches", type=int, default=20, help="patches per case per epoch (3 cases a site)")
     p.add_argument("--student-patches", type=int, default=8, help="patches per case per epoch (24 volumes)")
     p.add_argument("--seed", type=int, default=0)
