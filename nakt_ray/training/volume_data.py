@@ -8,8 +8,12 @@ x 255 for labels) and, with agreement weighting, ``weight`` uint8 ``[d, h, w]`` 
 An epoch is ``patches_per_case`` patches of every case (nnU-Net draws a fixed number of patches per epoch too).
 Each epoch draws new patches and a new case order, reproducibly from ``seed``: a Ray Data random column with
 ``reseed_after_execution`` gives each case one number per execution of the dataset (an epoch), which seeds the
-case's patch generator, and the case order is a seeded ``randomize_block_order`` reseeded alike. A case is one
-block, read by one task that opens its store once and reads only its patches' boxes (``training/patches.py``).
+case's patch generator, and the order of the blocks is a seeded ``randomize_block_order`` reseeded alike. A task
+reads a block of cases (:data:`CASES_PER_BLOCK` from an annotation set; a held labeled volume is a block of its
+own), opening each case's store once and reading only its patches' boxes (``training/patches.py``). Blocks of
+several cases, because a Ray task costs ~0.25 s of scheduling on 2 cores: one case per task made the input of an
+epoch of 96 patches of 48^3 cost 7.3 s against 1.6 s for the same draws in one process, 1.3-1.6 s with 12 cases a
+block (docs/benchmarks.md, "Student training on patches (3D)").
 A resumed run starts its executions again from 0, so it draws the patches of the first run's first epochs again
 (the 2D file shuffle does the same).
 """
@@ -50,6 +54,7 @@ __all__ = [
 PATCHES_PER_CASE = 4  # per case and epoch: the default of training.patches_per_case
 DRAW = "draw"  # the random column: one number per case and epoch
 PATCH_TASK_CPU = 0.25  # a patch task reads and decodes chunks: light, and must not starve the trainer
+CASES_PER_BLOCK = 8  # cases of an annotation set read by one patch task (module docstring); at least 2 blocks
 
 
 def _case_rng(seed: int, draw: float) -> np.random.Generator:
@@ -147,14 +152,15 @@ def annotation_patch_dataset(annotations_dir: str, *, patch_size: Sequence[int],
                     for r in rows if r["status"] == "ok"), key=lambda r: r["case_id"])
     if not items:
         raise error(DataError, f"annotation set {annotations_dir!r}", "has no usable rows; nothing to train on")
-    return _patches(ray.data.from_items(items, override_num_blocks=len(items)), seed, annotation_patches,
+    blocks = min(len(items), max(2, -(-len(items) // CASES_PER_BLOCK)))  # >= 2: two DDP workers read in parallel
+    return _patches(ray.data.from_items(items, override_num_blocks=blocks), seed, annotation_patches,
                     dict(annotations_dir=str(annotations_dir), teachers=[t["name"] for t in manifest["teachers"]],
                          rule=rule, weights=weights, agreement=agreement, patch_size=tuple(patch_size),
                          patches_per_case=patches_per_case, foreground_share=foreground_share, seed=seed))
 
 
 def _patches(cases: Any, seed: int, fn: Any, fn_kwargs: dict[str, Any]):
-    """One block per case -> a new case order and one random number per case every epoch -> patches."""
+    """Blocks of cases -> a new block order and one random number per case every epoch -> patches."""
     from ray.data import RandomSeedConfig
     from ray.data.expressions import random
 
