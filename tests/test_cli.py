@@ -63,6 +63,7 @@ print(stages, tuple(y.shape), mv.tags["nakt.teachers"], mv.tags["nakt.fusion_rul
             "(1, 2, 64, 64) unet_a,segresnet_b,attention_unet_c mean") in proc.stdout
 
 
+@pytest.mark.fault  # the CLI end to end on a real folder (73 s); the library path's error rows are in test_annotate.py
 def test_annotate_cli_on_a_folder_with_a_corrupt_file(smoke, tmp_path):
     run_dir, _ = smoke
     images = tmp_path / "incoming"
