@@ -121,7 +121,6 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     config.dump(cfg, Path(run_dir) / "run.yaml")
     say(f"  data in {data}; run config written to {Path(run_dir) / 'run.yaml'}")
 
-    from nakt_ray import tracking
 
     summary, student, report = transfer(cfg, run_dir, progress, TRANSFER_WORDS)
 
@@ -129,15 +128,25 @@ def run_demo(run_dir: str | None = None, smoke: bool = False) -> dict:
     overlay = segment_with_registered(cfg, student["model_uri"], Path(run_dir) / "evaluation")
 
     wall = time.perf_counter() - t0
+    say_results(cfg, report, wall, DEMO_TIME[smoke], f"Parquet annotations: {summary['output']}", student,
+                str(overlay))
+    return {**report, "wall_s": wall, "student": student, "annotations": summary, "overlay": str(overlay)}
+
+
+def say_results(cfg: config.RunConfig, report: dict, wall: float, expected: str, annotations: str, student: dict,
+                segmentation: str) -> None:
+    """A demo's closing lines: the table, the time against the expected one, and where everything went
+    (``annotations``: that line's text)."""
+    from nakt_ray import tracking
+
     say("\n" + report["table"])
-    say(f"\nDemo finished in {wall:.1f} s ({wall / 60:.1f} min; expected {DEMO_TIME[smoke]}).")
+    say(f"\nDemo finished in {wall:.1f} s ({wall / 60:.1f} min; expected {expected}).")
     say(f"  MLflow store:        {tracking.tracking_uri(cfg)}  (mlflow ui --backend-store-uri <that>)")
-    say(f"  Parquet annotations: {summary['output']}")
+    say(f"  {annotations}")
     say(f"  Registered student:  {student['model_uri']} (version {student['version']})")
-    say(f"  Segmentation:        {overlay}")
+    say(f"  Segmentation:        {segmentation}")
     if console.diverted():
         say(f"  Ray's own output:    {console.log_path()}")
-    return {**report, "wall_s": wall, "student": student, "annotations": summary, "overlay": str(overlay)}
 
 
 # How each demo announces the steps of :func:`transfer`.

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from nakt_ray import config
-from nakt_ray.demo.run import _Progress, prepare_run_dir, transfer
+from nakt_ray.demo.run import _Progress, prepare_run_dir, say_results, transfer
 from nakt_ray.runtime import console
 from nakt_ray.runtime.console import say
 
@@ -100,7 +100,6 @@ def run_demo_3d(run_dir: str | None = None, smoke: bool = False) -> dict:
     config.dump(cfg, Path(run_dir) / "run.yaml")
     say(f"  data in {data} (held-out site: {summary['held_out']}); run config written to {Path(run_dir) / 'run.yaml'}")
 
-    from nakt_ray import tracking
 
     annotated, student, report = transfer(cfg, run_dir, progress, TRANSFER_WORDS_3D)
 
@@ -108,14 +107,9 @@ def run_demo_3d(run_dir: str | None = None, smoke: bool = False) -> dict:
     prediction = segment_with_registered(cfg, student["model_uri"], Path(run_dir) / "prediction")
 
     wall = time.perf_counter() - t0
-    say("\n" + report["table"])
-    say(f"\nDemo finished in {wall:.1f} s ({wall / 60:.1f} min; expected {DEMO3D_TIME[smoke]}).")
-    say(f"  MLflow store:        {tracking.tracking_uri(cfg)}  (mlflow ui --backend-store-uri <that>)")
-    say(f"  Annotations:         {annotated['output']} (Parquet rows + zarr stores)")
-    say(f"  Registered student:  {student['model_uri']} (version {student['version']})")
-    say(f"  Segmentation:        {prediction['mask']} (NIfTI on the input's grid), {prediction['overlay']}")
-    if console.diverted():
-        say(f"  Ray's own output:    {console.log_path()}")
+    say_results(cfg, report, wall, DEMO3D_TIME[smoke],
+                f"Annotations:         {annotated['output']} (Parquet rows + zarr stores)", student,
+                f"{prediction['mask']} (NIfTI on the input's grid), {prediction['overlay']}")
     return {**report, "wall_s": wall, "student": student, "annotations": annotated, "prediction": prediction}
 
 
