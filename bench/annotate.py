@@ -184,8 +184,8 @@ def plain_loop(cfg, out_dir: Path) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     names = [t.name for t in cfg.teachers]
-    predictors = [TeacherPredictor(str(cfg.teacher_checkpoint(t)), t.name, cfg.data.num_classes,
-                                   cfg.preprocess.in_channels, num_threads=os.cpu_count() or 1)
+    predictors = [TeacherPredictor(str(cfg.teacher_checkpoint(t)), t.name, cfg.preprocess.in_channels,
+                                   num_threads=os.cpu_count() or 1)
                   for t in cfg.teachers]
     cases = list_cases(cfg.data.transferal)
     schema = ann.arrow_schema(names, {"benchmark": "plain loop"})

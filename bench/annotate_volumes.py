@@ -123,7 +123,7 @@ def plain_loop(cfg, out_dir: Path) -> dict:
     for t in cfg.teachers:
         ref = teacher_ref(cfg, t)
         predictors.append(VolumeTeacherPredictor(out_dir=store_root, checkpoint=ref.checkpoint, name=ref.name,
-                                                 num_classes=cfg.data.num_classes, in_channels=VOLUME_IN_CHANNELS,
+                                                 in_channels=VOLUME_IN_CHANNELS,
                                                  num_threads=threads, options=ref.options, spatial_dims=3))
     names = [t.name for t in cfg.teachers]
     schema = ann.arrow_schema_volumes({"benchmark": "plain loop"})

@@ -7,14 +7,19 @@ label or a one-hot hard label); ``pixel_weight`` is an optional ``[B, *spatial]`
 (e.g. teacher agreement).
 
 :func:`segmentation_loss` combines the parts and returns a dict of named tensors (``loss``, ``dice``, ``ce``,
-``kl``, ``hard``) that go straight to the metrics logger.
+``kl``, ``hard``) that go straight to the metrics logger. :func:`partial_label_loss` is its counterpart for
+teachers that predict different subsets of the student's classes (issue 17; maths in ``docs/fusion.md``,
+"Partial-label loss").
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_dice_loss", "soft_cross_entropy", "kl_distillation", "segmentation_loss"]
+__all__ = ["kl_distillation", "partial_label_loss", "segmentation_loss", "soft_cross_entropy", "soft_dice_loss"]
 
 
 def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -182,3 +187,181 @@ def segmentation_loss(
     hard = soft_dice_loss(logits, hard_target) + soft_cross_entropy(logits, hard_target, pixel_weight=pixel_weight)
     total = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard
     return {"loss": total, "dice": dice, "ce": ce, "kl": kl, "hard": hard}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# partial labels: teachers that cover different subsets of the student's classes (issue 17)
+# --------------------------------------------------------------------------------------------------------------
+def _partial_coverage(coverage: Any, logits: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """``coverage`` as bool ``[T, K+1]`` on the CPU, checked as ``nakt_ray.fusion.partial.check_coverage`` does
+    (that module is a layer above this one, see ``tests/test_layers.py``), and against ``logits`` and ``targets``."""
+    try:
+        cov = torch.as_tensor(coverage).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"coverage must be a bool [T, K+1] array or tensor; got {type(coverage).__name__}: {err}"
+                         ) from None
+    if cov.ndim != 2:
+        raise ValueError(f"coverage must have shape [T, K+1]; got shape {tuple(cov.shape)}")
+    if cov.dtype != torch.bool:
+        if cov.is_floating_point() or cov.is_complex() or not bool(((cov == 0) | (cov == 1)).all()):
+            raise ValueError(f"coverage must be bool (or 0/1 integers); got dtype {cov.dtype}")
+        cov = cov.bool()
+    n_teachers, n_classes = cov.shape
+    if n_classes != logits.shape[1]:
+        raise ValueError(f"coverage has {n_classes} columns but logits have {logits.shape[1]} classes on axis 1 "
+                         f"(shape {tuple(logits.shape)}); coverage must be [T, K+1] over the student's classes")
+    if n_teachers != n_targets:
+        raise ValueError(f"targets has {n_targets} tensors but coverage has {n_teachers} rows; give one target "
+                         "and one coverage row per teacher")
+    for t in range(n_teachers):
+        if not cov[t, 0]:
+            raise ValueError(f"coverage[{t}, 0] must be True: column 0 is teacher {t}'s own background, which every "
+                             "teacher has")
+        if not cov[t, 1:].any():
+            raise ValueError(f"coverage[{t}, 1:] is all False: teacher {t} covers no student class")
+    uncovered = [k for k in range(1, n_classes) if not cov[:, k].any()]
+    if uncovered:
+        raise ValueError(f"coverage: student classes {uncovered} are covered by no teacher; every class needs a "
+                         "teacher that predicts it")
+    return cov
+
+
+def _partial_weights(weights: Any, cov: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Weights as ``[T, K+1]`` float64 per teacher and class, and the normaliser ``Z = sum_t mean_j a_tj`` over each
+    teacher's cells (its background is column 0; columns of classes a teacher does not cover are unused)."""
+    n_teachers, n_classes = cov.shape
+    if weights is None:
+        w = torch.ones(n_teachers, n_classes, dtype=torch.float64)
+    else:
+        w = torch.as_tensor(weights).detach().cpu().to(torch.float64)
+        if tuple(w.shape) == (n_teachers,):
+            w = w[:, None].expand(n_teachers, n_classes)
+        elif tuple(w.shape) != (n_teachers, n_classes):
+            raise ValueError(f"weights must have shape [T] = ({n_teachers},) (per teacher) or [T, K+1] = "
+                             f"({n_teachers}, {n_classes}) (per teacher and class); got shape {tuple(w.shape)}")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"weights must be finite and non-negative; got {w.tolist()}")
+    norm = float(sum(w[t][cov[t]].mean() for t in range(n_teachers)))
+    if not norm > 0:
+        raise ValueError(f"weights are zero on every class the teachers cover; got {w.tolist()}")
+    return w, norm
+
+
+def _marginal_log_prob(logits: torch.Tensor, log_norm: torch.Tensor, bg: torch.Tensor,
+                       fg: torch.Tensor) -> torch.Tensor:
+    """``log m`` over a teacher's cells ``[B, C_t, *spatial]``: its background cell holds union classes ``bg``,
+    its other cells ``fg`` one each. logsumexp of the logits over a cell, never the log of a sum of softmaxes, which
+    is -inf where those probabilities underflow."""
+    background = torch.logsumexp(logits.index_select(1, bg), dim=1, keepdim=True)
+    return torch.cat([background, logits.index_select(1, fg)], dim=1) - log_norm
+
+
+def _cell_dice_ce(log_m: torch.Tensor, target: torch.Tensor, a: torch.Tensor, pixel_weight: torch.Tensor | None,
+                  eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher's Dice and CE parts (as :func:`soft_dice_loss` and :func:`soft_cross_entropy` on the marginal
+    ``exp(log_m)``), each cell ``j`` weighted by ``a[j]``."""
+    a_view = a.view(1, -1, *([1] * (log_m.ndim - 2)))
+    ce = _pixel_mean(-(a_view * target * log_m).sum(dim=1), pixel_weight)
+    prob = log_m.exp()[:, 1:]
+    spatial = tuple(range(2, prob.ndim))
+    intersection = (prob * target[:, 1:]).sum(dim=spatial)
+    dice = (2.0 * intersection + eps) / (prob.sum(dim=spatial) + target[:, 1:].sum(dim=spatial) + eps)  # [B, C_t-1]
+    return ((1.0 - dice) * a[1:]).mean(), ce
+
+
+def partial_label_loss(
+    logits: torch.Tensor,
+    targets: Sequence[torch.Tensor],
+    coverage: Any,
+    weights: Any = None,
+    *,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    kl_weight: float = 0.0,
+    temperature: float = 1.0,
+    hard_weight: float = 0.0,
+    pixel_weight: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`segmentation_loss` against teachers that each cover some of the student's classes.
+
+    Teacher ``t`` covers the union classes ``S_t`` (``coverage[t]``) and its target is a distribution over its own
+    cells: ``bg_t = {0} ∪ (classes it does not cover)``, then ``{k}`` for each ``k`` in ``S_t``. The student's
+    softmax ``p`` over ``0..K`` is *marginalised* onto those cells, ``m_t(bg_t) = p_0 + sum_{k not in S_t} p_k`` and
+    ``m_t({k}) = p_k``, computed as ``log m_t(cell) = logsumexp_{k in cell} z_k - logsumexp_k z_k``. So a teacher
+    that says "none of my classes" is satisfied by any class it does not predict (the marginal loss of Shi et al.
+    2021, "Marginal loss and exclusion loss for partially supervised multi-organ segmentation"), where putting its
+    map in the union layout with zeros elsewhere would punish the student for every class the teacher never saw.
+
+    Each part is the one of :func:`segmentation_loss` between ``m_t`` and ``y_t``, with every cell ``j`` weighted by
+    ``a_tj`` (the weight of teacher ``t`` and the union class of cell ``j``; column 0 for its background):
+    ``ce_t = mean_pixels(pixel_weight * -sum_j a_tj y_tj log m_tj)``; ``dice_t = mean_{b, j>=1} a_tj (1 - Dice(m_tj,
+    y_tj))`` over its foreground cells; ``kl_t`` likewise against the tempered target (the student tempered before
+    marginalising, ``softmax(z / T)``), times ``T^2``; ``hard_t`` is Dice + CE against the one-hot arg-max of
+    ``y_t`` over its own cells. Every part is ``sum_t part_t / Z`` with ``Z = sum_t mean_j a_tj``, which for per-
+    teacher weights is the weighted mean of the teachers' terms. With one teacher covering every class this is
+    :func:`segmentation_loss` exactly.
+
+    Args:
+        logits: ``[B, K+1, *spatial]`` raw student outputs (2D or 3D).
+        targets: T tensors, teacher ``t``'s ``[B, C_t, *spatial]`` probabilities over its own cells (its background
+            first, then its classes in union order; ``C_t = coverage[t].sum()``).
+        coverage: bool ``[T, K+1]`` (array, tensor or nested lists): ``coverage[t, k]`` if teacher ``t`` predicts
+            union class ``k``; column 0 true; every class covered by some teacher.
+        weights: ``[T]`` per teacher (default equal) or ``[T, K+1]`` per teacher and class; non-negative. A teacher
+            of weight 0 has no effect.
+        dice_weight, ce_weight, kl_weight, hard_weight: non-negative weights of the parts.
+        temperature: T > 0 for the KL part.
+        pixel_weight: optional ``[B, *spatial]`` non-negative weights of the per-pixel parts (ce, kl, hard's ce).
+
+    Returns:
+        ``{"loss", "dice", "ce", "kl", "hard"}`` as :func:`segmentation_loss`, each a scalar tensor.
+    """
+    for name, value in (("dice_weight", dice_weight), ("ce_weight", ce_weight), ("kl_weight", kl_weight),
+                        ("hard_weight", hard_weight)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0; got {value!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature!r}")
+    if logits.ndim not in (4, 5) or logits.shape[1] < 2:
+        raise ValueError(f"logits must be [B, K+1, H, W] or [B, K+1, D, H, W] with K+1 >= 2; got shape "
+                         f"{tuple(logits.shape)}")
+    if isinstance(targets, torch.Tensor):  # a stacked [T, ...] tensor; ValueError as for every other argument
+        raise ValueError(  # noqa: TRY004
+            "targets must be a sequence of T tensors, one per teacher (each with its own classes); got one tensor "
+            f"of shape {tuple(targets.shape)}")
+    targets = list(targets)
+    cov = _partial_coverage(coverage, logits, len(targets))
+    w, norm = _partial_weights(weights, cov)
+    _check_pixel_weight(pixel_weight, logits)
+    log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
+    tempered = logits / temperature
+    log_norm_t = torch.logsumexp(tempered, dim=1, keepdim=True)
+    parts = {name: logits.new_zeros(()) for name in ("dice", "ce", "kl", "hard")}
+    for t, target in enumerate(targets):
+        covered = cov[t].nonzero().flatten()
+        expected = (logits.shape[0], len(covered), *logits.shape[2:])
+        if not isinstance(target, torch.Tensor) or tuple(target.shape) != expected:
+            found = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+            raise ValueError(f"targets[{t}] has shape {found}; expected [B, C_t, *spatial] = {expected}: teacher "
+                             f"{t} covers its background and classes {covered[1:].tolist()}")
+        bg = torch.cat([cov.new_zeros(1, dtype=torch.long), (~cov[t]).nonzero().flatten()]).to(logits.device)
+        fg = covered[1:].to(logits.device)
+        a = w[t][covered].to(device=logits.device, dtype=logits.dtype)        # [C_t], cell j's weight
+        y = target.to(device=logits.device, dtype=logits.dtype)
+        # 1. Dice and CE on the marginal of the student's softmax over this teacher's cells.
+        log_m = _marginal_log_prob(logits, log_norm, bg, fg)
+        dice, ce = _cell_dice_ce(log_m, y, a, pixel_weight)
+        # 2. KL: the tempered target against the marginal of the tempered student (kl_distillation's convention).
+        log_m_t = _marginal_log_prob(tempered, log_norm_t, bg, fg)
+        q = torch.nan_to_num(torch.softmax(torch.log(y.detach()) / temperature, dim=1), nan=0.0)
+        a_view = a.view(1, -1, *([1] * (logits.ndim - 2)))
+        kl = _pixel_mean((a_view * (torch.xlogy(q, q) - q * log_m_t)).sum(dim=1), pixel_weight) * temperature**2
+        # 3. Hard: Dice + CE against the teacher's own arg-max.
+        hard_y = F.one_hot(y.argmax(1), y.shape[1]).movedim(-1, 1).to(y.dtype)
+        hard_dice, hard_ce = _cell_dice_ce(log_m, hard_y, a, pixel_weight)
+        hard = hard_dice + hard_ce
+        for name, value in (("dice", dice), ("ce", ce), ("kl", kl), ("hard", hard)):
+            parts[name] = parts[name] + value / norm
+    total = (dice_weight * parts["dice"] + ce_weight * parts["ce"] + kl_weight * parts["kl"]
+             + hard_weight * parts["hard"])
+    return {"loss": total, **parts}

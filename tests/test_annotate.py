@@ -17,7 +17,7 @@ from nakt_ray.annotation.pipeline import annotate, fuse_batch
 from nakt_ray.annotation.pools import EnsemblePredictor, TeacherPredictor, pool_layout, shared_pool_size
 from nakt_ray.data.datasets import decode_batch
 from nakt_ray.data.readers import list_cases
-from nakt_ray.errors import TeacherLoadError, TeacherOutputError
+from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError
 
 
 def _batch(cases):
@@ -41,7 +41,7 @@ def test_decode_batch_keeps_failed_cases_with_reason(tmp_path, synthetic_dirs):
 
 def test_teacher_predictor_called_directly(tmp_path, synthetic_dirs):
     path = make_teacher(tmp_path / "t.pt", "t")
-    predictor = TeacherPredictor(str(path), "t", num_classes=2, in_channels=1)
+    predictor = TeacherPredictor(str(path), "t", in_channels=1)
     batch = decode_batch(_batch(list_cases(synthetic_dirs["mixed"])), preprocess=config.PreprocessConfig(size=(32, 32)),
                          num_classes=2)
     batch["error"][2] = "decode: broken"
@@ -54,7 +54,7 @@ def test_teacher_predictor_called_directly(tmp_path, synthetic_dirs):
 
 def test_ensemble_predictor_adds_every_teacher_in_its_own_batch_size(tmp_path, synthetic_dirs):
     paths = [make_teacher(tmp_path / f"t{i}.pt", f"t{i}", seed=i) for i in (1, 2)]
-    kwargs = [dict(checkpoint=str(p), name=f"t{i}", num_classes=2, in_channels=1) for i, p in zip((1, 2), paths)]
+    kwargs = [dict(checkpoint=str(p), name=f"t{i}", in_channels=1) for i, p in zip((1, 2), paths)]
     batch = decode_batch(_batch(list_cases(synthetic_dirs["mixed"])), preprocess=config.PreprocessConfig(size=(32, 32)),
                          num_classes=2)
     batch["error"][4] = "decode: broken"
@@ -111,18 +111,18 @@ def test_shared_pool_gives_the_per_teacher_result(annotated, tmp_path):
 
 def test_teacher_with_other_input_size_is_resampled(tmp_path):
     path = make_teacher(tmp_path / "t.pt", "t", size=(64, 64))
-    predictor = TeacherPredictor(str(path), "t", num_classes=2, in_channels=1)
+    predictor = TeacherPredictor(str(path), "t", in_channels=1)
     out = predictor.predict(np.zeros((2, 1, 32, 32), np.float32))
     assert out.shape == (2, 2, 32, 32)
 
 
 def test_teacher_errors_name_the_teacher(tmp_path):
     path = make_teacher(tmp_path / "t.pt", "three", num_classes=3)
-    with pytest.raises(TeacherLoadError, match="teacher 'three'.*predicts 3 classes.*use 2"):
-        TeacherPredictor(str(path), "three", num_classes=2, in_channels=1)
+    with pytest.raises(TeacherLoadError, match="teacher 'three'.*predicts 3 classes.*matched 2 labels"):
+        TeacherPredictor(str(path), "three", in_channels=1, classes=[0, 1], cells=[0, 1])
     with pytest.raises(TeacherLoadError, match="teacher 'three'.*takes 1 input channels.*gives 3"):
-        TeacherPredictor(str(path), "three", num_classes=3, in_channels=3)
-    predictor = TeacherPredictor(str(path), "three", num_classes=3, in_channels=1)
+        TeacherPredictor(str(path), "three", in_channels=3)
+    predictor = TeacherPredictor(str(path), "three", in_channels=1)
     predictor.teacher._forward = lambda x: x.new_full((x.shape[0], 3, 32, 32), float("nan"))
     unusable = (TeacherLoadError, TeacherOutputError)  # a prediction that cannot be used, caught as it is made
     with pytest.raises(unusable, match="teacher 'three'.*NaN"):
@@ -187,7 +187,8 @@ def test_refused_output_and_mismatched_teachers(annotated, tmp_path):
     raw = cfg.to_dict()
     raw["teachers"][1]["checkpoint"] = str(make_teacher(tmp_path / "t3.pt", "t3", num_classes=3))
     raw["annotate"]["output"] = str(tmp_path / "out")
-    with pytest.raises(TeacherLoadError, match="teacher 't2'.*predicts 3 classes.*use 2"):  # before any actor
+    # a label the student does not have, named with the teacher, before any actor starts
+    with pytest.raises(ConfigError, match=r"match no student label: teacher 't2' labels \['c1', 'c2'\]"):
         annotate(config.from_dict(raw))
 
 
@@ -242,7 +243,7 @@ def test_re_fuse_changes_fusion_without_any_teacher(annotated, tmp_path):
 
     stored = ann.read_table(cfg.annotations_dir).to_pydict()
     batch = {k: np.array(v, dtype=object) for k, v in stored.items()}
-    same = ann.re_fuse_batch(batch, teachers=["t1", "t2"], label_shape=(2, 32, 32), rule="mean", weights=None)
+    same = ann.re_fuse_batch(batch, teachers=["t1", "t2"], shapes=[(2, 32, 32)] * 2, rule="mean", weights=None)
     assert list(same["soft_label"]) == stored["soft_label"]  # re-fusing by the same rule reproduces the set
     stored_t2 = by_case(cfg.annotations_dir, "prob__t2")
     for case, soft in by_case(tmp_path / "t2", "soft_label").items():
@@ -483,7 +484,7 @@ def test_a_teacher_nan_for_one_case_makes_an_error_row_and_the_run_goes_on(ray_s
 
 def test_a_teacher_nan_for_some_cases_called_directly_in_the_shared_layout(tmp_path, synthetic_dirs):
     cfg = _nan_run(tmp_path, synthetic_dirs, threshold=200.0, pools="shared", batch_size=3)
-    kwargs = [dict(checkpoint=str(cfg.teacher_checkpoint(t)), name=t.name, num_classes=2, in_channels=1)
+    kwargs = [dict(checkpoint=str(cfg.teacher_checkpoint(t)), name=t.name, in_channels=1)
               for t in cfg.teachers]
     batch = decode_batch(_batch(list_cases(cfg.data.transferal)), preprocess=cfg.preprocess, num_classes=2)
     white = list(batch["case_id"]).index("white")

@@ -166,6 +166,41 @@ def test_fuse_case_slab_by_slab_equals_fusing_the_whole_volume(tmp_path, rule):
     assert figures["agreement"] == pytest.approx(expected, abs=1e-9)
 
 
+def test_fuse_case_with_teachers_of_different_classes(tmp_path):
+    from nakt_ray.fusion.partial import (
+        coverage_from_classes,
+        fuse_partial,
+        pairwise_dice_partial,
+    )
+
+    rng = np.random.default_rng(4)
+    depth, h, w = 70, 12, 10  # three slabs of CHUNK
+    group = vs.create_case(tmp_path, "p.zarr", rng.normal(size=(1, depth, h, w)).astype(np.float32), {})
+    # union classes 0..3; a covers 1, 2; b covers 2, 3; c covers 3: each stores its background + its classes
+    classes = {"a": [1, 2], "b": [2, 3], "c": [3]}
+    coverage = coverage_from_classes(list(classes.values()), 4)
+    probs = []
+    for t, own in classes.items():
+        n = len(own) + 1
+        p = rng.dirichlet(np.ones(n) * 0.5, size=(depth, h, w)).transpose(3, 0, 1, 2).astype(np.float32)
+        q = ann.quantize(p)
+        vs.write_map(group, vs.teacher_key(t), q)
+        assert group[vs.teacher_key(t)].shape == (n, depth, h, w)
+        probs.append(ann.dequantize(q, axis=0))
+    figures = vs.fuse_case(group, list(classes), "mean", None, coverage=coverage)
+    soft = np.asarray(group["soft_label"][...])
+    assert soft.shape == (4, depth, h, w)  # the union's K+1 channels, whatever each teacher stored
+    flat = [p.reshape(p.shape[0], depth * h, w) for p in probs]
+    whole = fuse_partial(flat, coverage, "mean").reshape(4, depth, h, w)
+    np.testing.assert_array_equal(soft, ann.quantize(whole))
+    np.testing.assert_array_equal(np.asarray(group["hard_label"][...]), whole.argmax(0))
+    # every class the teachers imply is found in the fused label (class 1 only a's, class 3 b's and c's)
+    assert set(np.unique(np.asarray(group["class_locations"][...])[:, 0])) == {1, 2, 3}
+    expected = pairwise_dice_partial(flat, coverage)  # pairs (a, b) on class 2 and (b, c) on class 3
+    assert figures["agreement"] == pytest.approx(expected, abs=1e-9)
+    assert figures["agreement"] != pytest.approx(pairwise_dice_partial(flat[:2], coverage[:2]), abs=1e-3)
+
+
 def test_read_box_reads_the_box(tmp_path):
     arr = np.arange(2 * 40 * 36 * 33, dtype=np.float32).reshape(2, 40, 36, 33)
     group = vs.create_case(tmp_path, "b.zarr", arr[:1], {})

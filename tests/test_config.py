@@ -127,3 +127,33 @@ def test_fusion_weights_from_yaml_nan_and_inf_are_refused_at_load(tmp_path):
         with pytest.raises(ConfigError, match=r"run\.yaml.*'fusion\.weights'.*finite"):
             config.load(path)
     assert config.load(path, ["fusion.weights=[0, 2]"]).fusion.weights == (0.0, 2.0)  # one zero is fine
+
+
+def test_label_aliases_are_accepted_and_round_trip(tmp_path):
+    data = {"labels": ["background", "left ventricle", "myocardium"],
+            "label_aliases": {"LV": "Left_Ventricle", "myo": "myocardium", "tumour": "background"}}
+    cfg = config.from_dict(with_(data=data))
+    assert cfg.data.label_aliases == data["label_aliases"]
+    assert config.load(config.dump(cfg, tmp_path / "c.yaml")) == cfg
+    assert config.from_dict(BASE).data.label_aliases == {}
+    # an alias to the student's own first label, whatever its name, folds into background too
+    assert config.from_dict(with_(data={"labels": ["bg", "lv"], "label_aliases": {"tumour": "BG"}}))
+
+
+@pytest.mark.parametrize("data, fragments", [
+    ({"labels": ["bg", "lv"], "label_aliases": {"heart": "atrium"}},
+     ["'data.label_aliases.heart'", "got 'atrium'", "a student label ['bg', 'lv'] or 'background'"]),
+    ({"labels": ["bg", "lv"], "label_aliases": {"heart": 3}}, ["'data.label_aliases.heart'", "got 3"]),
+    ({"labels": ["bg", "left ventricle"], "label_aliases": {"Left_Ventricle": "left ventricle"}},
+     ["'data.label_aliases.Left_Ventricle'", "is a student label itself"]),
+    ({"labels": ["bg", "lv"], "label_aliases": {"left-v": "lv", "Left V": "lv"}},
+     ["'data.label_aliases.Left V'", "the same alias as 'left-v'"]),
+    ({"labels": ["bg", "Left_V", "left-v"]}, ["'data.labels'", "['bg', 'Left_V', 'left-v']", "differ in more than"]),
+    ({"labels": ["bg", "left_ventricle", "Left Ventricle"]}, ["'data.labels'", "differ in more than case"]),
+    ({"labels": ["none", "background", "liver"]}, ["'data.labels'", "'background' only as the first label"]),
+])
+def test_bad_label_aliases_and_labels_are_refused_naming_the_key(data, fragments):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(with_(data=data))
+    for fragment in fragments:
+        assert fragment in str(err.value), f"{fragment!r} not in {err.value}"

@@ -14,7 +14,7 @@ from conftest import make_teacher, tiny_raw_config
 
 from nakt_ray import config
 from nakt_ray.annotation import parquet as ann
-from nakt_ray.errors import TeacherLoadError
+from nakt_ray.errors import ConfigError
 from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate, model_label, models_from_args, score_batch
 from nakt_ray.evaluation.report import FILES, METRICS, check_output, summarize
 
@@ -207,7 +207,7 @@ def test_evaluate_writes_tables(ray_session, tmp_path, synthetic_dirs):
     evaluate(cfg, models, str(synthetic_dirs["mixed"]), tmp_path / "again", ensemble=["t1", "t2"])
     for name in FILES:
         assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "eval" / name).read_bytes(), name
-    with pytest.raises(TeacherLoadError, match="predicts 3 classes"):
+    with pytest.raises(ConfigError, match=r"teacher 'x' labels \['c1', 'c2'\]"):  # labels the run does not have
         evaluate(cfg, {"x": str(make_teacher(tmp_path / "x.pt", "x", num_classes=3))}, str(synthetic_dirs["mixed"]),
                  tmp_path / "eval2")
 

@@ -129,7 +129,11 @@ def test_predict_folder_writes_masks_at_original_size_and_records_the_corrupt_fi
         assert mask.shape == sizes[case["case_id"]] == tuple(case["size"]) and set(np.unique(mask)) <= {0, 255}
         assert sum(case["classes"].values()) == mask.size
         with Image.open(out / f"{case['case_id']}_overlay.png") as im:
-            assert (im.mode, im.size) == ("RGB", sizes[case["case_id"]][::-1])
+            # the image at its original size, and below it the legend of the model's class (its colour, its name)
+            height, width = sizes[case["case_id"]]
+            assert (im.mode, im.size[0]) == ("RGB", width) and im.size[1] > height
+            legend = np.asarray(im)[height:]
+            assert (np.abs(legend.astype(int) - PALETTE[0].astype(int)).sum(-1) == 0).any()
     saved = json.loads((out / "predictions.json").read_text())
     assert saved["counts"] == report["counts"] and saved["mask_encoding"]["values"] == {"background": 0, "c1": 255}
     assert not saved["preprocess_assumed"]

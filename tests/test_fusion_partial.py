@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nakt_ray.fusion import fuse, hard_label
+from nakt_ray.fusion import fuse, hard_label, pairwise_dice
 from nakt_ray.fusion import rules as fusion_rules
 from nakt_ray.fusion.partial import (
     check_coverage,
@@ -16,7 +16,11 @@ from nakt_ray.fusion.partial import (
     coverage_from_classes,
     expand_to_union,
     fuse_partial,
+    fuse_teachers,
+    pairwise_dice_partial,
+    pixel_agreement,
     teacher_cells,
+    union_labels,
 )
 
 BG, LIVER, SPLEEN, KIDNEY = 0, 1, 2, 3
@@ -354,3 +358,99 @@ def test_coverage_from_classes_errors(classes: list, num_classes: int, message: 
     with pytest.raises(ValueError) as excinfo:
         coverage_from_classes(classes, num_classes)
     assert message in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the pipeline's entry points: fuse_teachers, union_labels, pairwise_dice_partial, pixel_agreement
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_fuse_teachers_under_full_coverage_is_rules_fuse_on_the_stack(rule: str) -> None:
+    rng = np.random.default_rng(11)
+    maps = [random_probs(rng, (2, 4, 5, 6)) for _ in range(3)]  # T x [B, C, H, W]
+    expected = fuse(np.stack(maps, axis=-4), rule, weights_for(rule, 3))
+    for coverage in (None, np.ones((3, 4), dtype=bool)):
+        np.testing.assert_array_equal(fuse_teachers(maps, coverage, rule, weights_for(rule, 3)), expected)
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_fuse_teachers_under_partial_coverage_is_fuse_partial(rule: str) -> None:
+    rng = np.random.default_rng(12)
+    maps = [random_probs(rng, (2, int(row.sum()), 4, 5)) for row in COVERAGE_ABC]
+    soft = fuse_teachers(maps, COVERAGE_ABC, rule, weights_for(rule, 3))
+    assert soft.shape == (2, 4, 4, 5)
+    np.testing.assert_array_equal(soft, fuse_partial(maps, COVERAGE_ABC, rule, weights_for(rule, 3)))
+
+
+def test_union_labels_maps_own_indices_to_union_classes() -> None:
+    # COVERAGE_ABC's teacher C covers spleen (2) and kidney (3): own 0 -> 0, own 1 -> 2, own 2 -> 3
+    own_labels = np.array([[0, 1, 2], [2, 1, 0]])
+    np.testing.assert_array_equal(union_labels(own_labels, COVERAGE_ABC[2]), [[0, 2, 3], [3, 2, 0]])
+    np.testing.assert_array_equal(union_labels(np.array([1, 0]), COVERAGE_ABC[0]), [LIVER, BG])
+    with pytest.raises(ValueError, match="covered must be one row"):
+        union_labels(own_labels, COVERAGE_ABC)
+
+
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_pairwise_dice_partial_under_full_coverage_is_pairwise_dice(lead: tuple) -> None:
+    rng = np.random.default_rng(13)
+    maps = [random_probs(rng, (*lead, 4, 6, 7)) for _ in range(3)]
+    expected = pairwise_dice(np.stack(maps, axis=-4))
+    for coverage in (None, np.ones((3, 4), dtype=bool)):
+        got = pairwise_dice_partial(maps, coverage)
+        if lead:
+            assert isinstance(got, np.ndarray) and got.shape == lead
+        else:
+            assert isinstance(got, float)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_pairwise_dice_partial_hand_made() -> None:
+    # union 0..4. A covers 1, 2; B covers 2, 3; C covers 4 (shares nothing, so no pair with it counts).
+    coverage = coverage_from_classes([[1, 2], [2, 3], [4]], 5)
+    a_union = np.array([[1, 2, 2, 0], [0, 2, 0, 0]])   # A's class 2 at (0,1), (0,2), (1,1)
+    b_union = np.array([[2, 2, 3, 0], [0, 0, 0, 2]])   # B's class 2 at (0,0), (0,1), (1,3)
+    c_union = np.array([[4, 0, 0, 4], [4, 4, 0, 0]])
+    a = one_hot(np.select([a_union == 1, a_union == 2], [1, 2], 0), 3)  # own classes: bg, 1, 2
+    b = one_hot(np.select([b_union == 2, b_union == 3], [1, 2], 0), 3)  # own classes: bg, 2, 3
+    c = one_hot((c_union == 4).astype(int), 2)                          # own classes: bg, 4
+    # the one pair that shares a class (A, B) on that class (2): overlap (0,1) only -> Dice 2 * 1 / (3 + 3)
+    assert pairwise_dice_partial([a, b, c], coverage) == pytest.approx(1 / 3)
+    # A's liver where B says spleen, B's kidney where A says background: classes they do not share do not count
+    # (the union-layout Dice over every class would count them as disagreement)
+    naive = pairwise_dice(np.stack([expand_to_union(m, row)[0] for m, row in zip([a, b, c], coverage)]))
+    assert naive < 1 / 3
+    # batch form: the same per case
+    np.testing.assert_allclose(pairwise_dice_partial([np.stack([m, m]) for m in (a, b, c)], coverage), [1 / 3] * 2)
+
+
+def test_pairwise_dice_partial_is_one_when_no_pair_shares_a_class() -> None:
+    coverage = coverage_from_classes([[LIVER], [SPLEEN, KIDNEY]], 4)
+    a = one_hot(np.array([[1, 1], [0, 0]]), 2)
+    b = one_hot(np.array([[1, 2], [2, 1]]), 3)  # disagrees with A everywhere it could, but on other classes
+    assert pairwise_dice_partial([a, b], coverage) == 1.0
+    batch = pairwise_dice_partial([np.stack([a, a]), np.stack([b, b])], coverage)
+    np.testing.assert_array_equal(batch, [1.0, 1.0])
+
+
+def test_pixel_agreement_under_full_coverage_is_the_share_of_equal_argmax() -> None:
+    rng = np.random.default_rng(14)
+    maps = [random_probs(rng, (2, 4, 5, 6)) for _ in range(3)]  # T x [B, C, H, W]
+    target = fuse(np.stack(maps, axis=1), "mean").argmax(1)     # [B, H, W]
+    old = (np.stack(maps, axis=1).argmax(2) == target[:, None]).mean(1)  # the formula before label sets
+    for coverage in (None, np.ones((3, 4), dtype=bool)):
+        np.testing.assert_array_equal(pixel_agreement(maps, target, coverage, class_axis=1), old)
+    # class axis first (a volume [C, D, H, W])
+    vol = [np.moveaxis(random_probs(rng, (3, 4, 5, 6)), 1, 0) for _ in range(2)]  # 2 x [C=4, D=3, H, W]
+    target = np.stack(vol).mean(0).argmax(0)
+    np.testing.assert_array_equal(pixel_agreement(vol, target, None, class_axis=0),
+                                  (np.stack(vol).argmax(1) == target).mean(0))
+
+
+def test_pixel_agreement_counts_background_for_an_uncovered_class_as_agreement() -> None:
+    coverage = coverage_from_classes([[LIVER], [SPLEEN]], 3)  # A: bg, liver; B: bg, spleen
+    a = one_hot(np.array([[0, 1, 1, 1]]), 2)   # A says: bg, liver, liver, liver
+    b = one_hot(np.array([[0, 0, 1, 1]]), 2)   # B says: bg, bg,    spleen, spleen
+    target = np.array([[BG, LIVER, SPLEEN, LIVER]])
+    # pixel 0: both say background of bg -> 1; pixel 1: A liver, B its background (liver is not B's) -> 1;
+    # pixel 2: A liver (spleen is in A's background: disagrees), B spleen -> 0.5; pixel 3: A liver, B spleen -> 0.5
+    np.testing.assert_array_equal(pixel_agreement([a, b], target, coverage), [[1.0, 1.0, 0.5, 0.5]])

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from nakt_ray.losses import kl_distillation, segmentation_loss, soft_cross_entropy, soft_dice_loss
+from nakt_ray.losses import (
+    kl_distillation,
+    partial_label_loss,
+    segmentation_loss,
+    soft_cross_entropy,
+    soft_dice_loss,
+)
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -203,3 +209,153 @@ def test_every_part_works_on_volumes_as_on_their_voxels_laid_out_as_an_image() -
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="pixel_weight shape"):
         soft_cross_entropy(logits, target, weight[:, 0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# partial_label_loss: teachers that cover different subsets of the student's classes
+# ----------------------------------------------------------------------------------------------------------------
+def one_hot_nd(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """[B, *spatial] integer labels -> float one-hot [B, C, *spatial] (2D or 3D)."""
+    return torch.nn.functional.one_hot(labels.long(), num_classes).movedim(-1, 1).float()
+
+
+def liver_kidney_truth(spatial_dims: int) -> torch.Tensor:
+    """[1, *spatial] union truth: 0 background, 1 liver, 2 kidney, each a block."""
+    shape = (1,) + (4,) * (spatial_dims - 2) + (6, 6)
+    truth = torch.zeros(shape, dtype=torch.long)
+    truth[..., 0:3, 0:3] = 1
+    truth[..., 3:6, 3:6] = 2
+    return truth
+
+
+def single_organ_targets(truth: torch.Tensor) -> list[torch.Tensor]:
+    """Teacher A covers liver only, B kidney only; each says 'none of mine' everywhere else (own classes)."""
+    return [one_hot_nd((truth == 1).long(), 2), one_hot_nd((truth == 2).long(), 2)]
+
+
+SINGLE_ORGAN = [[True, True, False], [True, False, True]]
+
+
+def naive_loss(logits: torch.Tensor, targets: list[torch.Tensor], coverage) -> torch.Tensor:
+    """Each teacher's map in the union layout (zeros at classes it does not cover), then the usual CE + Dice."""
+    total = logits.new_zeros(())
+    for target, row in zip(targets, coverage):
+        union = torch.zeros(target.shape[0], len(row), *target.shape[2:])
+        union[:, torch.tensor(row)] = target
+        parts = segmentation_loss(logits, union)
+        total = total + parts["loss"] / len(targets)
+    return total
+
+
+@pytest.mark.parametrize("spatial", [(4, 5), (3, 4, 5)])
+def test_partial_loss_with_full_coverage_is_segmentation_loss(spatial) -> None:
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(2, 4, *spatial, generator=g)
+    target = torch.softmax(torch.randn(2, 4, *spatial, generator=g), 1)
+    weight = torch.rand(2, *spatial, generator=g)
+    kw = {"dice_weight": 0.7, "ce_weight": 1.3, "kl_weight": 0.4, "temperature": 2.0, "hard_weight": 0.3,
+          "pixel_weight": weight}
+    partial = partial_label_loss(logits, [target], [[True] * 4], **kw)
+    full = segmentation_loss(logits, target, **kw)
+    assert set(partial) == set(full) == {"loss", "dice", "ce", "kl", "hard"}
+    for part in full:
+        assert partial[part].item() == pytest.approx(full[part].item(), rel=1e-5, abs=1e-6), part
+    # two identical full-coverage teachers with any weights are the same as one
+    twice = partial_label_loss(logits, [target, target], [[True] * 4] * 2, [3.0, 1.0], **kw)
+    assert twice["loss"].item() == pytest.approx(full["loss"].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_partial_loss_is_right_where_the_naive_loss_is_wrong(spatial_dims: int) -> None:
+    truth = liver_kidney_truth(spatial_dims)
+    targets = single_organ_targets(truth)
+    right = 20.0 * one_hot_nd(truth, 3)  # exactly right on the union truth, confidently
+    # the right student is (near) the minimum of the partial loss and far from it for the naive one
+    assert partial_label_loss(right, targets, SINGLE_ORGAN)["loss"].item() < 1e-4
+    assert naive_loss(right, targets, SINGLE_ORGAN).item() > 5.0
+    all_background, kidney_as_liver = torch.zeros_like(truth), torch.where(truth == 2, 1, truth)
+    for wrong in (20.0 * one_hot_nd(all_background, 3), 20.0 * one_hot_nd(kidney_as_liver, 3)):
+        assert partial_label_loss(wrong, targets, SINGLE_ORGAN)["loss"].item() > 1.0
+    # gradients at a right but unsure student: the naive loss pushes the kidney logit down on kidney pixels (teacher
+    # A's zero at kidney says "background"); the partial loss pushes it up (A's background holds kidney)
+    unsure = (2.0 * one_hot_nd(truth, 3)).requires_grad_(True)
+    (naive_grad,) = torch.autograd.grad(naive_loss(unsure, targets, SINGLE_ORGAN), unsure)
+    (partial_grad,) = torch.autograd.grad(partial_label_loss(unsure, targets, SINGLE_ORGAN)["loss"], unsure)
+    kidney = truth == 2
+    assert (naive_grad[:, 2][kidney] > 0).all()    # gradient descent lowers the right class
+    assert (partial_grad[:, 2][kidney] < 0).all()  # and raises it here
+    liver = truth == 1
+    assert (naive_grad[:, 1][liver] > 0).all() and (partial_grad[:, 1][liver] < 0).all()
+
+
+def test_partial_loss_is_finite_where_the_marginal_underflows() -> None:
+    # teacher A (liver) says "mine: none" where the student is sure of liver (logit 200): the student's
+    # background + kidney probability is e^-200, 0 in float32, yet log m = log 2 - 200 through logsumexp
+    truth = torch.ones(1, 2, 2, dtype=torch.long)
+    logits = (200.0 * one_hot_nd(truth, 3)).requires_grad_(True)
+    targets = [one_hot_nd(torch.zeros_like(truth), 2), one_hot_nd(torch.zeros_like(truth), 2)]
+    parts = partial_label_loss(logits, targets, SINGLE_ORGAN, [1.0, 0.0], dice_weight=0.0, kl_weight=1.0)
+    assert parts["ce"].item() == pytest.approx(200.0 - math.log(2.0), rel=1e-5)
+    parts["loss"].backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[:, 1].sum() > 0
+
+
+def test_a_teacher_of_weight_zero_has_no_effect() -> None:
+    truth = liver_kidney_truth(2)
+    targets = single_organ_targets(truth)
+    other = [targets[0], torch.softmax(torch.randn(targets[1].shape, generator=torch.Generator().manual_seed(3)), 1)]
+    logits = torch.randn(1, 3, 6, 6, generator=torch.Generator().manual_seed(4), requires_grad=True)
+
+    def grad(tgts, weights):
+        (g,) = torch.autograd.grad(partial_label_loss(logits, tgts, SINGLE_ORGAN, weights, kl_weight=0.5,
+                                                      hard_weight=0.5)["loss"], logits)
+        return g
+
+    assert not torch.allclose(grad(targets, [1.0, 1.0]), grad(other, [1.0, 1.0]))  # teacher B matters...
+    assert torch.allclose(grad(targets, [1.0, 0.0]), grad(other, [1.0, 0.0]))      # ...unless its weight is 0
+    per_class = torch.tensor([[1.0, 1.0, 5.0], [0.0, 0.0, 0.0]])  # [T, K+1]; A's kidney column is unused
+    assert torch.allclose(grad(targets, per_class), grad(other, per_class))
+    assert torch.allclose(grad(targets, per_class), grad(targets, [1.0, 0.0]))
+    # constant rows of [T, K+1] are per-teacher weights
+    rows = partial_label_loss(logits, targets, SINGLE_ORGAN, [[2.0] * 3, [0.5] * 3])["loss"]
+    assert rows.item() == pytest.approx(partial_label_loss(logits, targets, SINGLE_ORGAN, [2.0, 0.5])["loss"].item())
+    # a class weight of 0 drops that class's evidence from the teacher's term
+    no_liver = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    assert grad(targets, no_liver)[:, 1].abs().sum() < grad(targets, None)[:, 1].abs().sum()
+
+
+def test_partial_loss_errors_name_the_argument() -> None:
+    logits = torch.zeros(1, 3, 6, 6)
+    targets = single_organ_targets(liver_kidney_truth(2))
+    cases = [
+        (lambda: partial_label_loss(logits, targets[:1], SINGLE_ORGAN), "targets has 1 tensors but coverage has 2"),
+        (lambda: partial_label_loss(logits, [targets[0], torch.zeros(1, 3, 6, 6)], SINGLE_ORGAN),
+         "targets[1] has shape (1, 3, 6, 6); expected [B, C_t, *spatial] = (1, 2, 6, 6)"),
+        (lambda: partial_label_loss(logits, [targets[0], targets[1][..., :5]], SINGLE_ORGAN), "targets[1]"),
+        (lambda: partial_label_loss(logits, torch.stack(targets), SINGLE_ORGAN), "sequence of T tensors"),
+        (lambda: partial_label_loss(torch.zeros(1, 4, 6, 6), targets, SINGLE_ORGAN), "coverage has 3 columns"),
+        (lambda: partial_label_loss(logits, targets, [[False, True, False], [True, False, True]]), "coverage[0, 0]"),
+        (lambda: partial_label_loss(logits, targets, [[True, False, False], [True, False, True]]), "coverage[0, 1:]"),
+        (lambda: partial_label_loss(logits, targets, [[True, True, False], [True, True, False]]),
+         "classes [2] are covered by no teacher"),
+        (lambda: partial_label_loss(logits, targets, [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]), "coverage must be bool"),
+        (lambda: partial_label_loss(logits, targets, [True, True, False]), "coverage must have shape [T, K+1]"),
+        (lambda: partial_label_loss(logits, targets, SINGLE_ORGAN, [1.0, 1.0, 1.0]), "weights must have shape"),
+        (lambda: partial_label_loss(logits, targets, SINGLE_ORGAN, [1.0, -1.0]), "non-negative"),
+        (lambda: partial_label_loss(logits, targets, SINGLE_ORGAN, [0.0, 0.0]), "weights are zero"),
+        (lambda: partial_label_loss(logits, targets, SINGLE_ORGAN, pixel_weight=torch.ones(1, 6)), "pixel_weight"),
+        (lambda: partial_label_loss(logits[0], targets, SINGLE_ORGAN), "logits must be"),
+        (lambda: partial_label_loss(logits, targets, SINGLE_ORGAN, ce_weight=-1.0), "ce_weight"),
+        (lambda: partial_label_loss(logits, targets, SINGLE_ORGAN, temperature=0.0), "temperature"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as excinfo:
+            call()
+        assert message in str(excinfo.value), (message, str(excinfo.value))
+    # a numpy coverage and 0/1 integers are accepted
+    import numpy as np
+
+    expected = partial_label_loss(logits, targets, SINGLE_ORGAN)["loss"].item()
+    assert partial_label_loss(logits, targets, np.array(SINGLE_ORGAN))["loss"].item() == pytest.approx(expected)
+    as_ints = np.array(SINGLE_ORGAN, dtype=int)
+    assert partial_label_loss(logits, targets, as_ints)["loss"].item() == pytest.approx(expected)

@@ -8,7 +8,8 @@ One row per transferal case (documented in ``docs/annotations.md``)::
     error        string   why the case failed ("" when ok); stage and reason
     geometry     string   JSON of preprocess.Geometry (maps predictions back to the original image)
     image        binary   preprocessed model input, float16 [C_in, H, W], C order
-    prob__<t>    binary   teacher t's probabilities [C, H, W]: uint8 (p * 255, rounded; default) or float16
+    prob__<t>    binary   teacher t's probabilities [C_t, H, W]: uint8 (p * 255, rounded; default) or float16;
+                          C_t = the run's classes it covers (manifest: teachers[i].classes; all C by default)
     soft_label   binary   fused probabilities [C, H, W], same dtype
     hard_label   binary   argmax of soft_label, uint8 [H, W]
     agreement    float    teachers' mean pairwise foreground Dice (1.0 for one teacher)
@@ -123,38 +124,67 @@ def arrow_schema_volumes(manifest: dict[str, Any]):
     return pa.schema(fields, metadata=meta)
 
 
-def fused_columns(probs_q: np.ndarray, ok: np.ndarray, rule: str,
-                  weights: list[float] | None) -> dict[str, np.ndarray]:
-    """Fuse quantised teacher maps ``[B, T, C, H, W]`` (uint8) into the fused columns of an annotation set.
+def teacher_classes(manifest: dict[str, Any]) -> list[list[int]]:
+    """The run's classes each teacher of an annotation set covers (its stored channels), background 0 first; all
+    of them for a set written before teachers could have label sets of their own."""
+    k = len(manifest["labels"])
+    return [list(t.get("classes", range(k))) for t in manifest["teachers"]]
+
+
+def coverage(manifest: dict[str, Any]) -> np.ndarray | None:
+    """The coverage matrix bool ``[T, K+1]`` of an annotation set's teachers (``fusion.partial``), or None when
+    every teacher covers every class (fusion then takes its usual, faster path)."""
+    from nakt_ray.fusion import coverage_from_classes
+
+    classes = teacher_classes(manifest)
+    k = len(manifest["labels"])
+    if all(len(c) == k for c in classes):
+        return None
+    return coverage_from_classes([c[1:] for c in classes], k)
+
+
+def teacher_shapes(manifest: dict[str, Any]) -> list[tuple[int, ...]]:
+    """Each teacher's stored map shape ``[C_t, *spatial]`` in a set of images (``label_shape`` with its classes)."""
+    return [(len(c), *manifest["label_shape"][1:]) for c in teacher_classes(manifest)]
+
+
+def fused_columns(probs_q: list[np.ndarray], ok: np.ndarray, rule: str, weights: list[float] | None,
+                  coverage: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Fuse quantised teacher maps, T arrays ``[B, C_t, H, W]`` (uint8 or float16; each its covered classes, see
+    :func:`coverage`), into the fused columns of an annotation set.
 
     Returns ``soft_label``, ``hard_label`` (bytes columns; empty for rows where ``ok`` is False), ``agreement``
     and ``entropy`` (NaN for those rows).
     """
-    from nakt_ray.fusion import entropy, fuse, hard_label, pairwise_dice
+    from nakt_ray.fusion import entropy, fuse_teachers, hard_label, pairwise_dice_partial
 
-    n = len(probs_q)
-    probs = dequantize(probs_q)  # the soft label is stored in the teachers' maps' dtype
-    soft = np.zeros((n, *probs.shape[2:]), dtype=np.float32)
+    n = len(probs_q[0])
+    probs = [dequantize(q) for q in probs_q]  # the soft label is stored in the teachers' maps' dtype
+    k = coverage.shape[1] if coverage is not None else probs[0].shape[1]
+    soft = np.zeros((n, k, *probs[0].shape[2:]), dtype=np.float32)
     agreement = np.full(n, np.nan, dtype=np.float32)
     ent = np.full(n, np.nan, dtype=np.float32)
     if ok.any():
-        soft[ok] = fuse(probs[ok], rule, weights)
-        agreement[ok] = pairwise_dice(probs[ok])
+        good = [p[ok] for p in probs]
+        soft[ok] = fuse_teachers(good, coverage, rule, weights)
+        agreement[ok] = pairwise_dice_partial(good, coverage)
         ent[ok] = entropy(soft[ok])
-    out = {"soft_label": to_bytes(quantize(soft, probs_q.dtype.name)), "hard_label": to_bytes(hard_label(soft)),
+    out = {"soft_label": to_bytes(quantize(soft, probs_q[0].dtype.name)), "hard_label": to_bytes(hard_label(soft)),
            "agreement": agreement, "entropy": ent}
     out["soft_label"][~ok] = b""
     out["hard_label"][~ok] = b""
     return out
 
 
-def re_fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], label_shape: tuple[int, ...], rule: str,
-                  weights: list[float] | None, prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
+def re_fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], shapes: list[tuple[int, ...]], rule: str,
+                  weights: list[float] | None, prob_dtype: str = "uint8",
+                  coverage: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Stored annotation rows -> the same rows with the fused columns recomputed by another rule / weights from
-    the stored per-teacher maps (``prob__<t>``, each ``label_shape`` ``[C, H, W]`` of ``prob_dtype``)."""
+    the stored per-teacher maps (``prob__<t>``, of shapes ``shapes`` (:func:`teacher_shapes`) and
+    ``prob_dtype``; ``coverage`` as :func:`coverage`)."""
     ok = np.asarray(batch["status"]) == "ok"
-    probs_q = np.stack([from_bytes(batch[prob_column(t)], label_shape, prob_dtype) for t in teachers], axis=1)
-    return {**batch, **fused_columns(probs_q, ok, rule, weights)}
+    probs_q = [from_bytes(batch[prob_column(t)], shape, prob_dtype) for t, shape in zip(teachers, shapes)]
+    return {**batch, **fused_columns(probs_q, ok, rule, weights, coverage)}
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> str:

@@ -40,10 +40,11 @@ if TYPE_CHECKING:
 
 
 def fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], rule: str,
-               weights: list[float] | None) -> dict[str, np.ndarray]:
+               weights: list[float] | None, coverage: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fuse the teachers' columns into ``soft_label``/``hard_label`` plus quality figures, as Parquet-ready rows.
 
     Fusion reads the same quantised maps that are stored, so re-fusing the stored set later gives the same result.
+    ``coverage`` (``parquet.coverage``): the run's classes each teacher covers; None when all cover all.
     """
     ok = batch["error"] == ""
     out = {
@@ -54,8 +55,8 @@ def fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], rule: str,
     }
     for t in teachers:
         out[ann.prob_column(t)] = ann.to_bytes(batch[ann.prob_column(t)])
-    probs_q = np.stack([batch[ann.prob_column(t)] for t in teachers], axis=1)  # [B, T, C, H, W] uint8
-    out.update(ann.fused_columns(probs_q, ok, rule, weights))
+    probs_q = [batch[ann.prob_column(t)] for t in teachers]  # T x [B, C_t, H, W] uint8
+    out.update(ann.fused_columns(probs_q, ok, rule, weights, coverage))
     for key in ("image", *(ann.prob_column(t) for t in teachers)):
         out[key][~ok] = b""  # failed cases carry no arrays
     return out
@@ -279,8 +280,8 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
 
         check_volume_output(out_dir)
     t_probe = time.perf_counter()
-    records = check_teachers(teachers, cfg.data.num_classes, VOLUME_IN_CHANNELS if volumes else pre.in_channels,
-                             uri, cfg.spatial_dims)
+    records = check_teachers(teachers, cfg.data.labels, VOLUME_IN_CHANNELS if volumes else pre.in_channels,
+                             uri, cfg.spatial_dims, cfg.data.label_aliases)
     t_probe = time.perf_counter() - t_probe
     cases = cases_for(list_volume_cases(source) if volumes else list_cases(source), cfg.data.pseudonymize)
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
@@ -306,17 +307,19 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
         if volumes:
             from nakt_ray.annotation.volumes import volume_dataset
 
-            ds = volume_dataset(cfg, todo, str(storage.absolute(out_dir)), teachers, uri, predictor_cls, layout)
+            ds = volume_dataset(cfg, todo, str(storage.absolute(out_dir)), teachers, records, uri, predictor_cls,
+                                layout)
             schema = ann.arrow_schema_volumes(manifest)
         else:
             ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
             light = light_task_pool()
             ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
                                 compute=light, fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
-            ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, pre.in_channels, uri, predictor_cls,
+            ds = add_teacher_pools(ds, teachers, records, pre.in_channels, uri, predictor_cls,
                                    cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors)
             ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
-                                compute=light, fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights))
+                                compute=light, fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights,
+                                                              coverage=ann.coverage(manifest)))
             schema = ann.arrow_schema(names, manifest)
         stop = None
         try:

@@ -10,9 +10,11 @@ settings. :func:`add_teacher_pools` appends the pools to a dataset of decoded ca
 - ``shared`` (the default without GPUs): one pool whose actors (:class:`EnsemblePredictor`, one per
   ``SHARED_ACTOR_THREADS`` CPUs or one per GPU) each host every teacher (``docs/decisions.md``, 39).
 
-Either way each teacher adds its column ``prob__<name>``: probabilities ``[B, C, H, W]`` at the batch's image
-size. :func:`check_teachers` loads every teacher once in the driver first, so a teacher that does not fit the run
-fails by name before any actor starts.
+Either way each teacher adds its column ``prob__<name>``: probabilities ``[B, C_t, H, W]`` at the batch's image
+size, over the run's classes that teacher covers (``C_t = len(classes)``: its own channels folded onto the union by
+``fusion.labels``; all of the run's classes, in order, for a teacher with the run's labels). :func:`check_teachers`
+loads every teacher once in the driver first and matches its labels to the run's, so a teacher that does not fit
+the run fails by name before any actor starts.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError, error
+from nakt_ray.fusion.labels import LabelMap, fold_channels, map_label_spaces
 from nakt_ray.teachers.description import InferenceOptions, teacher_where
 from nakt_ray.teachers.inference import LoadedTeacher
 from nakt_ray.teachers.registry import load_teacher
@@ -93,17 +96,20 @@ def teacher_ref(cfg: RunConfig, teacher: TeacherConfig, source: str | None = Non
                       inference_options(teacher), teacher.trust_pickle)
 
 
-def check_fits(teacher: LoadedTeacher, num_classes: int, in_channels: int, spatial_dims: int = 2) -> None:
-    """Raise ``TeacherLoadError`` when a loaded teacher's classes, input channels or dimensionality do not fit the
-    run (a 2D teacher fits a 3D run: it annotates volumes slice by slice; a 3D teacher cannot annotate images)."""
+def check_fits(teacher: LoadedTeacher, in_channels: int, spatial_dims: int = 2,
+               cells: list[int] | tuple[int, ...] | None = None) -> None:
+    """Raise ``TeacherLoadError`` when a loaded teacher's input channels or dimensionality do not fit the run (a 2D
+    teacher fits a 3D run: it annotates volumes slice by slice; a 3D teacher cannot annotate images), or its class
+    count is not the one its label map (``cells``, from :func:`check_teachers`) was made for."""
     where = f"teacher {teacher.name!r} ({teacher.source})"
     if teacher.spatial_dims > spatial_dims:
         raise error(TeacherLoadError, where, f"is a 3D model (input_size {list(teacher.input_size)}) but the run is "
                                              "2D; a 3D teacher annotates volumes for a 3D student "
                                              "(student.arch_args.spatial_dims: 3)")
-    if teacher.num_classes != num_classes:
+    if cells is not None and teacher.num_classes != len(cells):
         raise error(TeacherLoadError, where, f"predicts {teacher.num_classes} classes {list(teacher.labels)}, but "
-                                             f"the run (and the other teachers) use {num_classes}")
+                                             f"the run matched {len(cells)} labels of it (was the model replaced "
+                                             "after the run started?)")
     if teacher.in_channels != in_channels:
         raise error(TeacherLoadError, where, f"takes {teacher.in_channels} input channels; the run's "
                                              f"preprocessing gives {in_channels}")
@@ -121,33 +127,40 @@ class TeacherPredictor:
     """Ray Data actor UDF: hosts one teacher on its device and adds its probabilities to each batch.
 
     The teacher can come from anywhere ``load_teacher`` reads (a nakt model file, TorchScript or ONNX with a
-    description YAML, an MLflow model URI). Adds column ``prob__<name>``: probabilities ``[B, C, H, W]`` (uint8 x
-    255, or float16) at the batch's image size; a teacher with another input size gets its input resampled (or
-    tiled, with sliding-window inference) and its output mapped back. Rows with an ``error`` pass through with
+    description YAML, an MLflow model URI). Adds column ``prob__<name>``: probabilities ``[B, C_t, H, W]`` (uint8
+    x 255, or float16) at the batch's image size, its channels folded onto the run's classes it covers by
+    ``classes`` / ``cells`` (a :class:`~nakt_ray.fusion.labels.LabelMap`; None: its own channels as they are); a
+    teacher with another input size gets its input resampled (or tiled, with sliding-window inference) and its
+    output mapped back. Rows with an ``error`` pass through with
     zeros. A case whose output is unusable (``TeacherOutputError``: NaN, ...) gets zeros and its ``error`` set to
     ``predict: teacher '<name>' (<source>): <reason>``; after ``FAILED_BATCHES_TO_STOP`` batches in a row in which
     every case failed, the actor raises ``TeacherOutputError`` and the run stops.
     """
 
-    def __init__(self, checkpoint: str, name: str, num_classes: int, in_channels: int, num_threads: int = 1,
+    def __init__(self, checkpoint: str, name: str, in_channels: int, num_threads: int = 1,
                  options: InferenceOptions | None = None, tracking_uri: str | None = None,
-                 prob_dtype: str = "uint8", trust_pickle: bool = False, spatial_dims: int = 2):
+                 prob_dtype: str = "uint8", trust_pickle: bool = False, spatial_dims: int = 2,
+                 classes: list[int] | None = None, cells: list[int] | None = None):
         torch.set_num_threads(num_threads)
         _use_tracking_uri(checkpoint, tracking_uri)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.teacher = load_teacher(name, checkpoint, device, options, trust_pickle=trust_pickle)
-        check_fits(self.teacher, num_classes, in_channels, spatial_dims)
+        check_fits(self.teacher, in_channels, spatial_dims, cells)
+        k = self.teacher.num_classes
+        self.label_map = LabelMap(tuple(classes if classes is not None else range(k)),
+                                  tuple(cells if cells is not None else range(k)), {})
+        self.num_stored = len(self.label_map.classes)
         self.name = name
         self.column = ann.prob_column(name)
         self.prob_dtype = prob_dtype
         self.failed_streak = [0, 0]  # batches in a row in which every case failed, and their cases
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Images ``[B, C_in, H, W]`` float32 -> probabilities ``[B, C, H, W]`` float32."""
+        """Images ``[B, C_in, H, W]`` float32 -> probabilities ``[B, C_t, H, W]`` float32 over its stored classes."""
         x = torch.from_numpy(images)
         if self.teacher.device.type == "cuda":
             x = x.pin_memory().to(self.teacher.device, non_blocking=True)
-        return self.teacher.predict(x).cpu().numpy()
+        return fold_channels(self.teacher.predict(x).cpu().numpy(), self.label_map, axis=1)
 
     def _predict_isolating(self, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """Probabilities of ``images`` and, per image, "" or why the teacher's output for it cannot be used. A batch
@@ -157,8 +170,8 @@ class TeacherPredictor:
             return self.predict(images), [""] * len(images)
         except TeacherOutputError as err:
             if len(images) == 1:
-                return np.zeros((1, self.teacher.num_classes, *images.shape[-2:]), np.float32), [str(err)]
-        probs = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), np.float32)
+                return np.zeros((1, self.num_stored, *images.shape[-2:]), np.float32), [str(err)]
+        probs = np.zeros((len(images), self.num_stored, *images.shape[-2:]), np.float32)
         reasons = []
         for i in range(len(images)):
             try:
@@ -172,7 +185,7 @@ class TeacherPredictor:
         errors = np.array(batch["error"], dtype=object)  # a copy: the cases this teacher fails on are marked
         rows = np.flatnonzero(errors == "")
         images = batch[TEACHER_INPUT]
-        out = np.zeros((len(images), self.teacher.num_classes, *images.shape[-2:]), dtype=self.prob_dtype)
+        out = np.zeros((len(images), self.num_stored, *images.shape[-2:]), dtype=self.prob_dtype)
         if len(rows):
             probs, reasons = self._predict_isolating(np.ascontiguousarray(images[rows], dtype=np.float32))
             good = np.array([not why for why in reasons])
@@ -275,7 +288,7 @@ def pool_layout(pools: str) -> str:
     return "per_teacher" if cluster_has_gpus() else "shared"
 
 
-def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_channels: int,
+def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[str, Any]], in_channels: int,
                       tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor,
                       prob_dtype: str = "uint8", pools: str = "per_teacher",
                       shared_actors: int | None = None, predictor_kwargs: dict[str, Any] | None = None) -> Any:
@@ -283,16 +296,20 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
     one pool per teacher, or with ``pools="shared"`` one pool of :class:`EnsemblePredictor` actors
     (``shared_actors`` of them; see ``config.AnnotateConfig``). Either way every teacher's column is added.
 
-    ``predictor_cls`` is the per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection,
-    or the volume predictor of ``annotation/volumes.py``); ``predictor_kwargs`` are passed to each one on top.
+    ``records`` are :func:`check_teachers`'s: each teacher's label map goes to its actors. ``predictor_cls`` is the
+    per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection, or the volume
+    predictor of ``annotation/volumes.py``); ``predictor_kwargs`` are passed to each one on top.
     """
     from ray.data import ActorPoolStrategy
 
     from nakt_ray.runtime.cluster import cluster_has_gpus
 
+    maps = {r["name"]: r for r in records}
+
     def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
-        return dict(checkpoint=str(t.checkpoint), name=t.name, num_classes=num_classes, in_channels=in_channels,
-                    options=t.options, tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle,
+        return dict(checkpoint=str(t.checkpoint), name=t.name, in_channels=in_channels, options=t.options,
+                    tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle,
+                    classes=list(maps[t.name]["classes"]), cells=list(maps[t.name]["cells"]),
                     **(predictor_kwargs or {}))
 
     gpus = cluster_has_gpus()
@@ -331,18 +348,33 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], num_classes: int, in_
     return ds
 
 
-def check_teachers(teachers: list[TeacherRef], num_classes: int, in_channels: int,
-                   tracking_uri: str | None = None, spatial_dims: int = 2) -> list[dict[str, Any]]:
+def check_teachers(teachers: list[TeacherRef], labels: list[str] | tuple[str, ...], in_channels: int,
+                   tracking_uri: str | None = None, spatial_dims: int = 2,
+                   aliases: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Load and probe every teacher once in the driver (on CPU), with its inference options, before any actor
-    starts: a teacher that does not fit fails here, by name, not inside an actor. Returns their lineage records
-    (``LoadedTeacher.describe`` without the device, plus ``arch``)."""
-    records = []
+    starts, and match its labels to the run's ``labels`` through ``aliases`` (``fusion.labels``): a teacher that
+    does not fit fails here, by name, not inside an actor. Returns their lineage records
+    (``LoadedTeacher.describe`` without the device, plus ``arch``, and the label map: ``classes`` (the run's
+    classes it covers, the channels it stores), ``cells`` (its channel -> stored channel) and ``label_map``)."""
+    records, own_labels = [], {}
     for t in teachers:
         _use_tracking_uri(t.checkpoint, tracking_uri)
         teacher = load_teacher(t.name, t.checkpoint, "cpu", t.options, trust_pickle=t.trust_pickle)
-        check_fits(teacher, num_classes, in_channels, spatial_dims)
+        check_fits(teacher, in_channels, spatial_dims)
         record = teacher.describe()
         record.pop("device")
         record["arch"] = teacher.details.get("arch", teacher.kind)
         records.append(record)
+        own_labels[t.name] = teacher.labels
+        if "labels" in teacher.details.get("inferred", ()):  # it declares none (an MLflow model without the tag):
+            if teacher.num_classes != len(labels):             # its channels are taken as the run's, in order
+                raise error(TeacherLoadError, teacher_where(t.name, teacher.source),
+                            f"declares no labels and predicts {teacher.num_classes} classes; the run has "
+                            f"{len(labels)} {list(labels)}: declare its labels (its description or MLflow tags)")
+            own_labels[t.name] = tuple(labels)
+    maps = map_label_spaces(own_labels, labels, aliases, where="the teachers' labels against config keys "
+                                                                 "'data.labels' / 'data.label_aliases'")
+    for record in records:
+        m = maps[record["name"]]
+        record.update(classes=list(m.classes), cells=list(m.cells), label_map=m.label_map)
     return records

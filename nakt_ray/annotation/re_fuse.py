@@ -46,12 +46,13 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights:
 
         ds = ds.map_batches(re_fuse_volume_cases, batch_size=1, num_cpus=0.5,
                             fn_kwargs=dict(src=str(src.resolve()), out_dir=str(out_dir.resolve()), teachers=teachers,
-                                           rule=rule, weights=weights))
+                                           rule=rule, weights=weights, coverage=ann.coverage(manifest)))
         schema = ann.arrow_schema_volumes(new_manifest)
     else:
         ds = ds.map_batches(ann.re_fuse_batch, batch_size=batch_size, num_cpus=0.5,
-                            fn_kwargs=dict(teachers=teachers, label_shape=tuple(manifest["label_shape"]), rule=rule,
-                                           weights=weights, prob_dtype=manifest["prob_dtype"]))
+                            fn_kwargs=dict(teachers=teachers, shapes=ann.teacher_shapes(manifest), rule=rule,
+                                           weights=weights, prob_dtype=manifest["prob_dtype"],
+                                           coverage=ann.coverage(manifest)))
         schema = ann.arrow_schema(teachers, new_manifest)
     ds.write_parquet(str(out_dir.resolve()), min_rows_per_file=256, schema=schema,
                      ray_remote_args={"num_cpus": LIGHT_CPU})

@@ -7,7 +7,8 @@ case's arrays live in a zarr v3 group under ``<set>/stores/``, chunked ``CHUNK``
 group of a case::
 
     image               float16 [C_in, D, H, W]   the preprocessed model input
-    prob/<teacher>      uint8   [C, D, H, W]      each teacher's probabilities (p * 255; or float16)
+    prob/<teacher>      uint8   [C_t, D, H, W]    each teacher's probabilities (p * 255; or float16) over the
+                                                  run's classes it covers (manifest: teachers[i].classes)
     soft_label          uint8   [C, D, H, W]      the fused probabilities, same dtype
     hard_label          uint8   [D, H, W]         argmax of soft_label
     class_locations     int32   [N, 4]            (class, d, h, w) of up to LOCATIONS_PER_CLASS voxels of each
@@ -116,19 +117,22 @@ def _slabs(depth: int) -> Iterator[tuple[int, int]]:
 
 
 def fuse_case(group: Any, teachers: list[str], rule: str, weights: list[float] | None, *,
-              seed: int = 0) -> dict[str, float]:
+              seed: int = 0, coverage: np.ndarray | None = None) -> dict[str, float]:
     """Fuse the stored teacher maps of one case slab by slab into ``soft_label``, ``hard_label`` and
     ``class_locations``; returns the case's ``agreement`` (mean pairwise foreground Dice of the teachers' argmax
     labels over the whole volume, as ``fusion.pairwise_dice``) and ``entropy`` (mean normalised voxel entropy of
-    the fused label, as ``fusion.entropy``).
+    the fused label, as ``fusion.entropy``). ``coverage`` (``parquet.coverage``): the run's classes each teacher
+    covers, None when all cover all; agreement then counts, per pair, the classes both cover
+    (``fusion.pairwise_dice_partial``).
 
     Per-voxel rules (mean, weighted mean, majority vote, confidence-weighted) give what fusing the whole volume at
     once gives; STAPLE estimates its teacher performance per slab of ``CHUNK`` slices (docs/decisions.md, 52).
     """
-    from nakt_ray.fusion import fuse
+    from nakt_ray.fusion import fuse_teachers, union_labels
 
     maps = [group[teacher_key(t)] for t in teachers]
-    shape = tuple(maps[0].shape)  # [C, D, H, W]
+    cov = np.ones((len(maps), maps[0].shape[0]), bool) if coverage is None else np.asarray(coverage, bool)
+    shape = (cov.shape[1], *maps[0].shape[1:])  # [C, D, H, W] of the union
     dtype = maps[0].dtype
     n_classes, depth = shape[0], shape[1]
     soft_arr = group.create_array("soft_label", shape=shape, dtype=dtype, chunks=_chunks(shape), overwrite=True)
@@ -141,18 +145,21 @@ def fuse_case(group: Any, teachers: list[str], rule: str, weights: list[float] |
     rng = np.random.default_rng(seed)
     locations: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
     for z0, z1 in _slabs(depth):
-        q = np.stack([np.asarray(m[:, z0:z1]) for m in maps])             # [T, C, s, H, W] stored form
-        probs = dequantize(q, axis=1)
-        t, c, s, h, w = probs.shape
-        # Fusion works on [T, C, H, W] images: the slab is one image of s * H rows.
-        soft = fuse(probs.reshape(t, c, s * h, w), rule, weights).reshape(c, s, h, w)
+        probs = [dequantize(np.asarray(m[:, z0:z1]), axis=0) for m in maps]  # T x [C_t, s, H, W]
+        c = n_classes
+        s, h, w = probs[0].shape[1:]
+        # Fusion works on [C, H, W] images: the slab is one image of s * H rows.
+        soft = fuse_teachers([p.reshape(p.shape[0], s * h, w) for p in probs], coverage, rule,
+                             weights).reshape(c, s, h, w)
         soft_q = quantize(soft, np.dtype(dtype).name)
         soft_arr[:, z0:z1] = soft_q
         hard = soft.argmax(axis=0).astype(np.uint8)
         hard_arr[z0:z1] = hard
-        labels = probs.argmax(axis=1)                                        # [T, s, H, W]
+        labels = [union_labels(p.argmax(axis=0), cov[t]) for t, p in enumerate(probs)]  # T x [s, H, W]
         for k, (a, b) in enumerate(pairs):
-            for cls in range(1, n_classes):
+            for cls in np.flatnonzero(cov[a] & cov[b]):  # the classes both cover (background skipped below)
+                if cls == 0:
+                    continue
                 in_a, in_b = labels[a] == cls, labels[b] == cls
                 inter[k, cls] += np.count_nonzero(in_a & in_b)
                 sizes[k, cls] += np.count_nonzero(in_a) + np.count_nonzero(in_b)
@@ -177,10 +184,10 @@ def fuse_case(group: Any, teachers: list[str], rule: str, weights: list[float] |
                              chunks=(max(1, min(len(found), 8192)), 4), overwrite=True)
     if len(found):
         loc[...] = found
-    if pairs:
-        # A class empty in both labels of a pair counts as 1.0, as fusion.pairwise_dice has it.
-        dice = np.where(sizes > 0, 2 * inter / np.maximum(sizes, 1), 1.0)[:, 1:]
-        agreement = float(dice.mean(axis=1).mean())
-    else:
-        agreement = 1.0
+    # A class empty in both labels of a pair counts as 1.0, as fusion.pairwise_dice has it; a pair that shares no
+    # class is left out, and with none left there is nothing to disagree on (fusion.pairwise_dice_partial).
+    shared = [(cov[a] & cov[b])[1:] for a, b in pairs]
+    dice = np.where(sizes > 0, 2 * inter / np.maximum(sizes, 1), 1.0)[:, 1:]
+    scores = [dice[k][m].mean() for k, m in enumerate(shared) if m.any()]
+    agreement = float(np.mean(scores)) if scores else 1.0
     return {"agreement": agreement, "entropy": entropy_sum / float(np.prod(shape[1:]))}

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation import volume_store as vs
 from nakt_ray.annotation.parquet import quantize
 from nakt_ray.annotation.pools import PREDICT_STAGE, TEACHER_INPUT, TeacherPredictor
 from nakt_ray.errors import DataError, TeacherOutputError, error
+from nakt_ray.fusion.labels import fold_channels
 
 if TYPE_CHECKING:
     from nakt_ray.config import RunConfig
@@ -36,7 +38,6 @@ VOLUME_IN_CHANNELS = 1
 def volume_manifest(cfg: RunConfig, source: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest of a set of volumes (schema version 2): what the rows and stores hold and how they were made.
     ``preprocess`` holds the volume preprocessing, so a resume checks it as it checks an image run's."""
-    from nakt_ray.annotation import parquet as ann
     from nakt_ray.config.convert import to_plain
 
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
@@ -91,7 +92,7 @@ class VolumeTeacherPredictor(TeacherPredictor):
         x = torch.from_numpy(np.asarray(group["image"][...], dtype=np.float32))[None]   # [1, C_in, D, H, W]
         if self.teacher.device.type == "cuda":
             x = x.pin_memory().to(self.teacher.device, non_blocking=True)
-        probs = self.teacher.predict(x)[0].cpu().numpy()                               # [K, D, H, W] float32
+        probs = fold_channels(self.teacher.predict(x)[0].cpu().numpy(), self.label_map, axis=0)  # [C_t, D, H, W]
         vs.write_map(group, self.key, quantize(probs, self.prob_dtype))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,7 +117,7 @@ class VolumeTeacherPredictor(TeacherPredictor):
 
 
 def fuse_cases(batch: dict[str, np.ndarray], *, out_dir: str, teachers: list[str], rule: str,
-               weights: list[float] | None) -> dict[str, np.ndarray]:
+               weights: list[float] | None, coverage: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fuse each case's stored teacher maps (slab by slab, :func:`volume_store.fuse_case`) and give the Parquet rows
     of schema version 2. A failed case's store is removed: failed cases carry no arrays."""
     n = len(batch["case_id"])
@@ -127,7 +128,8 @@ def fuse_cases(batch: dict[str, np.ndarray], *, out_dir: str, teachers: list[str
     for i in range(n):
         if not errors[i]:
             try:
-                figures = vs.fuse_case(vs.open_case(out_dir, stores[i], mode="r+"), teachers, rule, weights)
+                figures = vs.fuse_case(vs.open_case(out_dir, stores[i], mode="r+"), teachers, rule, weights,
+                                       coverage=coverage)
                 agreement[i], entropy[i] = figures["agreement"], figures["entropy"]
             except Exception as err:  # noqa: BLE001 - a case that cannot be fused is recorded, the run goes on
                 errors[i] = f"fuse: {type(err).__name__}: {err}"
@@ -143,7 +145,7 @@ def fuse_cases(batch: dict[str, np.ndarray], *, out_dir: str, teachers: list[str
 
 
 def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teachers: list[str], rule: str,
-                         weights: list[float] | None) -> dict[str, Any]:
+                         weights: list[float] | None, coverage: np.ndarray | None = None) -> dict[str, Any]:
     """Rows of a set of volumes -> the same rows in ``out_dir``: each ok case's store copied there and fused again
     by ``rule`` / ``weights`` (its ``agreement`` and ``entropy`` recomputed); error rows pass through."""
     out = {k: np.asarray(v).copy() for k, v in batch.items()}
@@ -152,13 +154,13 @@ def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teach
             continue
         name = str(batch["store"][i])
         shutil.copytree(Path(src) / vs.STORES / name, Path(out_dir) / vs.STORES / name, dirs_exist_ok=True)
-        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, weights)
+        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, weights, coverage=coverage)
         out["agreement"][i], out["entropy"][i] = figures["agreement"], figures["entropy"]
     return out
 
 
-def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: list[Any], tracking_uri: str | None,
-                   predictor_cls: type, layout: str) -> Any:
+def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: list[Any], records: list[dict[str, Any]],
+                   tracking_uri: str | None, predictor_cls: type, layout: str) -> Any:
     """The Ray Dataset that annotates ``todo`` into ``out_dir``: prepare (tasks) -> teacher pools -> fuse (tasks)."""
     import ray
 
@@ -176,13 +178,14 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
         predictor_cls = VolumeTeacherPredictor
     # One case per batch: a volume is a whole batch's work, and the teachers' maps of one case are all a worker holds.
     teachers = [dataclasses.replace(t, batch_size=1) for t in teachers]
-    ds = add_teacher_pools(ds, teachers, cfg.data.num_classes, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
+    ds = add_teacher_pools(ds, teachers, records, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
                            cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
                            predictor_kwargs={"out_dir": out_dir, "spatial_dims": 3})
     weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
     return ds.map_batches(fuse_cases, batch_size=1, num_cpus=LIGHT_CPU, compute=light,
                           fn_kwargs=dict(out_dir=out_dir, teachers=[t.name for t in teachers], rule=cfg.fusion.rule,
-                                         weights=weights))
+                                         weights=weights, coverage=ann.coverage({"labels": cfg.data.labels,
+                                                                                   "teachers": records})))
 
 
 def check_volume_output(out_dir: str) -> None:

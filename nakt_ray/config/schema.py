@@ -54,6 +54,12 @@ class DataConfig:
     leaves the input: Parquet, errors, evaluation tables, MLflow artifacts (``nakt_ray/data/privacy.py``); the key
     comes from the environment (``NAKT_PSEUDONYM_KEY`` or a file named by ``NAKT_PSEUDONYM_KEY_FILE``), never
     from this file.
+
+    ``labels`` are the student's classes. Teachers may predict other label sets (each declares its own): their
+    labels are matched to these by name (case, ``_``, ``-`` and spaces ignored), or through ``label_aliases``
+    ``{teacher label: student label}``; an alias to ``background`` folds a teacher's class into its background.
+    Each teacher then covers some of the student's classes (``nakt_ray/fusion/labels.py``, ``docs/fusion.md``);
+    a teacher label that matches nothing, or a student class no teacher covers, stops the run before it starts.
     """
 
     labels: tuple[str, ...] = ("background", "foreground")
@@ -64,6 +70,7 @@ class DataConfig:
     test: str | None = None
     finetune: str | None = None
     pseudonymize: bool = False
+    label_aliases: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -81,6 +88,32 @@ class DataConfig:
             if any(not 0 <= v <= 65535 for v in self.mask_values):
                 raise error(ConfigError, f"config key '{p}mask_values'",
                             expected(list(self.mask_values), "pixel values between 0 and 65535"))
+        self._validate_aliases(p)
+
+    def _validate_aliases(self, p: str) -> None:
+        from nakt_ray.fusion.labels import BACKGROUND, normalise_label
+
+        student = {normalise_label(s) for s in self.labels}
+        if any(normalise_label(s) == BACKGROUND for s in self.labels[1:]):
+            raise error(ConfigError, f"config key '{p}labels'",
+                        expected(list(self.labels), f"{BACKGROUND!r} only as the first label (class 0)"))
+        if len(student) != len(self.labels):
+            raise error(ConfigError, f"config key '{p}labels'",
+                        expected(list(self.labels), "names that differ in more than case, '_', '-' and spaces"))
+        seen: dict[str, str] = {}
+        for alias, target in self.label_aliases.items():
+            key = f"config key '{p}label_aliases.{alias}'"
+            if not isinstance(target, str) or normalise_label(target) not in student | {BACKGROUND}:
+                raise error(ConfigError, key, expected(target, f"a student label {list(self.labels)} or "
+                                                               f"{BACKGROUND!r} (folds the teachers' class into "
+                                                               "their background)"))
+            if normalise_label(alias) in student:
+                raise error(ConfigError, key, f"{alias!r} is a student label itself (data.labels); an alias names "
+                                              "a teacher's label that differs from the student's")
+            if normalise_label(alias) in seen:
+                raise error(ConfigError, key, f"the same alias as {seen[normalise_label(alias)]!r} (case, '_', '-' "
+                                              "and spaces are ignored)")
+            seen[normalise_label(alias)] = alias
 
 
 @dataclass(frozen=True)
@@ -278,10 +311,17 @@ class StudentConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """How teachers' probabilities become one soft label. ``weights``: one per teacher, for weighted rules."""
+    """How teachers' probabilities become one soft label. ``weights``: one per teacher, for weighted rules.
+
+    ``target``: what the student learns from. ``fused`` (the default): the fused soft label. ``teachers``: every
+    teacher's own stored map, each through the partial-label loss (``losses.partial_label_loss``: the student's
+    probabilities of the classes a teacher does not predict merged into that teacher's background), weighted by
+    ``weights`` when given; for teachers with different label sets, no fusion between them is needed at all.
+    """
 
     rule: Literal["mean", "weighted_mean", "majority_vote", "staple", "confidence_weighted"] = "mean"
     weights: tuple[float, ...] | None = None
+    target: Literal["fused", "teachers"] = "fused"
 
     def _validate(self, p: str) -> None:
         # `w >= 0` is False for NaN, so NaN fails here too; infinity would make every fused map NaN (inf / inf).

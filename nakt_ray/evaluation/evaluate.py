@@ -35,12 +35,36 @@ ENSEMBLE = "teachers_ensemble"
 _MLFLOW_UNSAFE = re.compile(r"[^\w./ -]")
 
 
+def union_probs(name: str, probs: dict[str, np.ndarray], classes: dict[str, list[int]], ensemble: list[str],
+                num_classes: int) -> np.ndarray:
+    """A model's probabilities ``[K+1, ...]`` over the run's classes: its stored map as is when it covers them all,
+    else in the union layout (zeros at classes it does not cover); the ensemble fused by the mean over the classes
+    each member covers (``fusion.fuse_teachers``: the plain mean when all cover all)."""
+    from nakt_ray.fusion import coverage_from_classes, expand_to_union, fuse_teachers
+
+    def covered(model: str) -> list[int]:
+        return list(classes.get(model, range(num_classes)))
+
+    if name != ENSEMBLE:
+        own = covered(name)
+        if len(own) == num_classes:
+            return probs[name]
+        return expand_to_union(probs[name], np.isin(np.arange(num_classes), own))[0]
+    members = [covered(m) for m in ensemble]
+    cov = None if all(len(c) == num_classes for c in members) else coverage_from_classes(
+        [c[1:] for c in members], num_classes)
+    return fuse_teachers([probs[m] for m in ensemble], cov, "mean")
+
+
 def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: list[str],
-                num_classes: int, nsd_tolerance: float = 2.0, in_mm: bool = False) -> dict[str, np.ndarray]:
+                num_classes: int, nsd_tolerance: float = 2.0, in_mm: bool = False,
+                classes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Per-case scores of each model (and of the mean of ``ensemble``'s probabilities): for every metric of
     :data:`~nakt_ray.evaluation.report.METRICS`, ``<metric>__<model>`` ``[B]`` (mean over foreground classes, an
     undefined HD95 left out) and ``<metric>_class__<model>`` ``[B, C]`` (per class; background NaN for HD95/NSD).
-    HD95 and the NSD tolerance in pixels of the original image, or in mm with ``in_mm`` (each case's ``spacing``)."""
+    HD95 and the NSD tolerance in pixels of the original image, or in mm with ``in_mm`` (each case's ``spacing``).
+    ``classes``: the run's classes a model covers (``check_teachers``' records; all when absent); a model is
+    scored only on those: its other classes are NaN, and its mean is over the ones it covers."""
     from nakt_ray.data.datasets import geometry_of
     from nakt_ray.data.preprocess import restore
     from nakt_ray.metrics import class_scores, foreground_nanmean
@@ -58,12 +82,13 @@ def score_batch(batch: dict[str, np.ndarray], *, models: list[str], ensemble: li
         geom = geometry_of(batch["geometry"][i])
         mask = np.frombuffer(batch["mask"][i], dtype=np.uint8).reshape(batch["mask_shape"][i])
         probs = {m: ann.dequantize(batch[ann.prob_column(m)][i]) for m in models}
-        if ensemble:
-            probs[ENSEMBLE] = np.mean([probs[m] for m in ensemble], axis=0)
-        for name, p in probs.items():
-            pred = restore(p, geom).argmax(0).astype(np.uint8)
+        for name in names:
+            pred = restore(union_probs(name, probs, classes or {}, ensemble, num_classes), geom).argmax(0)
             spacing = tuple(float(s) for s in batch["spacing"][i]) if in_mm else None
-            for m, per_class in class_scores(pred, mask, num_classes, nsd_tolerance, spacing).items():
+            uncovered = ~np.isin(np.arange(num_classes), (classes or {}).get(name, range(num_classes)))
+            for m, per_class in class_scores(pred.astype(np.uint8), mask, num_classes, nsd_tolerance,
+                                             spacing).items():
+                per_class[uncovered] = np.nan  # not its class: nothing to score it on
                 out[f"{m}_class__{name}"][i] = per_class
                 out[f"{m}__{name}"][i] = foreground_nanmean(per_class)
     return out
@@ -151,7 +176,8 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
         rows = volume_rows(cfg, refs, data, out_dir, ensemble or [], ENSEMBLE, nsd_tolerance, uri)
         in_mm = True  # a volume always has its voxel spacing
     else:
-        check_teachers(refs, num_classes, pre.in_channels, uri)  # fail fast, by name, before any actor starts
+        # fail fast, by name, before any actor starts; and each model's classes (its label map)
+        records = check_teachers(refs, cfg.data.labels, pre.in_channels, uri, aliases=cfg.data.label_aliases)
         cases = cases_for(list_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix),
                           cfg.data.pseudonymize)
         # Distances in mm when every image's header gives its pixel size (NIfTI, DICOM), else in pixels for all.
@@ -160,11 +186,12 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
         ds = ds.map_batches(decode_batch, batch_size=batch_size, num_cpus=0.25,
                             fn_kwargs=dict(preprocess=pre, num_classes=num_classes, mask_values=cfg.data.mask_values,
                                            keep_mask=True))
-        ds = add_teacher_pools(ds, refs, num_classes, pre.in_channels, uri, pools=cfg.annotate.pools,
+        ds = add_teacher_pools(ds, refs, records, pre.in_channels, uri, pools=cfg.annotate.pools,
                                shared_actors=cfg.annotate.shared_actors)
         ds = ds.map_batches(score_batch, batch_size=batch_size, num_cpus=0.25,
                             fn_kwargs=dict(models=list(models), ensemble=ensemble or [], num_classes=num_classes,
-                                           nsd_tolerance=nsd_tolerance, in_mm=in_mm))
+                                           nsd_tolerance=nsd_tolerance, in_mm=in_mm,
+                                           classes={r["name"]: r["classes"] for r in records}))
         rows = ds.take_all()
 
     names = list(models) + ([ENSEMBLE] if ensemble else [])
@@ -185,5 +212,6 @@ def evaluate(cfg: RunConfig, models: dict[str, str], data: str, out_dir: str | P
 
         pictured = sorted((str(r["case_id"]), r["figure"]) for r in ok if r["figure"])
         if pictured:
-            files.update(write_model_figures(out_dir, pictured, names, ENSEMBLE if ensemble else None, num_classes))
+            files.update(write_model_figures(out_dir, pictured, names, ENSEMBLE if ensemble else None, num_classes,
+                                             labels))
     return {**report, "table": tables(report)[0], "files": files}

@@ -24,8 +24,14 @@ from nakt_ray.data.volume_preprocess import orientation_for
 from nakt_ray.data.volumes import VolumeGeometry
 
 PLANES = ("axial", "coronal", "sagittal")
-# Contour colours of the evaluation figure: ground truth, teachers' ensemble, the model.
+# Contour colours of the evaluation figure: ground truth, teachers' ensemble, the model (one foreground class).
 COLOURS = {"truth": "#00d25a", "ensemble": "#ffd700", "model": "#ff4000"}
+# With two or more foreground classes the colour tells the class and the line style the source. Class k is
+# CLASS_COLOURS[(k - 1) % 16], the same list as nakt_ray/inference/overlays.py's PALETTE (that module is a layer
+# above this one; tests/test_overlays.py checks that the two agree).
+CLASS_COLOURS = ("#ff4000", "#00a0ff", "#ffd700", "#00dc5a", "#dc00dc", "#00e6e6", "#ff80a0", "#9664ff",
+                 "#aa6e28", "#008080", "#d2f53c", "#800000", "#0046c8", "#808000", "#aaffc3", "#dcbeff")
+STYLES = {"truth": "solid", "ensemble": "dotted", "model": "dashed"}
 # Cases pictured in each model's figure (the first ones by case_id).
 FIGURE_CASES = 4
 
@@ -111,8 +117,14 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]", "_", name)
 
 
+def class_colour(cls: int) -> str:
+    """The colour (``#rrggbb``) of foreground class ``cls`` >= 1 in every picture."""
+    return CLASS_COLOURS[(int(cls) - 1) % len(CLASS_COLOURS)]
+
+
 def _draw(ax: Any, planes: dict[str, np.ndarray], plane: str, spacing: tuple[float, float],
-          contours: list[tuple[str, str, str]], num_classes: int) -> None:
+          contours: list[tuple[str, str | None, str]], num_classes: int) -> None:
+    """The image with each source's contours; a source's colour None means: each class in its own colour."""
     image = planes[f"image/{plane}"]
     rows, cols = image.shape
     extent = (0.0, cols * spacing[1], 0.0, rows * spacing[0])  # mm; row 0 at the top
@@ -124,31 +136,43 @@ def _draw(ax: Any, planes: dict[str, np.ndarray], plane: str, spacing: tuple[flo
         for c in range(1, num_classes):
             region = (label == c).astype(np.float32)
             if region.any() and not region.all():
-                ax.contour(x, y, region, levels=[0.5], colors=[colour], linewidths=1.0, linestyles=style)
+                ax.contour(x, y, region, levels=[0.5], colors=[colour or class_colour(c)], linewidths=1.0,
+                           linestyles=style)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def write_model_figures(out_dir: str | Path, cases: list[tuple[str, bytes]], models: list[str],
-                        ensemble: str | None, num_classes: int) -> dict[str, str]:
+                        ensemble: str | None, num_classes: int,
+                        labels: Sequence[str] | None = None) -> dict[str, str]:
     """One PNG per model, ``evaluation_slices__<model>.png`` in ``out_dir``: a row per case of ``cases``
     (``(case_id, case_planes bytes)``), a column per plane, the image with the contours of the ground truth
     (green), the teachers' ensemble (yellow, dashed; when ``ensemble`` names it) and the model (red).
-    Returns ``{file name: path}``."""
+    With two or more foreground classes each class has its colour (:func:`class_colour`) and the source its line
+    style (:data:`STYLES`: truth solid, ensemble dotted, model dashed); the legend names the classes by ``labels``
+    (the class names, background first; ``class k`` without them). Returns ``{file name: path}``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
+    if labels is not None and len(labels) != num_classes:
+        raise ValueError(f"labels names {len(labels)} classes ({list(labels)}) but num_classes is {num_classes}; "
+                         "give one name per class, background first")
+    by_class = num_classes > 2
     out = Path(out_dir)
     unpacked = [(case_id, _unpack(data)) for case_id, data in cases]
     files: dict[str, str] = {}
     for model in models:
-        contours = [("truth", COLOURS["truth"], "solid")]
+        contours: list[tuple[str, str | None, str]] = [("truth", COLOURS["truth"], "solid")]
         if ensemble and model != ensemble:
             contours.append((ensemble, COLOURS["ensemble"], "dashed"))
         contours.append((model, COLOURS["model"], "solid"))
+        if by_class:
+            contours = [(key, None, STYLES["truth" if i == 0 else "model" if key == model else "ensemble"])
+                        for i, (key, _, _) in enumerate(contours)]
         fig, axes = plt.subplots(len(unpacked), len(PLANES), figsize=(3.2 * len(PLANES), 3.2 * len(unpacked)),
                                  squeeze=False)
         for row, (case_id, planes) in enumerate(unpacked):
@@ -157,9 +181,16 @@ def write_model_figures(out_dir: str | Path, cases: list[tuple[str, bytes]], mod
                 _draw(axes[row, col], planes, plane, spacings[plane], contours, num_classes)
                 axes[row, col].set_title(f"{case_id}: {plane}", fontsize=8)
         names = {"truth": "ground truth", ensemble or "": "teachers' ensemble", model: model}
-        handles = [Line2D([], [], color=colour, linestyle=style, label=names[key]) for key, colour, style in contours]
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        handles: list[Any] = [Line2D([], [], color=colour or "0.35", linestyle=style, label=names[key])
+                              for key, colour, style in contours]
+        if by_class:
+            handles += [Patch(color=class_colour(c), label=labels[c] if labels is not None else f"class {c}")
+                        for c in range(1, num_classes)]
+        ncol = min(len(handles), 6)
+        legend_rows = -(-len(handles) // ncol)
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        # one legend row takes ~0.2 inch at the bottom of the figure
+        fig.tight_layout(rect=(0, 0.04 if legend_rows == 1 else 0.2 * legend_rows / fig.get_figheight(), 1, 1))
         name = f"evaluation_slices__{safe_name(model)}.png"
         fig.savefig(out / name, dpi=90)
         plt.close(fig)

@@ -64,14 +64,16 @@ def _prepare(row: dict[str, Any], *, out_dir: str, volume: Any, max_voxels: int)
 
 
 def score_case(group: Any, transform: Any, image_path: str, mask_path: str, models: list[str], ensemble: list[str],
-               ensemble_name: str, num_classes: int, nsd_tolerance: float,
-               picture: bool) -> tuple[dict[str, dict[str, np.ndarray]], bytes]:
+               ensemble_name: str, num_classes: int, nsd_tolerance: float, picture: bool,
+               classes: dict[str, list[int]] | None = None) -> tuple[dict[str, dict[str, np.ndarray]], bytes]:
     """Scores of each model's maps stored in ``group`` (and of the ``ensemble``'s mean, as ``ensemble_name``)
     against the case's original mask: ``{model: {metric: [C]}}``, HD95 and the NSD tolerance in mm; and, with
-    ``picture``, the mid-planes for the figures (:class:`~nakt_ray.evaluation.figures.CasePlanes` bytes)."""
+    ``picture``, the mid-planes for the figures (:class:`~nakt_ray.evaluation.figures.CasePlanes` bytes).
+    ``classes``: the run's classes a model covers (all when absent), as ``evaluate.score_batch`` has it."""
     from nakt_ray.data.volume_preprocess import restore_volume
     from nakt_ray.data.volumes import check_pair, read_label_volume, read_volume
     from nakt_ray.errors import DataError, error
+    from nakt_ray.fusion import coverage_from_classes, fuse_teachers
     from nakt_ray.metrics import class_scores
 
     mask, geometry = read_label_volume(mask_path)
@@ -84,21 +86,43 @@ def score_case(group: Any, transform: Any, image_path: str, mask_path: str, mode
     planes = CasePlanes(transform.original, mask) if picture else None
     scores: dict[str, dict[str, np.ndarray]] = {}
 
+    classes = classes or {}
+    partial = any(len(classes.get(m, range(num_classes))) != num_classes for m in ensemble)
+
     def score(name: str, probs: np.ndarray) -> None:
         pred = restore_volume(probs, transform).argmax(0).astype(np.uint8)
         scores[name] = class_scores(pred, mask, num_classes, nsd_tolerance, spacing, spatial_dims=3)
+        uncovered = ~np.isin(np.arange(num_classes), classes.get(name, range(num_classes)))
+        for per_class in scores[name].values():
+            per_class[uncovered] = np.nan  # not its class: nothing to score it on
         if planes is not None:
             planes.add(name, pred)
 
     total: np.ndarray | None = None
+    members: dict[str, np.ndarray] = {}
     for name in models:
-        probs = dequantize(np.asarray(group[vs.teacher_key(name)][...]), axis=0)   # [K, D', H', W'] float32
-        if name in ensemble:
+        probs = dequantize(np.asarray(group[vs.teacher_key(name)][...]), axis=0)   # [C_t, D', H', W'] float32
+        if name in ensemble and partial:
+            members[name] = probs  # fused over the classes each covers, below
+        elif name in ensemble:
             # the first member's array becomes the running sum; it is read (restored) before the next one is added
             total = probs if total is None else np.add(total, probs, out=total)
-        score(name, probs)
-        del probs
-    if ensemble and total is not None:
+        own = list(classes.get(name, range(num_classes)))
+        union = probs
+        if len(own) != num_classes:  # the union layout (as fusion.expand_to_union, classes on axis 0 here)
+            union = np.zeros((num_classes, *probs.shape[1:]), probs.dtype)
+            union[own] = probs
+        score(name, union)
+        del probs, union
+    if ensemble and partial:
+        member_classes = [list(classes.get(m, range(num_classes))) for m in ensemble]
+        cov = coverage_from_classes([c[1:] for c in member_classes], num_classes)
+        maps = [members[m] for m in ensemble]
+        d, h, w = maps[0].shape[1:]
+        fused = fuse_teachers([p.reshape(p.shape[0], d * h, w) for p in maps], cov, "mean")
+        score(ensemble_name, fused.reshape(num_classes, d, h, w))
+        del members, maps, fused
+    elif ensemble and total is not None:
         score(ensemble_name, total / len(ensemble))
     del total
     if planes is None:
@@ -109,7 +133,7 @@ def score_case(group: Any, transform: Any, image_path: str, mask_path: str, mode
 
 def score_volumes(batch: dict[str, np.ndarray], *, out_dir: str, models: list[str], ensemble: list[str],
                   ensemble_name: str, num_classes: int, nsd_tolerance: float,
-                  pictured: list[str]) -> dict[str, np.ndarray]:
+                  pictured: list[str], classes: dict[str, list[int]] | None = None) -> dict[str, np.ndarray]:
     """Ray Data task over prepared, predicted cases (one per batch): for every metric of
     :data:`~nakt_ray.evaluation.report.METRICS`, ``<metric>__<model>`` ``[B]`` (mean over foreground classes, an
     undefined HD95 left out) and ``<metric>_class__<model>`` ``[B, C]``, as ``evaluate.score_batch`` gives for
@@ -137,7 +161,7 @@ def score_volumes(batch: dict[str, np.ndarray], *, out_dir: str, models: list[st
             transform = VolumeTransform.from_dict(json.loads(batch["geometry"][i]))
             scores, figures[i] = score_case(vs.open_case(out_dir, store), transform, str(batch["image_path"][i]),
                                             str(batch["mask_path"][i]), models, ensemble, ensemble_name,
-                                            num_classes, nsd_tolerance, case_id in pictured)
+                                            num_classes, nsd_tolerance, case_id in pictured, classes)
             for name, per_metric in scores.items():
                 for m, per_class in per_metric.items():
                     out[f"{m}_class__{name}"][i] = per_class
@@ -175,7 +199,8 @@ def volume_rows(cfg: RunConfig, refs: list[TeacherRef], data: str, out_dir: str 
 
     num_classes = cfg.data.num_classes
     # fail fast, by name, before any actor starts (a 2D model fits: it predicts volumes slice by slice)
-    records = check_teachers(refs, num_classes, VOLUME_IN_CHANNELS, tracking_uri, spatial_dims=3)
+    records = check_teachers(refs, cfg.data.labels, VOLUME_IN_CHANNELS, tracking_uri, spatial_dims=3,
+                             aliases=cfg.data.label_aliases)
     refs = volume_refs(refs, records, {t.name for t in cfg.teachers})
     cases = cases_for(list_volume_cases(data, require_masks=True, mask_suffix=cfg.data.mask_suffix),
                       cfg.data.pseudonymize)
@@ -188,14 +213,15 @@ def volume_rows(cfg: RunConfig, refs: list[TeacherRef], data: str, out_dir: str 
         ds = ray.data.from_items(items, override_num_blocks=len(items))  # a volume per block: cases stream one by one
         ds = ds.map(_prepare, num_cpus=LIGHT_CPU, compute=light,
                     fn_kwargs=dict(out_dir=str(scratch), volume=cfg.volume, max_voxels=MAX_VOXELS))
-        ds = add_teacher_pools(ds, refs, num_classes, VOLUME_IN_CHANNELS, tracking_uri, VolumeTeacherPredictor,
+        ds = add_teacher_pools(ds, refs, records, VOLUME_IN_CHANNELS, tracking_uri, VolumeTeacherPredictor,
                                pools=cfg.annotate.pools, shared_actors=cfg.annotate.shared_actors,
                                predictor_kwargs={"out_dir": str(scratch), "spatial_dims": 3})
         ds = ds.map_batches(score_volumes, batch_size=1, num_cpus=LIGHT_CPU, compute=light,
                             fn_kwargs=dict(out_dir=str(scratch), models=[r.name for r in refs], ensemble=ensemble,
                                            ensemble_name=ensemble_name, num_classes=num_classes,
                                            nsd_tolerance=nsd_tolerance,
-                                           pictured=sorted(c.case_id for c in cases)[:FIGURE_CASES]))
+                                           pictured=sorted(c.case_id for c in cases)[:FIGURE_CASES],
+                                           classes={r["name"]: r["classes"] for r in records}))
         return ds.take_all()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -36,8 +36,10 @@ from nakt_ray.fusion.rules import (
     _check_probabilities,
     _finish,
     _validate_weights,
+    fuse,
     teacher_confidence,
 )
+from nakt_ray.metrics import dice_per_class
 
 __all__ = [
     "check_coverage",
@@ -45,7 +47,11 @@ __all__ = [
     "coverage_from_classes",
     "expand_to_union",
     "fuse_partial",
+    "fuse_teachers",
+    "pairwise_dice_partial",
+    "pixel_agreement",
     "teacher_cells",
+    "union_labels",
 ]
 
 # Linear-pool EM (per pixel): stop a pixel when no class moves by more than _POOL_TOL, or after _POOL_MAX_ITER
@@ -396,3 +402,71 @@ def fuse_partial(probs: Sequence[np.ndarray] | np.ndarray, coverage: np.ndarray,
         pixel_w = pixel_w / pixel_w.sum(axis=0)
     q = _pool(cell_probs, cells == 0, pixel_w)
     return _finish(np.moveaxis(q.reshape(n_classes, *lead, *spatial), 0, -3))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the pipeline's entry points: stored maps, full coverage or not
+# --------------------------------------------------------------------------------------------------------------
+def fuse_teachers(probs: Sequence[np.ndarray], coverage: np.ndarray | None, rule: str,
+                  weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """Fuse T teachers' maps ``[..., C_t, H, W]`` (each its own classes, as stored): :func:`rules.fuse` on the
+    stacked maps when every teacher covers every class (``coverage`` None or all true; the common case, and the
+    fast one), else :func:`fuse_partial`. Returns ``[..., K+1, H, W]``."""
+    if coverage is None or np.asarray(coverage).all():
+        return fuse(np.stack(list(probs), axis=-4), rule, weights)
+    return fuse_partial(list(probs), coverage, rule, weights)
+
+
+def union_labels(own_labels: np.ndarray, covered: np.ndarray | Sequence[bool]) -> np.ndarray:
+    """A teacher's hard labels over its own classes (its background 0, then its covered classes in union order)
+    -> union class indices (its background -> 0)."""
+    return np.flatnonzero(_check_row(covered)).astype(np.uint8)[np.asarray(own_labels)]
+
+
+def pairwise_dice_partial(probs: Sequence[np.ndarray], coverage: np.ndarray | None) -> float | np.ndarray:
+    """Teacher agreement under partial coverage: for each pair of teachers that share at least one union
+    foreground class, the mean Dice over the classes both cover, between their argmax labels with every other class
+    seen as background; the mean over those pairs. A class empty in both counts as 1.0 (as
+    :func:`nakt_ray.fusion.quality.pairwise_dice`, which this equals under full coverage); with no pair sharing a
+    class there is nothing to disagree on: 1.0.
+
+    Args:
+        probs: T arrays ``[..., C_t, H, W]``, each teacher's own classes; ``coverage`` bool ``[T, K+1]`` (None:
+            every teacher covers every class).
+
+    Returns:
+        a float for ``[C_t, H, W]`` inputs, else a float64 array of shape ``[...]``.
+    """
+    arrays = [np.asarray(p) for p in probs]
+    cov = (np.ones((len(arrays), arrays[0].shape[-3]), bool) if coverage is None else check_coverage(coverage))
+    labels = [union_labels(p.argmax(axis=-3), cov[t]) for t, p in enumerate(arrays)]
+    scores = []
+    for a in range(len(arrays)):
+        for b in range(a + 1, len(arrays)):
+            shared = cov[a] & cov[b]
+            shared[0] = False
+            if not shared.any():
+                continue
+            la = np.where(shared[labels[a]], labels[a], 0)
+            lb = np.where(shared[labels[b]], labels[b], 0)
+            scores.append(dice_per_class(la, lb, cov.shape[1])[..., shared].mean(axis=-1))
+    result = np.mean(scores, axis=0) if scores else np.ones(arrays[0].shape[:-3])
+    return float(result) if np.ndim(result) == 0 else np.asarray(result, dtype=np.float64)
+
+
+def pixel_agreement(probs: Sequence[np.ndarray], target_labels: np.ndarray, coverage: np.ndarray | None,
+                    class_axis: int = -3) -> np.ndarray:
+    """Per pixel, the share of teachers whose arg-max (over its own classes) is the cell that holds the target's
+    union class: the teacher agrees when it names the target's class, or, for a class it does not cover, when it
+    says background. Under full coverage, the share whose arg-max equals the target's.
+
+    Args:
+        probs: T arrays with each teacher's own classes on ``class_axis``; ``target_labels``: union class indices,
+            the shape of one of them without that axis; ``coverage`` bool ``[T, K+1]`` or None (all cover all).
+    """
+    arrays = [np.asarray(p) for p in probs]
+    cov = (np.ones((len(arrays), arrays[0].shape[class_axis]), bool) if coverage is None
+           else check_coverage(coverage))
+    cells = teacher_cells(cov)
+    target = np.asarray(target_labels)
+    return np.mean([cells[t][target] == p.argmax(axis=class_axis) for t, p in enumerate(arrays)], axis=0)

@@ -10,7 +10,8 @@ Outputs under ``out_dir`` (a ``case_id`` with folders, ``site/a``, keeps them; s
 
     <case_id>_mask.png      8-bit grey, pixel = class index x mask_scale, mask_scale = 255 // (K - 1):
                             0/255 for a binary model (like HC18 masks), 0/127/254 for three classes
-    <case_id>_overlay.png   the image in grey with each foreground class in colour (40 % fill, solid contour)
+    <case_id>_overlay.png   the image in grey with each foreground class in colour (40 % fill, solid contour),
+                            at the original size, with a legend strip of the class names below it
     predictions.json        the model, the mask encoding, counts, and per case: status, files or the reason
 
 A case that cannot be read or predicted is recorded with its reason and the run goes on. Plain PyTorch in one
@@ -155,8 +156,8 @@ def predict_folder(source: str | Path, images_dir: str | Path, out_dir: str | Pa
                     overlay_path = None
                     if overlays:
                         overlay_path = out / f"{case.case_id}_overlay.png"
-                        Image.fromarray(overlay(read_image(case.image_path, case.slice_index), label)).save(
-                            overlay_path)
+                        Image.fromarray(overlay(read_image(case.image_path, case.slice_index), label,
+                                                teacher.labels)).save(overlay_path)
                     counts = np.bincount(label.ravel(), minlength=teacher.num_classes)
                     record.update(status="ok", mask=str(mask_path),
                                   overlay=str(overlay_path) if overlay_path else None,

@@ -11,7 +11,8 @@ Outputs under ``out_dir``::
 
     <case_id>_mask.nii.gz   uint8 class indices (0 background), same shape, spacing, origin and direction as the
                             input (NIfTI: the same affine; a DICOM series gets the affine of its slices)
-    <case_id>_overlay.png   axial, coronal and sagittal mid-slices with each class in colour (``overlays.py``)
+    <case_id>_overlay.png   axial, coronal and sagittal mid-slices with each class in colour and a legend of the
+                            class names (``overlays.py``)
     predictions.json        as for images, with the volume preprocessing and per case its shape and spacing
 
 One volume at a time in one process, no Ray: a volume's maps are the largest thing held.
@@ -109,7 +110,7 @@ def predict_volume_folder(teacher: LoadedTeacher, images_dir: str | Path, out_di
             overlay_path = None
             if overlays:
                 overlay_path = out / f"{case.case_id}_overlay.png"
-                Image.fromarray(volume_montage(image, label, geometry)).save(overlay_path)
+                Image.fromarray(volume_montage(image, label, geometry, labels=teacher.labels)).save(overlay_path)
             counts = np.bincount(label.ravel(), minlength=teacher.num_classes)
             record.update(status="ok", mask=str(mask_path), overlay=str(overlay_path) if overlay_path else None,
                           size=list(geometry.shape), spacing=list(geometry.spacing),

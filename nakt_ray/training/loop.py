@@ -39,23 +39,42 @@ def _targets(y: torch.Tensor) -> torch.Tensor:
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                tc: TrainingConfig, augmenter: Augmenter | None = None, amp_dtype: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+               scaler: torch.amp.GradScaler | None = None,
+               per_teacher: dict[str, Any] | None = None) -> dict[str, float]:
     """One optimisation step on a batch (``image``, ``target``, optional ``weight``; on the model's device).
+
+    With ``per_teacher`` (``{"coverage": [T][K+1] bools, "weights": [T] or None}``) the batch also holds
+    ``teachers`` ``[B, T, K+1, *spatial]``, each teacher's stored map in the union layout, and the loss is
+    :func:`~nakt_ray.losses.partial_label_loss` over them instead of the loss against ``target``.
 
     Shared by the Ray Train loop and the plain-PyTorch benchmark, so both do exactly the same work.
     Returns the loss parts as floats.
     """
-    from nakt_ray.losses import segmentation_loss
+    from nakt_ray.losses import partial_label_loss, segmentation_loss
 
     x, y = batch["image"].float(), _targets(batch["target"])
     w = batch["weight"].float() / 255 if "weight" in batch else None
+    teachers = batch["teachers"].float() if per_teacher is not None else None
     if augmenter is not None:
-        x, y, w = augmenter(x, y, w)
+        if teachers is not None:  # the teachers' maps move with the image, as the target does
+            k = y.shape[1]
+            x, both, w = augmenter(x, torch.cat([y, teachers.flatten(1, 2)], 1), w)
+            y, teachers = both[:, :k], both[:, k:].reshape(teachers.shape)
+        else:
+            x, y, w = augmenter(x, y, w)
     with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(x)
-    parts = segmentation_loss(logits.float(), y, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight,
-                              kl_weight=tc.kl_weight, temperature=tc.temperature, pixel_weight=w,
-                              hard_weight=tc.hard_weight)
+    if teachers is not None:
+        coverage = torch.as_tensor(per_teacher["coverage"], dtype=torch.bool)
+        teachers = teachers / teachers.sum(2, keepdim=True).clamp_min(1e-6)
+        targets = [teachers[:, t][:, coverage[t].to(teachers.device)] for t in range(teachers.shape[1])]
+        parts = partial_label_loss(logits.float(), targets, coverage, per_teacher.get("weights"),
+                                   dice_weight=tc.dice_weight, ce_weight=tc.ce_weight, kl_weight=tc.kl_weight,
+                                   temperature=tc.temperature, hard_weight=tc.hard_weight, pixel_weight=w)
+    else:
+        parts = segmentation_loss(logits.float(), y, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight,
+                                  kl_weight=tc.kl_weight, temperature=tc.temperature, pixel_weight=w,
+                                  hard_weight=tc.hard_weight)
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(parts["loss"]).backward()
@@ -172,7 +191,8 @@ def train_loop(config: dict[str, Any]) -> None:
             wait += time.perf_counter() - tw
             if batch is None:
                 break
-            for k, v in train_step(model, opt, batch, tc, augmenter, amp_dtype, scaler).items():
+            for k, v in train_step(model, opt, batch, tc, augmenter, amp_dtype, scaler,
+                                   config.get("per_teacher")).items():
                 sums[k] = sums.get(k, 0.0) + v
             steps, samples = steps + 1, samples + batch["image"].shape[0]
         sched.step()
@@ -284,7 +304,8 @@ class FitResult:
 
 def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: str | Path, storage: str | Path,
         name: str, val_ds: Any = None, logger: RunLogger | None = None, run_name: str | None = None,
-        init_state: dict[str, torch.Tensor] | None = None, callbacks: list[Any] | None = None) -> FitResult:
+        init_state: dict[str, torch.Tensor] | None = None, callbacks: list[Any] | None = None,
+        per_teacher: dict[str, Any] | None = None) -> FitResult:
     """Train ``spec``'s model on ``train_ds`` with Ray Train and copy the chosen model file to ``out_path``.
 
     The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's. The last
@@ -296,7 +317,8 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     name). A worker that dies mid-run restarts the worker group from the latest checkpoint, up to
     ``training.max_failures`` times. ``init_state`` is a state dict the model starts from (fine-tuning).
     ``callbacks`` are Ray Train ``UserCallback`` objects (e.g. a search trial's epoch reporter, ``search/trials.py``);
-    in local mode, where Ray Train runs none, the loop calls their ``after_report`` itself.
+    in local mode, where Ray Train runs none, the loop calls their ``after_report`` itself. ``per_teacher``: the
+    student learns from each teacher's map (``train_step``), the rows of ``train_ds`` holding ``teachers``.
     """
     import shutil
 
@@ -324,7 +346,8 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
                            "shuffle_rows": shuffle_rows(train_ds, training.batch_size, max(1, training.num_workers)),
                            "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir,
                            "local_callbacks": callbacks if training.num_workers == 0 else None,
-                           "init_state": ray.put(init_state) if init_state is not None else None},
+                           "init_state": ray.put(init_state) if init_state is not None else None,
+                           "per_teacher": per_teacher},
         scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -112,7 +112,8 @@ def _save_run_state(out_path: Path, state: dict[str, Any]) -> None:
 def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, train_ds: Any, val_ds: Any,
                       training: Any, out_path: Path, tags: dict[str, str], params: dict[str, Any], resume: bool,
                       alias: str | None, init_state: Any = None, state: dict[str, Any] | None = None,
-                      run_tags: dict[str, str] | None = None, callbacks: list[Any] | None = None) -> dict[str, Any]:
+                      run_tags: dict[str, str] | None = None, callbacks: list[Any] | None = None,
+                      per_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """One student training: MLflow run (resumed with its id when ``resume``), Ray Train fit, registration.
 
     ``tags`` go to the run and the registered version; ``run_tags`` to the run only (e.g. a search's parent run).
@@ -130,7 +131,7 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
         result = fit(spec, train_ds, training, out_path=out_path, storage=cfg.train_storage,
                      name=label, val_ds=val_ds, logger=logger, run_name=state["ray_train_name"],
-                     init_state=init_state, callbacks=callbacks)
+                     init_state=init_state, callbacks=callbacks, per_teacher=per_teacher)
         mlflow.log_metric("train_wall_s", result.wall_s)
         mlflow.log_artifact(str(out_path), artifact_path="student")
         uri = version = None
@@ -193,6 +194,12 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
         raise ValueError(f"fusion.weights has {len(weights)} values but annotation set {str(src)!r} holds "
                          f"{len(manifest['teachers'])} teachers")
     needs_re_fusion = manifest["fusion"] != {"rule": rule, "weights": weights}
+    per_teacher = None
+    if cfg.fusion.target == "teachers":  # each teacher's map, through the partial-label loss (loop.train_step)
+        classes = ann.teacher_classes(manifest)
+        cov = [[k in c for k in range(len(manifest["labels"]))] for c in classes]
+        per_teacher = {"coverage": cov, "weights": weights}
+        needs_re_fusion = False  # the fused target is not what the student learns from
     label = run_name or f"student-{cfg.student.name}"
     cases = check_usable(src)  # before Ray starts and before an MLflow run opens: nothing is left behind
     state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
@@ -202,11 +209,12 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
         # Patches drawn anew every epoch cannot be held; they stream from the case stores (volume_data.py).
         train_ds = annotation_patch_dataset(str(src), patch_size=cfg.volume.patch_size,
                                             rule=rule if needs_re_fusion else None, weights=weights,
-                                            agreement=tc.agreement_weighting, seed=tc.seed, **patch_options(tc))
+                                            agreement=tc.agreement_weighting, seed=tc.seed,
+                                            teachers=per_teacher is not None, **patch_options(tc))
     else:
         train_ds = annotation_dataset(str(src), rule=rule if needs_re_fusion else None, weights=weights,
                                       batch_size=tc.batch_size, agreement=tc.agreement_weighting, shuffle=True,
-                                      seed=tc.seed)
+                                      seed=tc.seed, teachers=per_teacher is not None)
         if cases * decoded_row_bytes(manifest) <= tc.cache_mb * 2**20:
             # Small enough to hold: decode and re-fuse once, not every epoch (STAPLE: ~4 s an epoch for 178 HC18
             # cases).
@@ -220,7 +228,7 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
                              train_ds=train_ds, val_ds=val_ds, training=tc, out_path=cfg.student_checkpoint,
                              tags=tags, params={"student.cases": cases}, resume=resume,
                              alias=cfg.tracking.alias if register else None, init_state=init_state, state=state,
-                             run_tags=run_tags, callbacks=callbacks)
+                             run_tags=run_tags, callbacks=callbacks, per_teacher=per_teacher)
 
 
 def check_dimensions(cfg: RunConfig, manifest: dict[str, Any], src: str) -> None:

@@ -62,15 +62,21 @@ def _case_rng(seed: int, draw: float) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(float(draw) * 2**53)])
 
 
-def _weights(agreement: str, target: np.ndarray, case_agreement: float,
-             probs: np.ndarray | None) -> np.ndarray | None:
+def _weights(agreement: str, target: np.ndarray, case_agreement: float, probs: list[np.ndarray],
+             coverage: np.ndarray | None = None) -> np.ndarray | None:
     """The per-voxel loss weight ``[d, h, w]`` uint8 x 255 of a patch, as ``student_data.annotation_batch`` has it:
-    ``case``, the case's agreement everywhere; ``pixel``, the share of teachers whose arg-max equals the target's."""
+    ``case``, the case's agreement everywhere; ``pixel``, the share of teachers whose arg-max names the target's
+    class (``fusion.pixel_agreement``: background for a class a teacher does not cover)."""
     if agreement == "case":  # float32 arithmetic, as the 2D column: the same agreement gives the same weight
         a = np.nan_to_num(np.asarray(case_agreement, dtype=np.float32), nan=1.0)
         return np.full(target.shape[1:], (np.clip(a, 0, 1) * 255).round().astype(np.uint8), dtype=np.uint8)
     if agreement == "pixel":
-        share = (class_argmax(probs) == class_argmax(target)[None]).mean(0)  # probs [T, C, d, h, w] stored form
+        if coverage is None:  # probs T x [C, d, h, w] stored form
+            share = (class_argmax(np.stack(probs)) == class_argmax(target)[None]).mean(0)
+        else:
+            from nakt_ray.fusion import pixel_agreement
+
+            share = pixel_agreement(probs, class_argmax(target), coverage, class_axis=0)
         return (share * 255).round().astype(np.uint8)
     return None
 
@@ -78,44 +84,56 @@ def _weights(agreement: str, target: np.ndarray, case_agreement: float,
 def annotation_patches(batch: dict[str, np.ndarray], *, annotations_dir: str, teachers: list[str],
                        rule: str | None, weights: list[float] | None, agreement: str,
                        patch_size: tuple[int, int, int], patches_per_case: int, foreground_share: float,
-                       seed: int) -> dict[str, np.ndarray]:
+                       seed: int, coverage: np.ndarray | None = None,
+                       with_teachers: bool = False) -> dict[str, np.ndarray]:
     """Cases of an annotation set of volumes (columns ``store``, ``agreement``, ``draw``) -> ``patches_per_case``
     patch rows each (``image``, ``target``, optional ``weight``).
 
     The target is the stored ``soft_label``, or with ``rule`` re-fused from the teachers' stored maps of the patch
     (``prob/<teacher>``; per-voxel rules give what fusing the whole volume gives; STAPLE estimates its teacher
-    performance on the patch). ``agreement == "pixel"`` reads the teachers' maps of the patch too.
+    performance on the patch). ``agreement == "pixel"`` reads the teachers' maps of the patch too. ``coverage``
+    (``parquet.coverage``): the classes each teacher covers, None when all cover all.
     """
     out: dict[str, list[np.ndarray]] = {"image": [], "target": []}
     if agreement != "none":
         out["weight"] = []
+    if with_teachers:
+        out["teachers"] = []
     for store, case_agreement, draw in zip(batch["store"], batch["agreement"], batch[DRAW]):
         group = vs.open_case(annotations_dir, str(store))
         image_arr = group["image"]
         shape = tuple(image_arr.shape[-3:])
         locations = np.asarray(group["class_locations"][...]) if "class_locations" in group else None
-        maps = [group[vs.teacher_key(t)] for t in teachers] if rule is not None or agreement == "pixel" else []
+        maps = ([group[vs.teacher_key(t)] for t in teachers] if rule is not None or agreement == "pixel"
+                or with_teachers else [])
         soft = group["soft_label"] if rule is None else None
         label_arr = soft if soft is not None else maps[0]
-        fill = padding_of_probabilities(label_arr.shape[0], np.dtype(str(label_arr.dtype)))
+        dtype = np.dtype(str(label_arr.dtype))
+        fill = padding_of_probabilities(soft.shape[0], dtype) if soft is not None else None
+        fills = [padding_of_probabilities(m.shape[0], dtype) for m in maps]
         rng = _case_rng(seed, draw)
         for _ in range(patches_per_case):
             start, _forced = choose_patch(shape, patch_size, locations, rng, foreground_share)
             out["image"].append(read_patch(image_arr, start, patch_size, 0))
-            probs = np.stack([read_patch(m, start, patch_size, fill) for m in maps]) if maps else None
+            probs = [read_patch(m, start, patch_size, f) for m, f in zip(maps, fills)]  # T x [C_t, d, h, w]
             if rule is None:
                 target = read_patch(soft, start, patch_size, fill)
             else:
-                from nakt_ray.fusion import fuse
+                from nakt_ray.fusion import fuse_teachers
 
-                t, c = probs.shape[:2]
-                p = ann.dequantize(probs, axis=1)
-                # Fusion works on [T, C, H, W] images: the patch is one image of d * h rows, as volume_store does.
-                fused = fuse(p.reshape(t, c, -1, p.shape[-1]), rule, weights).reshape(p.shape[1:])
-                target = ann.quantize(fused, np.dtype(str(label_arr.dtype)).name)
+                p = [ann.dequantize(q, axis=0) for q in probs]
+                # Fusion works on [C, H, W] images: the patch is one image of d * h rows, as volume_store does.
+                fused = fuse_teachers([x.reshape(x.shape[0], -1, x.shape[-1]) for x in p], coverage, rule, weights)
+                target = ann.quantize(fused.reshape(-1, *p[0].shape[1:]), dtype.name)
             out["target"].append(target)
+            if with_teachers:  # the union layout: zeros at the classes a teacher does not cover
+                cov = np.ones((len(probs), target.shape[0]), bool) if coverage is None else np.asarray(coverage)
+                union = np.zeros((len(probs), *target.shape), dtype=target.dtype)
+                for t, p in enumerate(probs):
+                    union[t, cov[t]] = p
+                out["teachers"].append(union)
             if agreement != "none":
-                out["weight"].append(_weights(agreement, target, case_agreement, probs))
+                out["weight"].append(_weights(agreement, target, case_agreement, probs, coverage))
     return {k: np.stack(v) for k, v in out.items()}
 
 
@@ -129,13 +147,14 @@ def _check_volume_set(annotations_dir: str, manifest: dict[str, Any]) -> None:
 def annotation_patch_dataset(annotations_dir: str, *, patch_size: Sequence[int],
                              patches_per_case: int | None = None, rule: str | None = None,
                              weights: list[float] | None = None, agreement: str = "none",
-                             foreground_share: float = FOREGROUND_SHARE, seed: int = 0):
+                             foreground_share: float = FOREGROUND_SHARE, seed: int = 0, teachers: bool = False):
     """The ``ok`` cases of an annotation set of volumes (schema version 2) as a streaming Ray Dataset of patches
     (module docstring): ``patches_per_case`` rows per case per epoch, new patches and order every epoch.
 
     ``rule`` re-fuses the targets from the stored teacher maps (None: the stored ``soft_label``); ``agreement``
     (``none``, ``case``, ``pixel``) adds ``weight``. The stores are read where the set lies (a local or shared path).
-    ``patches_per_case`` None: :data:`PATCHES_PER_CASE`.
+    ``patches_per_case`` None: :data:`PATCHES_PER_CASE`. ``teachers`` adds each teacher's map of the patch in the
+    union layout (``teachers`` ``[T, C, d, h, w]``), for the per-teacher loss (``fusion.target: teachers``).
     """
     import ray
 
@@ -156,7 +175,8 @@ def annotation_patch_dataset(annotations_dir: str, *, patch_size: Sequence[int],
     return _patches(ray.data.from_items(items, override_num_blocks=blocks), seed, annotation_patches,
                     dict(annotations_dir=str(annotations_dir), teachers=[t["name"] for t in manifest["teachers"]],
                          rule=rule, weights=weights, agreement=agreement, patch_size=tuple(patch_size),
-                         patches_per_case=patches_per_case, foreground_share=foreground_share, seed=seed))
+                         patches_per_case=patches_per_case, foreground_share=foreground_share, seed=seed,
+                         coverage=ann.coverage(manifest), with_teachers=teachers))
 
 
 def _patches(cases: Any, seed: int, fn: Any, fn_kwargs: dict[str, Any]):
