@@ -317,15 +317,20 @@ def test_mlflow_without_input_size_names_the_tags(mlflow_store):
         load_teacher("bare", f"runs:/{mlflow_store['bare']}/model", trust_pickle=True)
 
 
-def test_trust_pickle_is_only_for_mlflow_teachers(tmp_path):
+def test_trust_pickle_is_only_for_mlflow_teachers_and_monai_bundles(tmp_path):
     from nakt_ray import config
     from nakt_ray.errors import ConfigError
 
     raw = {"run_dir": str(tmp_path), "teachers": [{"name": "a", "trust_pickle": True}]}
-    with pytest.raises(ConfigError, match=r"teachers\[0\]\.trust_pickle'.*not an MLflow URI"):
+    with pytest.raises(ConfigError, match=r"teachers\[0\]\.trust_pickle'.*neither an MLflow URI.*nor a MONAI"):
         config.from_dict(raw)
-    raw["teachers"][0]["checkpoint"] = "models:/t@prod"
+    for source in ("models:/t@prod", str(tmp_path / "bundle.zip")):
+        raw["teachers"][0]["checkpoint"] = source
+        assert config.from_dict(raw).teachers[0].trust_pickle is True
+    (tmp_path / "bundle" / "configs").mkdir(parents=True)
+    raw["teachers"][0]["checkpoint"] = str(tmp_path / "bundle")
     assert config.from_dict(raw).teachers[0].trust_pickle is True
+    raw["teachers"][0]["checkpoint"] = "models:/t@prod"
     with pytest.raises(ConfigError, match="trust_pickle"):
         config.from_dict({**raw, "teachers": [{"name": "a", "checkpoint": "models:/t@prod", "trust_pickle": "yes"}]})
 
@@ -397,7 +402,8 @@ def test_a_wrong_class_count_at_predict_time_is_an_output_error(tmp_path, batch)
 
 
 def test_built_in_kinds_and_their_order(tmp_path):
-    assert teacher_source_kinds() == ["mlflow", "onnx", "torchscript", "teacher_yaml", "nakt"]
+    assert teacher_source_kinds() == ["mlflow", "onnx", "torchscript", "remote", "teacher_yaml", "monai_bundle",
+                                      "nakt"]
     path = make_teacher(tmp_path / "a.pt", "a")
     scripted = write_scripted(tmp_path, ConvNet(), description())
     (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(description(file="model.ts")))

@@ -230,8 +230,9 @@ class TeacherConfig:
 
     ``checkpoint`` is where the teacher comes from: a nakt model file (default
     ``<run_dir>/teachers/<name>/model.pt``, where ``nakt train-teacher`` writes it), a TorchScript or ONNX file with
-    a description YAML beside it (``<file>.yaml``), a teacher YAML, or an MLflow model URI (``models:/name@alias``,
-    ``runs:/<id>/model``); see ``nakt_ray/teachers/``. ``actors``, ``batch_size``, ``num_cpus`` and
+    a description YAML beside it (``<file>.yaml``), a teacher YAML, an MLflow model URI (``models:/name@alias``,
+    ``runs:/<id>/model``), a MONAI bundle (folder or ``.zip``) or a teacher YAML with ``url:`` naming an inference
+    endpoint; see ``nakt_ray/teachers/``. ``actors``, ``batch_size``, ``num_cpus`` and
     ``num_gpus`` size this teacher's Ray Data actor pool; ``num_gpus`` null means 1 when the cluster has GPUs and
     0 otherwise (fractions share a GPU). ``sliding_window`` runs MONAI sliding-window inference with the
     teacher's input size as window (``overlap``, gaussian blending) instead of resampling the image;
@@ -240,7 +241,8 @@ class TeacherConfig:
     slice by slice (0: the D axis, axial slices after RAS reorientation).
     ``trust_pickle``: an MLflow ``checkpoint`` that is not in nakt's own flavor (e.g. logged with
     ``mlflow.pytorch.log_model``) is loaded by unpickling it, which runs any code the pickle names; it is refused
-    unless this is true (README, "Untrusted models"). Only for MLflow URIs.
+    unless this is true (README, "Untrusted models"); a MONAI bundle whose config names code outside MONAI is
+    refused unless this is true. Only for MLflow URIs and MONAI bundles.
     """
 
     name: str
@@ -265,11 +267,13 @@ class TeacherConfig:
             raise error(ConfigError, f"config key '{p}name'",
                         expected(self.name, "a non-empty name of letters, digits, '_', '-' or '.'"))
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
-        if self.trust_pickle and not str(self.checkpoint or "").startswith(("models:/", "runs:/")):
-            # Only the MLflow kind ever unpickles; consent given elsewhere would be a misread config.
+        if self.trust_pickle and not _may_run_code(self.checkpoint):
+            # Only MLflow models (unpickling) and MONAI bundles (their configs' code) ever run code when loaded;
+            # consent given elsewhere would be a misread config.
             raise error(ConfigError, f"config key '{p}trust_pickle'",
-                        f"is true but checkpoint {self.checkpoint!r} is not an MLflow URI (models:/... or "
-                        "runs:/...); only an MLflow model can need unpickling: remove the key")
+                        f"is true but checkpoint {self.checkpoint!r} is neither an MLflow URI (models:/... or "
+                        "runs:/...) nor a MONAI bundle (a folder with configs/, or a .zip); only those can run "
+                        "code when loaded: remove the key")
         if not 0 <= self.overlap < 1:
             raise error(ConfigError, f"config key '{p}overlap'", expected(self.overlap, "a number in [0, 1)"))
         if any(a not in (-1, -2, -3) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
@@ -562,6 +566,14 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+def _may_run_code(checkpoint: str | None) -> bool:
+    """Whether a teacher source is of a kind that can run code when loaded (``trust_pickle`` applies): an MLflow
+    URI, or a MONAI bundle (a ``.zip``, or a folder holding ``configs/``)."""
+    source = str(checkpoint or "")
+    return (source.startswith(("models:/", "runs:/")) or source.endswith(".zip")
+            or (Path(source) / "configs").is_dir())
 
 
 def _check_arch(key: str, arch: str, args_key: str, arch_args: dict[str, Any]) -> None:

@@ -11,12 +11,17 @@ The kinds, in the order the registry asks them:
   ``runs:/<id>/model``; described by the ``nakt.*`` MLflow tags, else by the signature and a probe.
 - ``onnx``: ``model.onnx`` with ``model.onnx.yaml`` beside it.
 - ``torchscript``: ``model.ts`` / ``.torchscript`` / a TorchScript ``.pt``, with ``model.ts.yaml`` beside it.
+- ``remote`` (``remote.py``, with ``remote_http.py``, ``remote_oip.py``, ``remote_mlflow.py``): a teacher YAML
+  with ``url:``, an inference endpoint (Open Inference Protocol v2 or MLflow's scoring server); weights never
+  leave their owner.
 - ``described_yaml`` (``teacher_yaml``): a ``teacher.yaml`` whose ``file:`` names a TorchScript or ONNX file;
   the teacher is recorded as the kind of that file.
+- ``monai_bundle`` (with ``monai_bundle_config.py``): a MONAI bundle folder or ``.zip`` (``configs/``,
+  ``models/model.pt`` or ``model.ts``), loaded through ``monai.bundle``, labels from its metadata.
 - ``nakt_file`` (``nakt``): a nakt model file ``model.pt``, which describes itself; asked last, for any other
   existing file.
 
-Adding a kind (an nnU-Net results folder, a MONAI bundle, an HTTP endpoint):
+Adding a kind (e.g. an nnU-Net results folder):
 
 1. Write ``kinds/<kind>.py`` with ``KIND`` (its name in manifests, e.g. ``"nnunet"``), ``EXPECTS`` (one line
    saying what a source of this kind looks like; the registry lists it when no kind accepts a source),
