@@ -402,8 +402,8 @@ def test_a_wrong_class_count_at_predict_time_is_an_output_error(tmp_path, batch)
 
 
 def test_built_in_kinds_and_their_order(tmp_path):
-    assert teacher_source_kinds() == ["mlflow", "onnx", "torchscript", "remote", "teacher_yaml", "monai_bundle",
-                                      "nakt"]
+    assert teacher_source_kinds() == ["mlflow", "onnx", "torchscript", "remote", "nnunet", "teacher_yaml",
+                                      "monai_bundle", "nakt"]
     path = make_teacher(tmp_path / "a.pt", "a")
     scripted = write_scripted(tmp_path, ConvNet(), description())
     (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(description(file="model.ts")))

@@ -242,7 +242,8 @@ class TeacherConfig:
     ``trust_pickle``: an MLflow ``checkpoint`` that is not in nakt's own flavor (e.g. logged with
     ``mlflow.pytorch.log_model``) is loaded by unpickling it, which runs any code the pickle names; it is refused
     unless this is true (README, "Untrusted models"); a MONAI bundle whose config names code outside MONAI is
-    refused unless this is true. Only for MLflow URIs and MONAI bundles.
+    refused unless this is true; so is an nnU-Net checkpoint that holds more than tensors and plain data. Only for
+    MLflow URIs, MONAI bundles and nnU-Net folders.
     """
 
     name: str
@@ -268,12 +269,13 @@ class TeacherConfig:
                         expected(self.name, "a non-empty name of letters, digits, '_', '-' or '.'"))
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
         if self.trust_pickle and not _may_run_code(self.checkpoint):
-            # Only MLflow models (unpickling) and MONAI bundles (their configs' code) ever run code when loaded;
-            # consent given elsewhere would be a misread config.
+            # Only MLflow models (unpickling), MONAI bundles (their configs' code) and nnU-Net folders (pickled
+            # checkpoints, classes named in plans) ever run code when loaded; consent given elsewhere is a misread.
             raise error(ConfigError, f"config key '{p}trust_pickle'",
                         f"is true but checkpoint {self.checkpoint!r} is neither an MLflow URI (models:/... or "
-                        "runs:/...) nor a MONAI bundle (a folder with configs/, or a .zip); only those can run "
-                        "code when loaded: remove the key")
+                        "runs:/...), an nnU-Net folder (with plans.json or dataset.json, or a teacher YAML with "
+                        "nnunet:) nor a MONAI bundle (a folder with configs/, or a .zip); only those can run code when "
+                        "loaded: remove the key")
         if not 0 <= self.overlap < 1:
             raise error(ConfigError, f"config key '{p}overlap'", expected(self.overlap, "a number in [0, 1)"))
         if any(a not in (-1, -2, -3) for a in self.tta_flips) or len(set(self.tta_flips)) != len(self.tta_flips):
@@ -570,10 +572,24 @@ class RunConfig:
 
 def _may_run_code(checkpoint: str | None) -> bool:
     """Whether a teacher source is of a kind that can run code when loaded (``trust_pickle`` applies): an MLflow
-    URI, or a MONAI bundle (a ``.zip``, or a folder holding ``configs/``)."""
+    URI, a MONAI bundle (a ``.zip``, or a folder holding ``configs/``), or an nnU-Net folder (``plans.json`` or
+    ``dataset.json`` at its top or one level down) or teacher YAML (``nnunet:``; teachers/kinds/nnunet.py)."""
     source = str(checkpoint or "")
-    return (source.startswith(("models:/", "runs:/")) or source.endswith(".zip")
-            or (Path(source) / "configs").is_dir())
+    path = Path(source)
+    if source and path.is_dir():
+        folders = (path, *(q for q in path.iterdir() if q.is_dir()))
+        if (path / "configs").is_dir() or any((f / "plans.json").is_file() or (f / "dataset.json").is_file()
+                                              for f in folders):
+            return True
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = None  # the teacher loader says why it cannot be read
+        return isinstance(data, dict) and ("nnunet" in data or data.get("kind") == "nnunet")
+    return source.startswith(("models:/", "runs:/")) or source.endswith(".zip")
 
 
 def _check_arch(key: str, arch: str, args_key: str, arch_args: dict[str, Any]) -> None:

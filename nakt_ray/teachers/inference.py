@@ -4,7 +4,8 @@ A source kind (``nakt_ray/teachers/kinds/``) hands over a :class:`RawTeacher`: a
 description. :class:`LoadedTeacher` adds what the model itself lacks: resampling to the teacher's input size (or
 MONAI sliding-window inference at full size), flip test-time augmentation, autocast on CUDA, the softmax, and a
 cheap check of every output (class count against the labels, spatial size against the input, NaN / inf, declared
-probabilities that are probabilities).
+probabilities that are probabilities). A kind that must see whole images (nnU-Net's predictor: its own resampling
+and sliding window) says so with ``RawTeacher.whole_image``; its forward then gets the run's images as they are.
 
 Errors: the probe at load time raises :class:`TeacherLoadError` (a teacher that fails on its own declared input
 cannot be used at all); an output that cannot be used at prediction time raises :class:`TeacherOutputError`, for
@@ -46,13 +47,17 @@ class RawTeacher:
     ``forward`` maps ``[B, C_in, h, w]`` float32 at the model's ``input_size`` to raw scores ``[B, K, h, w]``
     (``description.outputs`` says logits or probabilities). ``fingerprint``: 16 hex chars identifying the weights.
     ``details``: JSON-ready lineage (paths, run ids...). ``autocast``: False for runtimes outside torch (ONNX).
+    ``whole_image``: the kind resamples and tiles by itself, so ``forward(x, spacing)`` takes images of any size as
+    the run hands them (``spacing``: mm per spatial axis of ``x``, or None when the run does not know it) and
+    returns scores at that size; ``input_size`` is then only its window (the probe's size), never a resampling.
     """
 
-    forward: Callable[[torch.Tensor], Any]
+    forward: Callable[..., Any]
     description: TeacherDescription
     fingerprint: str
     details: dict[str, Any] = field(default_factory=dict)
     autocast: bool = True
+    whole_image: bool = False
 
 
 def looks_like_probabilities(t: torch.Tensor, tol: float) -> bool:
@@ -88,12 +93,17 @@ class LoadedTeacher:
         self.options = options
         self.details = dict(loaded.details)
         self._forward = loaded.forward
+        self.whole_image = loaded.whole_image
         self._autocast = (loaded.autocast and device.type == "cuda" and options.amp != "none")
         self._amp_dtype = torch.bfloat16 if options.amp == "bf16" else torch.float16
         if self.spatial_dims == 2 and -3 in options.tta_flips:
             raise error(TeacherLoadError, teacher_where(name, source),
                         f"tta_flips {list(options.tta_flips)} flips the depth axis (-3), but this is a 2D model "
                         f"(input_size {list(self.input_size)}); a 2D teacher flips within its slices: -1, -2")
+        if self.whole_image and options.sliding_window:
+            raise error(TeacherLoadError, teacher_where(name, source),
+                        f"sliding_window is set, but a {kind} teacher tiles whole images itself (window "
+                        f"{list(self.input_size)}); remove sliding_window from this teacher")
 
     @property
     def module(self) -> torch.nn.Module | None:
@@ -108,14 +118,16 @@ class LoadedTeacher:
     # -- prediction -------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """Images ``[B, C_in, H, W]`` (or volumes ``[B, C_in, D, H, W]``, any size) -> probabilities ``[B, K, ...]``
         float32 at the input's size, on the teacher's device.
 
         A 3D model predicts volumes; a 2D model predicts images, and volumes slice by slice along
         ``options.slice_axis`` (:meth:`predict_volume_by_slices`). Without sliding window, an input whose size
         differs from ``input_size`` is resampled (bilinear / trilinear) to it and the probabilities are resampled
-        back. With TTA, probabilities are averaged over the flips.
+        back. With TTA, probabilities are averaged over the flips. A whole-image teacher (``whole_image``) gets the
+        images as they are, with ``spacing`` (mm per spatial axis of ``images``; None: unknown), which only such a
+        teacher reads.
 
         Raises:
             TeacherOutputError: an output with the wrong class count, batch or spatial size, NaN / inf values, or
@@ -123,7 +135,7 @@ class LoadedTeacher:
         """
         x = torch.as_tensor(images)
         if self.spatial_dims == 2 and x.ndim == 5 and x.shape[1] == self.in_channels:
-            return self.predict_volume_by_slices(x)
+            return self.predict_volume_by_slices(x, spacing)
         if x.ndim != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
             axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
             raise ValueError(f"teacher {self.name!r}: inputs must be [B, {self.in_channels}, {axes}], got "
@@ -132,7 +144,7 @@ class LoadedTeacher:
         flips = self.options.flip_sets()
         total: torch.Tensor | None = None
         for dims in flips:
-            probs = self._predict_once(x.flip(dims) if dims else x)
+            probs = self._predict_once(x.flip(dims) if dims else x, spacing)
             probs = probs.flip(dims) if dims else probs
             total = probs if total is None else total + probs
         assert total is not None
@@ -141,24 +153,28 @@ class LoadedTeacher:
     # Slices a 2D teacher predicts at once when it annotates a volume.
     SLICES_PER_PASS = 16
 
-    def predict_volume_by_slices(self, volumes: torch.Tensor) -> torch.Tensor:
+    def predict_volume_by_slices(self, volumes: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """A 2D model on volumes ``[B, C_in, D, H, W]``: each slice along ``options.slice_axis`` (0 = D, 1 = H,
         2 = W) is predicted as an image, ``SLICES_PER_PASS`` at a time, and the maps are stacked back into the
         volume: ``[B, K, D, H, W]``. Network-agnostic across dimensions: a 2D teacher can annotate for a 3D student.
+        ``spacing`` ``(d, h, w)`` gives each slice the spacing of its two axes.
         """
         if self.spatial_dims != 2:
             raise ValueError(f"teacher {self.name!r} is a {self.spatial_dims}D model; only 2D models predict by slices")
         axis = 2 + self.options.slice_axis
+        in_plane = None if spacing is None else tuple(s for i, s in enumerate(spacing) if i != self.options.slice_axis)
         out = []
         for volume in torch.as_tensor(volumes):
             slices = volume.movedim(axis - 1, 0)  # [S, C_in, a, b]
-            parts = [self.predict(slices[i:i + self.SLICES_PER_PASS])
+            parts = [self.predict(slices[i:i + self.SLICES_PER_PASS], in_plane)
                      for i in range(0, slices.shape[0], self.SLICES_PER_PASS)]
             out.append(torch.cat(parts).movedim(0, axis - 1))  # [K, D, H, W]
         return torch.stack(out)
 
-    def _predict_once(self, x: torch.Tensor) -> torch.Tensor:
+    def _predict_once(self, x: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         size = tuple(x.shape[2:])
+        if self.whole_image:  # the kind resamples and tiles by itself; _check holds it to the input's size
+            return self._check(self._raw(x, spacing), x, TeacherOutputError)
         if self.options.sliding_window:
             from monai.inferers import sliding_window_inference  # importing MONAI costs seconds; only when used
 
@@ -175,9 +191,9 @@ class LoadedTeacher:
         # Bilinear / trilinear weights are convex, so resampled probabilities still sum to 1.
         return F.interpolate(self._probabilities(x), size=size, mode=mode, align_corners=False)
 
-    def _raw(self, x: torch.Tensor) -> Any:
+    def _raw(self, x: torch.Tensor, spacing: tuple[float, ...] | None = None) -> Any:
         with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self._autocast):
-            return self._forward(x)
+            return self._forward(x, spacing) if self.whole_image else self._forward(x)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """One checked forward pass at the model's own size: ``[B, C_in, h, w]`` -> ``[B, K, h, w]``."""

@@ -14,9 +14,10 @@ what it expects. A kind that can only load some sources by unpickling them (``ml
 with ``mlflow.pytorch``) registers with ``takes_trust_pickle=True`` and gets the teacher's ``trust_pickle``
 (``load(name, source, device, trust_pickle=...)``); while it is false the kind must refuse such a source. The
 built-in kinds, in that order: ``mlflow`` (``models:/``, ``runs:/``), ``onnx``, ``torchscript``, ``remote`` (a
-teacher YAML with ``url:``: an inference endpoint), ``teacher_yaml`` (a YAML whose ``file:`` names the model; recorded
-as the kind of that file), ``monai_bundle`` (a MONAI bundle folder or ``.zip``) and, asked last (priority -1)
-because it takes any other existing file, ``nakt``.
+teacher YAML with ``url:``: an inference endpoint), ``nnunet`` (an nnU-Net v2 results folder, or a teacher YAML with
+``nnunet:``), ``teacher_yaml`` (a YAML whose ``file:`` names the model; recorded as the kind of that file),
+``monai_bundle`` (a MONAI bundle folder or ``.zip``) and, asked last (priority -1) because it takes any other existing
+file, ``nakt``.
 
 Errors: anything wrong while loading (no kind reads the source, a missing or unreadable file, a bad description,
 a probe output that cannot be used) is a :class:`TeacherLoadError`; a prediction that cannot be used later is a
@@ -35,7 +36,16 @@ import torch
 from nakt_ray.errors import TeacherLoadError, error
 from nakt_ray.teachers.description import InferenceOptions, teacher_where
 from nakt_ray.teachers.inference import LoadedTeacher, RawTeacher
-from nakt_ray.teachers.kinds import described_yaml, mlflow_model, monai_bundle, nakt_file, onnx, remote, torchscript
+from nakt_ray.teachers.kinds import (
+    described_yaml,
+    mlflow_model,
+    monai_bundle,
+    nakt_file,
+    nnunet,
+    onnx,
+    remote,
+    torchscript,
+)
 
 __all__ = [
     "TeacherSource",
@@ -184,6 +194,8 @@ def _register_built_in_kinds() -> None:
     register_teacher_source(torchscript.KIND, torchscript.detect, torchscript.load, torchscript.EXPECTS)
     # remote before teacher_yaml: both read teacher YAMLs; a remote one has url: where the other has file:
     register_teacher_source(remote.KIND, remote.detect, remote.load, remote.EXPECTS)
+    # nnunet before teacher_yaml too (its YAML has nnunet: where the other has file:); trust: pickled checkpoints
+    register_teacher_source(nnunet.KIND, nnunet.detect, nnunet.load, nnunet.EXPECTS, takes_trust_pickle=True)
     register_teacher_source(described_yaml.KIND, described_yaml.detect, described_yaml.load, described_yaml.EXPECTS,
                             resolve=described_yaml.model_kind)
     register_teacher_source(monai_bundle.KIND, monai_bundle.detect, monai_bundle.load, monai_bundle.EXPECTS,

@@ -14,6 +14,9 @@ The kinds, in the order the registry asks them:
 - ``remote`` (``remote.py``, with ``remote_http.py``, ``remote_oip.py``, ``remote_mlflow.py``): a teacher YAML
   with ``url:``, an inference endpoint (Open Inference Protocol v2 or MLflow's scoring server); weights never
   leave their owner.
+- ``nnunet``: an nnU-Net v2 results folder (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_final.pth``), its
+  dataset folder, or a teacher YAML with ``nnunet:`` (folds, checkpoint, spacing); run whole-image through nnU-Net's
+  own predictor (needs ``nakt-ray[nnunet]``).
 - ``described_yaml`` (``teacher_yaml``): a ``teacher.yaml`` whose ``file:`` names a TorchScript or ONNX file;
   the teacher is recorded as the kind of that file.
 - ``monai_bundle`` (with ``monai_bundle_config.py``): a MONAI bundle folder or ``.zip`` (``configs/``,
