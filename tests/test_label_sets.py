@@ -199,6 +199,28 @@ def test_a_student_learns_from_each_teachers_map_through_the_partial_label_loss(
     assert np.isfinite(result["metrics"]["train_loss"]) and "val_dice" in result["metrics"]
 
 
+@pytest.mark.fault  # a Ray Tune run (trials in their own processes): the system tier, to keep make test short
+def test_the_fusion_search_works_unchanged_with_label_sets(label_set_run, tmp_path):
+    """Ray Tune over the fusion rule and the teachers' weights: every trial re-fuses the stored maps of teachers
+    with different label sets (no teacher runs: their files are gone)."""
+    from nakt_ray.search.tune import tune_student
+
+    cfg, summary, _ = label_set_run
+    raw = cfg.to_dict()
+    raw["run_dir"] = str(tmp_path / "run")
+    for i, t in enumerate(raw["teachers"]):
+        t["checkpoint"] = str(tmp_path / "gone" / f"teacher{i}.ts")
+    raw["student"]["annotations"] = summary["output"]
+    raw["training"] = {"epochs": 1, "batch_size": 4, "num_workers": 0, "torch_threads": 1}
+    raw["tune"] = {"num_samples": 2, "max_concurrent_trials": 1, "seed": 1,
+                   "space": {"fusion.rule": {"choice": ["weighted_mean", "majority_vote"]},
+                             "fusion.weights": {"simplex": 3}}}
+    result = tune_student(config.from_dict(raw))
+    rows = result["rows"]
+    assert len(rows) == 2 and all(r["status"] != "error" and 0 <= r["best"] <= 1 for r in rows)
+    assert all(len(r["values"]["fusion.weights"]) == 3 for r in rows)
+
+
 def test_label_set_errors_name_teachers_and_labels_before_anything_runs(label_set_run, tmp_path):
     from nakt_ray.annotation.pipeline import annotate
 
