@@ -38,6 +38,7 @@ BAD = [
     (with_(teachers__1__arhc="unet"), ["'teachers[1].arhc'", "did you mean 'arch'"]),
     (with_(training={"epochs": 0}), ["'training.epochs'", "got 0", ">= 1"]),
     (with_(training={"epochs": "ten"}), ["'training.epochs'", "'ten'", "an integer"]),
+    (with_(teacher_training={"min_steps": -1}), ["'teacher_training.min_steps'", "got -1", ">= 0"]),
     (with_(training={"lr": True}), ["'training.lr'", "a number"]),
     (with_(preprocess={"mode": "stretch"}), ["'preprocess.mode'", "'stretch'", "'resize'", "'letterbox'"]),
     (with_(preprocess={"size": [128]}), ["'preprocess.size'", "a list of 2 values"]),

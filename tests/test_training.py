@@ -41,6 +41,51 @@ def test_fit_trains_and_writes_a_loadable_model(ray_session, tmp_path, synthetic
     assert result.metrics["best_val_dice"] >= result.metrics["val_dice"]
 
 
+# (rows, batch_size, workers, epochs, min_steps) -> (steps of one pass, passes per epoch)
+PASSES = [
+    ((36, 8, 0, 24, 0), (5, 1)),      # no floor: one pass, whatever the set
+    ((36, 8, 0, 24, 550), (5, 5)),    # E7's 36-image set: 120 steps a pass per epoch -> 5 passes, 600 steps
+    ((178, 8, 0, 24, 550), (23, 1)),  # E3's 178 images already give 552 steps: unchanged
+    ((12, 8, 1, 40, 320), (2, 4)),    # a 12-image site: 8 + 4 rows a pass
+    ((36, 8, 2, 24, 550), (3, 8)),    # two DDP workers: shards of 18 rows, 3 steps each
+    ((3, 8, 4, 10, 25), (1, 3)),      # fewer rows than workers: a shard still makes one step
+]
+
+
+@pytest.mark.parametrize("case, want", PASSES)
+def test_min_steps_sets_the_passes_of_an_epoch_not_the_epochs(case, want):
+    from nakt_ray.training.loop import passes_per_epoch, steps_per_pass
+
+    rows, batch, workers, epochs, min_steps = case
+    tc = config.TrainingConfig(batch_size=batch, num_workers=workers, epochs=epochs, min_steps=min_steps)
+    assert (steps_per_pass(tc, rows), passes_per_epoch(tc, rows)) == want
+    assert tc.epochs * want[0] * want[1] >= min_steps  # the floor holds
+    assert min_steps == 0 or tc.epochs * want[0] * (want[1] - 1) < min_steps  # with the fewest passes that do
+
+
+def test_min_steps_without_a_row_count_is_refused():
+    from nakt_ray.training.loop import passes_per_epoch
+
+    assert passes_per_epoch(config.TrainingConfig(), None) == 1
+    with pytest.raises(ValueError, match="min_steps is 50.*training rows"):
+        passes_per_epoch(config.TrainingConfig(min_steps=50), None)
+
+
+def test_fit_with_min_steps_repeats_the_set_within_each_epoch(ray_session, tmp_path, synthetic_dirs):
+    """6 cases in batches of 4 are 2 steps a pass; a floor of 9 steps over 2 epochs makes 3 passes an epoch. The
+    epochs, and with them the cosine schedule, stay as configured."""
+    raw = tiny_raw_config(tmp_path, teachers=[{"name": "t", "arch": "unet", "arch_args": TINY_UNET,
+                                               "train_data": str(synthetic_dirs["site_a"])}])
+    raw["teacher_training"].update(epochs=2, lr=0.01, min_steps=9)
+    cfg = config.from_dict(raw)
+    train_ds, _, n = labeled_split(cfg, str(synthetic_dirs["site_a"]), 4)
+    spec = model_spec(cfg, "t", "unet", TINY_UNET, "teacher", {"train_data": "site_a"})
+    result = fit(spec, train_ds, cfg.teacher_training, out_path=tmp_path / "model.pt", storage=tmp_path / "rt",
+                 name="t", rows=n)
+    assert (result.metrics["steps"], result.metrics["passes"], result.metrics["epoch"]) == (6, 3, 1)
+    assert result.metrics["lr"] == pytest.approx(0.01 * 0.05)  # the end of a 2-epoch cosine schedule
+
+
 def test_a_held_set_is_reshuffled_whole_and_a_streaming_one_through_four_batches(ray_session, monkeypatch):
     from nakt_ray.training import loop as training
     from nakt_ray.training.loop import shuffle_rows
