@@ -65,7 +65,8 @@ STAGE_ENTRYPOINTS = frozenset({"jobs/annotate.py", "jobs/distil.py", "jobs/tune.
 # for real). A RayJob naming a script that neither exists nor is listed here fails.
 PLANNED_ENTRYPOINTS: frozenset[str] = frozenset()
 # Secrets the manifests reference but nobody commits: created with `kubectl create secret` (cluster/README.md).
-HAND_MADE_SECRETS = frozenset({"mlflow-auth", "mlflow-db", "nakt-object-store", "nakt-ray-auth"})
+HAND_MADE_SECRETS = frozenset({"mlflow-auth", "mlflow-db", "nakt-object-store", "nakt-ray-auth",
+                               "nakt-teacher-credentials"})
 MLFLOW_AUTH_SECRET = "mlflow-auth"     # the MLflow server's admin (also the jobs' MLflow user) and its Flask key
 NAMESPACE = "nakt"
 CPU_GROUP, GPU_GROUP = "cpu-workers", "gpu-workers"
@@ -1064,6 +1065,7 @@ def test_hand_made_secrets_are_exactly_those_referenced_and_the_runbook_creates_
                 referenced |= {(e.get("valueFrom") or {}).get("secretKeyRef", {}).get("name")
                                for e in c.get("env") or []}
                 referenced |= {(e.get("secretRef") or {}).get("name") for e in c.get("envFrom") or []}
+            referenced |= {(v.get("secret") or {}).get("secretName") for v in template["spec"].get("volumes") or []}
         for _, spec in ray_cluster_specs(m):
             referenced.add((spec.get("authOptions") or {}).get("secretName"))
     assert referenced - {None} == HAND_MADE_SECRETS
