@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from _nnunet_folder import SPACING_3D
 
 from nakt_ray import config
 from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError
@@ -353,16 +354,20 @@ def test_an_nnunet_teacher_annotates_as_nnunet_predicts_2d(annotated_2d, folder_
 
 
 @pytest.mark.fault  # a system run: real nnU-Net folders made by nnU-Net's own commands (~1 min)
-def test_an_nnunet_teacher_annotates_volumes_as_nnunet_predicts_3d(ray_session, folder_3d, tmp_path):
+@pytest.mark.parametrize("grid", [None, (2.0, 1.5, 2.5)], ids=["files-grid", "coarser-run-grid"])
+def test_an_nnunet_teacher_annotates_volumes_as_nnunet_predicts_3d(ray_session, folder_3d, tmp_path, grid):
+    """The run hands nnU-Net each case on the run's grid with that grid's spacing: the files' own grid (the arrays
+    nnU-Net reads from the files), or a coarser one than nnU-Net trained at (1.25, 1.0, 2.0), which nnU-Net must
+    then resample from (a teacher told no spacing would take the trained one and answer on the wrong scale)."""
     from nakt_ray.annotation import parquet as ann
     from nakt_ray.annotation import volume_store as vs
     from nakt_ray.annotation.pipeline import annotate
     from nakt_ray.data.volumes import read_volume
 
     src = _transferal(folder_3d)
-    # The volumes as stored (no reorientation, no resampling, raw intensities): the arrays nnU-Net reads.
-    volume = {"spacing": None, "orientation": None, "modality": "none", "crop_nonzero": False,
-              "patch_size": [16, 16, 16]}
+    # No reorientation and raw intensities; no resampling (the arrays nnU-Net reads) or to the coarser grid.
+    volume = {"spacing": list(grid) if grid else None, "orientation": None, "modality": "none",
+              "crop_nonzero": False, "patch_size": [16, 16, 16]}
     raw = {"run_dir": str(tmp_path / "run"), "data": {"labels": ["background", "ball"], "transferal": str(src)},
            "volume": volume, "teachers": [{"name": "site", "checkpoint": str(folder_3d)}],
            "student": {"arch": "unet", "arch_args": {"spatial_dims": 3, "channels": [4, 8], "strides": [2],
@@ -379,12 +384,20 @@ def test_an_nnunet_teacher_annotates_volumes_as_nnunet_predicts_3d(ray_session, 
         stored = np.asarray(group[vs.teacher_key("site")][...])
         handed = np.asarray(group["image"][...], dtype=np.float32)  # what the run handed the teacher (float16)
         array, geometry = read_volume(src / "images" / f"{case}.nii.gz")
-        own, own_file = nnunet_predicts(folder_3d, None, [handed, array[None]], list(geometry.spacing))
+        if grid is None:
+            own, own_file = nnunet_predicts(folder_3d, None, [handed, array[None]], list(geometry.spacing))
+            equal_file += int((stored.argmax(0) == own_file.argmax(0)).sum())
+        else:
+            assert handed.shape[1:] != array.shape  # resampled by the run
+            own, = nnunet_predicts(folder_3d, None, [handed], list(grid))
+            trained, = nnunet_predicts(folder_3d, None, [handed], list(SPACING_3D))
+            differ = (own.argmax(0) != trained.argmax(0)).sum()
+            assert differ > 0, "the grid's spacing changes nnU-Net's answer, so the test can tell it was passed"
         assert stored.shape == own.shape
         assert np.abs(stored / 255.0 - own).max() <= 1 / 255 + 1e-6  # uint8 storage: within one step
         equal += int((stored.argmax(0) == own.argmax(0)).sum())
-        equal_file += int((stored.argmax(0) == own_file.argmax(0)).sum())
         total += own[0].size
-    print(f"3D hard-label agreement with nnU-Net's own prediction: {equal / total:.6f} of {total} voxels (on the "
-          f"float32 files: {equal_file / total:.6f})")
-    assert equal / total >= 0.999 and equal_file / total >= 0.99
+    print(f"3D hard-label agreement with nnU-Net's own prediction ({'files' if grid is None else grid} grid): "
+          f"{equal / total:.6f} of {total} voxels" + (f" (on the float32 files: {equal_file / total:.6f})"
+                                                    if grid is None else ""))
+    assert equal / total >= 0.999 and (grid is not None or equal_file / total >= 0.99)

@@ -230,8 +230,9 @@ class EnsemblePredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["error"])
         for predictor, size in zip(self.predictors, self.batch_sizes):
-            parts = [predictor({TEACHER_INPUT: batch[TEACHER_INPUT][i:i + size], "error": batch["error"][i:i + size]})
-                     for i in range(0, max(n, 1), size)]
+            # the inputs, the errors so far and (volumes) each case's grid, which whole-image teachers read
+            keys = [k for k in (TEACHER_INPUT, "error", "geometry") if k in batch]
+            parts = [predictor({k: batch[k][i:i + size] for k in keys}) for i in range(0, max(n, 1), size)]
             batch[predictor.column] = np.concatenate([part[predictor.column] for part in parts])
             batch["error"] = np.concatenate([part["error"] for part in parts])  # cases it failed on, for the next
         return batch

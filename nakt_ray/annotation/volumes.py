@@ -24,6 +24,7 @@ from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation import volume_store as vs
 from nakt_ray.annotation.parquet import quantize
 from nakt_ray.annotation.pools import PREDICT_STAGE, TEACHER_INPUT, TeacherPredictor
+from nakt_ray.data.volume_preprocess import VolumeTransform
 from nakt_ray.errors import DataError, TeacherOutputError, error
 from nakt_ray.fusion.labels import fold_channels
 
@@ -87,23 +88,26 @@ class VolumeTeacherPredictor(TeacherPredictor):
         self.out_dir = out_dir
         self.key = vs.teacher_key(self.name)
 
-    def _predict_case(self, name: str) -> None:
+    def _predict_case(self, name: str, spacing: tuple[float, ...] | None = None) -> None:
+        """``spacing``: mm per axis ``(d, h, w)`` of the case's preprocessed grid, which a whole-image teacher
+        (nnU-Net) resamples from; other teachers ignore it."""
         group = vs.open_case(self.out_dir, name, mode="r+")
         x = torch.from_numpy(np.asarray(group["image"][...], dtype=np.float32))[None]   # [1, C_in, D, H, W]
         if self.teacher.device.type == "cuda":
             x = x.pin_memory().to(self.teacher.device, non_blocking=True)
-        probs = fold_channels(self.teacher.predict(x)[0].cpu().numpy(), self.label_map, axis=0)  # [C_t, D, H, W]
+        probs = fold_channels(self.teacher.predict(x, spacing)[0].cpu().numpy(), self.label_map, axis=0)
         vs.write_map(group, self.key, quantize(probs, self.prob_dtype))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = np.array(batch["error"], dtype=object)
         keys = np.full(len(errors), "", dtype=object)
         reasons = []
+        geometries = batch.get("geometry")
         for i, name in enumerate(batch[TEACHER_INPUT]):
             if errors[i]:
                 continue
             try:
-                self._predict_case(str(name))
+                self._predict_case(str(name), _grid_spacing(geometries[i] if geometries is not None else ""))
                 keys[i] = self.key
                 reasons.append("")
             except (TeacherOutputError, DataError) as err:
@@ -114,6 +118,13 @@ class VolumeTeacherPredictor(TeacherPredictor):
         batch[self.column] = keys
         batch["error"] = errors
         return batch
+
+
+def _grid_spacing(geometry: str) -> tuple[float, ...] | None:
+    """The spacing ``(d, h, w)`` of a case's preprocessed grid from its row's ``geometry`` (None: not known)."""
+    if not geometry:
+        return None
+    return tuple(VolumeTransform.from_dict(json.loads(geometry)).geometry.spacing)
 
 
 def fuse_cases(batch: dict[str, np.ndarray], *, out_dir: str, teachers: list[str], rule: str,

@@ -100,9 +100,10 @@ def predict_volume_folder(teacher: LoadedTeacher, images_dir: str | Path, out_di
             # 1. Read with its geometry and preprocess as the model was trained.
             image, geometry = read_volume(case.image_path)
             x, transform = preprocess_volume(image, geometry, vcfg)                  # [1, D', H', W']
-            # 2. Predict the whole volume, then 3. back onto the original grid.
+            # 2. Predict the whole volume (with its grid's spacing: a whole-image teacher such as nnU-Net resamples
+            # from it), then 3. back onto the original grid.
             stage = "predict"
-            probs = teacher.predict(torch.from_numpy(x)[None])[0].cpu().numpy()     # [K, D', H', W']
+            probs = teacher.predict(torch.from_numpy(x)[None], tuple(transform.geometry.spacing))[0].cpu().numpy()
             stage = "write"
             label = restore_volume(probs, transform).argmax(0).astype(np.uint8)     # [D, H, W] original grid
             del probs

@@ -20,8 +20,9 @@ run hands it (on the run's grid) goes through ``nnUNetPredictor.predict_single_n
 resampling to its spacing, normalisation, gaussian sliding window with mirroring, fold averaging (of logits, as nnU-Net
 does) and resampling back; the probabilities come back at the image's size, channels in the order of the label values
 (``dataset.json``), named by their labels. The spacing nnU-Net is told is the case's when the caller gives it
-(``LoadedTeacher.predict(x, spacing)``), else the YAML's ``spacing``, else the spacing the configuration was trained at
-(then nnU-Net resamples nothing: right when the run's images are at that spacing, e.g. 2D images at their own size).
+(``LoadedTeacher.predict(x, spacing)``: volume annotation, evaluation and prediction give the case's grid), else
+the YAML's ``spacing``, else the spacing the configuration was trained at (then nnU-Net resamples nothing: right when
+the run's images are at that spacing, e.g. 2D images at their own size).
 
 Code: nnU-Net's checkpoints are pickles. Those its trainers write hold tensors, plain data and numpy scalars (its
 training log), so they are read with ``torch.load(weights_only=True)`` with numpy's data-only reconstructors allowed
