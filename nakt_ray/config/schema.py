@@ -64,6 +64,11 @@ class TrainingConfig:
     ``patience`` stops after that many epochs without improvement. ``max_failures``: how often a run whose
     worker died is restarted from its last checkpoint (Ray Train ``FailureConfig``).
 
+    ``min_steps`` is a floor on the optimisation steps of a run: when ``epochs`` passes over a small set give fewer
+    steps, every epoch goes over the set several times, enough passes for at least ``min_steps`` steps in all (as
+    nnU-Net's epochs are a fixed number of steps). The epoch stays the unit of the LR schedule, validation, best
+    model, ``patience``, checkpoints and a search's ASHA budget; only its length grows. 0: one pass per epoch.
+
     ``cache_mb`` (students): an annotation set whose decoded training columns take at most this many MiB is decoded
     and re-fused once and held in Ray's object store, and every epoch reshuffles it through a buffer of up to
     256 MiB of rows; a larger set streams from Parquet every epoch (file order shuffled, 4-batch buffer). 0 always
@@ -94,6 +99,7 @@ class TrainingConfig:
     val_metrics: tuple[Literal["hd95", "nsd"], ...] = ()
     nsd_tolerance: float = 2.0
     patience: int | None = None
+    min_steps: int = 0
     max_failures: int = 2
     seed: int = 0
     cache_mb: int = 1024
@@ -141,6 +147,9 @@ class TrainingConfig:
         if not 0 <= self.foreground_share <= 1:
             raise error(ConfigError, f"config key '{p}foreground_share'",
                         expected(self.foreground_share, "a share in [0, 1] of patches centred on foreground"))
+        if self.min_steps < 0:
+            raise error(ConfigError, f"config key '{p}min_steps'",
+                        expected(self.min_steps, "an integer >= 0 (optimisation steps; 0: one pass per epoch)"))
         if self.patience is not None and self.patience < 1:
             raise error(ConfigError, f"config key '{p}patience'",
                         expected(self.patience, "an integer >= 1 or null (no early stopping)"))

@@ -11,6 +11,7 @@ of spatial axes, the augmentation is ``data/augment3d.py``, and validation predi
 """
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 import time
@@ -176,15 +177,17 @@ def train_loop(config: dict[str, Any]) -> None:
         logger.log_metrics({"start_epoch": start_epoch}, step=start_epoch)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
+    passes = config.get("passes", 1)
     for epoch in range(start_epoch, tc.epochs):
-        # 3. One pass over this worker's shard (a local shuffle buffer reshuffles rows every epoch).
-        #    The shuffle seed changes with the epoch and rank, so a rerun with the same seed sees the same order.
+        # 3. One pass over this worker's shard, or several on a small set (training.min_steps; every worker makes
+        #    as many). A local shuffle buffer reshuffles rows every pass; its seed changes with the pass and rank,
+        #    so a rerun with the same seed sees the same order (one pass an epoch: the seeds of before min_steps).
         #    data_wait_s is the time this worker waited for its input: the share of the epoch the step did not use.
         model.train()
         t0, sums, steps, samples, wait = time.perf_counter(), {}, 0, 0, 0.0
-        batches = iter(train_shard.iter_torch_batches(batch_size=tc.batch_size, device=device,
-                                                      local_shuffle_buffer_size=config["shuffle_rows"],
-                                                      local_shuffle_seed=tc.seed + 1000 * epoch + rank))
+        batches = (batch for p in range(passes) for batch in train_shard.iter_torch_batches(
+            batch_size=tc.batch_size, device=device, local_shuffle_buffer_size=config["shuffle_rows"],
+            local_shuffle_seed=tc.seed + 1000 * (epoch * passes + p) + rank))
         while True:
             tw = time.perf_counter()
             batch = next(batches, None)
@@ -199,7 +202,7 @@ def train_loop(config: dict[str, Any]) -> None:
         epoch_s = time.perf_counter() - t0
         metrics: dict[str, float] = {train_metric(k): v / max(steps, 1) for k, v in sums.items()}
         metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"], epoch_s=epoch_s, data_wait_s=wait,
-                       samples_per_s=samples * world / max(epoch_s, 1e-9))
+                       samples_per_s=samples * world / max(epoch_s, 1e-9), steps=steps, passes=passes)
 
         # 4. Validation on rank 0 (the val set is not split across workers); early stopping by patience.
         stop = False
@@ -262,6 +265,26 @@ def torch_threads(training: TrainingConfig) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1) // max(1, training.num_workers)))
 
 
+def steps_per_pass(training: TrainingConfig, rows: int) -> int:
+    """Optimisation steps of one pass over a set of ``rows`` training rows (cases; 3D: cases x patches_per_case):
+    Ray Train splits the set into equal shards of ``rows // workers`` rows (``streaming_split(equal=True)``), and a
+    pass over a shard is that many rows in batches of ``batch_size``, the last one partial."""
+    shard = max(1, rows // max(1, training.num_workers))
+    return math.ceil(shard / training.batch_size)
+
+
+def passes_per_epoch(training: TrainingConfig, rows: int | None) -> int:
+    """How often an epoch goes over each worker's shard: 1, or on a small set the fewest passes that give
+    ``training.min_steps`` optimisation steps in ``training.epochs`` epochs (``rows`` as :func:`steps_per_pass`;
+    needed only when ``min_steps`` is set)."""
+    if training.min_steps <= 0:
+        return 1
+    if rows is None or rows < 1:
+        raise ValueError(f"training.min_steps is {training.min_steps}: the steps of an epoch need the number of "
+                         f"training rows, got {rows!r}")
+    return max(1, math.ceil(training.min_steps / (training.epochs * steps_per_pass(training, rows))))
+
+
 # Rows a worker's shuffle buffer may hold when its dataset is held in memory (materialised): about this many bytes.
 SHUFFLE_BYTES = 256 * 2**20
 
@@ -305,7 +328,7 @@ class FitResult:
 def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: str | Path, storage: str | Path,
         name: str, val_ds: Any = None, logger: RunLogger | None = None, run_name: str | None = None,
         init_state: dict[str, torch.Tensor] | None = None, callbacks: list[Any] | None = None,
-        per_teacher: dict[str, Any] | None = None) -> FitResult:
+        per_teacher: dict[str, Any] | None = None, rows: int | None = None) -> FitResult:
     """Train ``spec``'s model on ``train_ds`` with Ray Train and copy the chosen model file to ``out_path``.
 
     The chosen model is the best by validation Dice when ``val_ds`` is given, else the last epoch's. The last
@@ -319,6 +342,8 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     ``callbacks`` are Ray Train ``UserCallback`` objects (e.g. a search trial's epoch reporter, ``search/trials.py``);
     in local mode, where Ray Train runs none, the loop calls their ``after_report`` itself. ``per_teacher``: the
     student learns from each teacher's map (``train_step``), the rows of ``train_ds`` holding ``teachers``.
+    ``rows``: the training rows of one pass over ``train_ds`` (cases; 3D: cases x patches_per_case), from which
+    ``training.min_steps`` sets the passes of an epoch (:func:`passes_per_epoch`); needed when ``min_steps`` is set.
     """
     import shutil
 
@@ -329,6 +354,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
     from nakt_ray.runtime.cluster import cluster_has_gpus
     from nakt_ray.runtime.storage import absolute, is_uri
 
+    passes = passes_per_epoch(training, rows)  # (before anything starts: a missing row count fails here)
     use_gpu = training.use_gpu if training.use_gpu is not None else cluster_has_gpus()
     resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     datasets = {"train": train_ds, **({"val": val_ds} if val_ds is not None else {})}
@@ -347,7 +373,7 @@ def fit(spec: ModelSpec, train_ds: Any, training: TrainingConfig, *, out_path: s
                            "mlflow": asdict(logger) if logger else None, "local_checkpoint_dir": local_dir,
                            "local_callbacks": callbacks if training.num_workers == 0 else None,
                            "init_state": ray.put(init_state) if init_state is not None else None,
-                           "per_teacher": per_teacher},
+                           "per_teacher": per_teacher, "passes": passes},
         scaling_config=ray.train.ScalingConfig(num_workers=training.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

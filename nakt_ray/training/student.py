@@ -113,10 +113,11 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
                       training: Any, out_path: Path, tags: dict[str, str], params: dict[str, Any], resume: bool,
                       alias: str | None, init_state: Any = None, state: dict[str, Any] | None = None,
                       run_tags: dict[str, str] | None = None, callbacks: list[Any] | None = None,
-                      per_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+                      per_teacher: dict[str, Any] | None = None, rows: int | None = None) -> dict[str, Any]:
     """One student training: MLflow run (resumed with its id when ``resume``), Ray Train fit, registration.
 
     ``tags`` go to the run and the registered version; ``run_tags`` to the run only (e.g. a search's parent run).
+    ``rows``: training rows of one pass over ``train_ds`` (``training.min_steps``; ``loop.fit``).
     """
     import mlflow
 
@@ -131,7 +132,7 @@ def _fit_and_register(cfg: RunConfig, *, stage: str, label: str, spec: Any, trai
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
         result = fit(spec, train_ds, training, out_path=out_path, storage=cfg.train_storage,
                      name=label, val_ds=val_ds, logger=logger, run_name=state["ray_train_name"],
-                     init_state=init_state, callbacks=callbacks, per_teacher=per_teacher)
+                     init_state=init_state, callbacks=callbacks, per_teacher=per_teacher, rows=rows)
         mlflow.log_metric("train_wall_s", result.wall_s)
         mlflow.log_artifact(str(out_path), artifact_path="student")
         uri = version = None
@@ -228,7 +229,8 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
                              train_ds=train_ds, val_ds=val_ds, training=tc, out_path=cfg.student_checkpoint,
                              tags=tags, params={"student.cases": cases}, resume=resume,
                              alias=cfg.tracking.alias if register else None, init_state=init_state, state=state,
-                             run_tags=run_tags, callbacks=callbacks, per_teacher=per_teacher)
+                             run_tags=run_tags, callbacks=callbacks, per_teacher=per_teacher,
+                             rows=cases * (tc.patches_per_case if cfg.spatial_dims == 3 else 1))
 
 
 def check_dimensions(cfg: RunConfig, manifest: dict[str, Any], src: str) -> None:
@@ -327,4 +329,5 @@ def finetune_student(cfg: RunConfig, start: str = "distilled", resume: bool = Fa
                              out_path=Path(cfg.run_dir) / "student" / name / "model.pt", tags=tags,
                              params={"finetune.cases": n - len(failed), "finetune.failed_cases": len(failed)},
                              resume=resume, alias=f"{cfg.tracking.alias}-finetuned" if start == "distilled" else None,
-                             init_state=init_state)
+                             init_state=init_state,
+                             rows=(n - len(failed)) * (tc.patches_per_case if cfg.spatial_dims == 3 else 1))

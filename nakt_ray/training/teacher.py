@@ -47,7 +47,8 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
                             tags={TAG_TEACHER: teacher.name}) as run:
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
         result = fit(spec, train_ds, tc, out_path=out_path, storage=cfg.train_storage,
-                     name=f"teacher-{teacher.name}", val_ds=val_ds, logger=logger)
+                     name=f"teacher-{teacher.name}", val_ds=val_ds, logger=logger,
+                     rows=(n - len(failed)) * (tc.patches_per_case if dims == 3 else 1))
         mlflow.log_metric("train_wall_s", result.wall_s)
         mlflow.log_artifact(str(out_path), artifact_path="teacher")
         if failed:
