@@ -454,3 +454,43 @@ def test_pixel_agreement_counts_background_for_an_uncovered_class_as_agreement()
     # pixel 0: both say background of bg -> 1; pixel 1: A liver, B its background (liver is not B's) -> 1;
     # pixel 2: A liver (spleen is in A's background: disagrees), B spleen -> 0.5; pixel 3: A liver, B spleen -> 0.5
     np.testing.assert_array_equal(pixel_agreement([a, b], target, coverage), [[1.0, 1.0, 0.5, 0.5]])
+
+
+def _agreement_pair_by_pair(arrays: list[np.ndarray], cov: np.ndarray) -> np.ndarray:
+    """The definition, one pair of teachers at a time (what the vectorised kernel replaces)."""
+    from nakt_ray.fusion.partial import union_labels
+    from nakt_ray.metrics import dice_per_class
+
+    labels = [union_labels(p.argmax(axis=-3), cov[t]) for t, p in enumerate(arrays)]
+    scores = []
+    for a in range(len(arrays)):
+        for b in range(a + 1, len(arrays)):
+            shared = cov[a] & cov[b]
+            shared[0] = False
+            if shared.any():
+                la = np.where(shared[labels[a]], labels[a], 0)
+                lb = np.where(shared[labels[b]], labels[b], 0)
+                scores.append(dice_per_class(la, lb, cov.shape[1])[..., shared].mean(axis=-1))
+    return np.mean(scores, axis=0) if scores else np.ones(arrays[0].shape[:-3])
+
+
+def test_agreement_of_all_pairs_at_once_equals_the_pair_by_pair_definition() -> None:
+    """Random teachers (1-6), classes (2-5), coverages, batches and sizes, empty classes included."""
+    from nakt_ray.fusion import pairwise_dice_partial
+
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        t, c, b = int(rng.integers(1, 7)), int(rng.integers(2, 6)), int(rng.integers(1, 4))
+        h, w = int(rng.integers(1, 9)), int(rng.integers(1, 9))
+        full = rng.random((b, t, c, h, w)) ** 4
+        full /= full.sum(axis=2, keepdims=True)
+        every = np.ones((t, c), bool)
+        np.testing.assert_allclose(pairwise_dice(full), _agreement_pair_by_pair(list(full.swapaxes(0, 1)), every))
+        cov = rng.random((t, c)) < 0.6
+        cov[:, 0] = True
+        for i in range(t):
+            cov[i, rng.integers(1, c)] |= not cov[i, 1:].any()
+        for k in range(1, c):
+            cov[rng.integers(0, t), k] |= not cov[:, k].any()
+        arrays = [rng.random((b, int(cov[i].sum()), h, w)) for i in range(t)]
+        np.testing.assert_allclose(pairwise_dice_partial(arrays, cov), _agreement_pair_by_pair(arrays, cov))

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from nakt_ray.fusion.quality import agreement_from_labels
 from nakt_ray.fusion.rules import (
     FUSION_RULES,
     _as_float_array,
@@ -39,7 +40,6 @@ from nakt_ray.fusion.rules import (
     fuse,
     teacher_confidence,
 )
-from nakt_ray.metrics import dice_per_class
 
 __all__ = [
     "check_coverage",
@@ -439,18 +439,8 @@ def pairwise_dice_partial(probs: Sequence[np.ndarray], coverage: np.ndarray | No
     """
     arrays = [np.asarray(p) for p in probs]
     cov = (np.ones((len(arrays), arrays[0].shape[-3]), bool) if coverage is None else check_coverage(coverage))
-    labels = [union_labels(p.argmax(axis=-3), cov[t]) for t, p in enumerate(arrays)]
-    scores = []
-    for a in range(len(arrays)):
-        for b in range(a + 1, len(arrays)):
-            shared = cov[a] & cov[b]
-            shared[0] = False
-            if not shared.any():
-                continue
-            la = np.where(shared[labels[a]], labels[a], 0)
-            lb = np.where(shared[labels[b]], labels[b], 0)
-            scores.append(dice_per_class(la, lb, cov.shape[1])[..., shared].mean(axis=-1))
-    result = np.mean(scores, axis=0) if scores else np.ones(arrays[0].shape[:-3])
+    labels = np.stack([union_labels(p.argmax(axis=-3), cov[t]) for t, p in enumerate(arrays)], axis=-3)
+    result = agreement_from_labels(labels, cov)  # every pair at once (quality.agreement_from_labels)
     return float(result) if np.ndim(result) == 0 else np.asarray(result, dtype=np.float64)
 
 
