@@ -5,11 +5,10 @@ annotation run, distilled into one student, on HC18 (or any labeled folder: --da
     .venv/bin/python jobs/experiments/e8_mixed_sources.py --smoke    # same path, tiny: 2.3 min on 2 cores
     .venv/bin/python jobs/experiments/e8_mixed_sources.py --reuse    # keep runs/e8's teachers and annotation set
 
-Cost of the full run, estimated (not yet run in full; 2 cores): the nnU-Net teacher 60 s of planning and
-preprocessing and 353 s of training (12 x 50 iterations; measured in a probe on busy cores, val Dice 0.935), the
-SegResNet and AttentionUnet teachers ~100 + 75 s (E3's, 40 epochs), bundle and MLflow model ~5 s, the scoring server
-~12 s to start, annotation of 178 cases and evaluation of 116 cases x 6 models ~2 min each, the student ~100 s (24
-epochs, E3's): ~16 min, allow 30.
+Cost of the full run, measured 2026-12-07 on 2 cores with a test run beside it most of the time: 25.3 min in
+all, of which the nnU-Net teacher 284 s (plan and preprocess 25 s, training 254 s), the SegResNet and AttentionUnet
+teachers 258 + 224 s, the bundle, MLflow model and the scoring server's start ~17 s, annotation of 178 cases 110 s,
+the student 491 s and the evaluation of 116 cases x 6 models 115 s (docs/results.md, E8); alone, an estimated ~16 min.
 
 Protocol (``jobs/experiments/protocol.py``, seed 0, split by subject; 96x96 like E3): one teacher per site, each
 reaching the run through a different source kind (``nakt_ray/teachers/kinds/``):
