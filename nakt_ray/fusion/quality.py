@@ -47,7 +47,7 @@ def agreement_from_labels(labels: np.ndarray, coverage: np.ndarray, spatial_dims
         if not both.any():
             continue
         ind = (flat == k).astype(dtype)                    # [..., T, N]
-        inter = ind @ np.swapaxes(ind, -1, -2)             # [..., T, T]: |A_a ∩ A_b|
+        inter = (ind @ np.swapaxes(ind, -1, -2)).astype(np.float64)  # [..., T, T]: |A_a ∩ A_b|, exact counts
         size = np.diagonal(inter, axis1=-2, axis2=-1)      # [..., T]: |A_t|
         denom = size[..., :, None] + size[..., None, :]
         dice = np.where(denom > 0, 2.0 * inter / np.maximum(denom, 1), 1.0)
