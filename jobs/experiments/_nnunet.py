@@ -52,31 +52,29 @@ def on_grid(folder: Path, size: tuple[int, int], labels: list[str]) -> Iterator[
         yield case.case_id.replace("/", "__"), np.clip(np.rint(image[0]), 0, 255).astype(np.uint8), mask
 
 
-def write_folder(folder: Path, out: Path, size: tuple[int, int], labels: list[str]) -> int:
-    """``folder`` on the run's grid as a folder source (``out/images``, ``out/masks``, PNG); returns the cases."""
+def _write_pngs(folder: Path, images: Path, masks: Path, image_suffix: str, size: tuple[int, int],
+                labels: list[str]) -> int:
+    """Each case of ``folder`` on the run's grid as ``images/<id><image_suffix>.png`` and ``masks/<id>.png``."""
     from PIL import Image
 
-    for sub in ("images", "masks"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    for sub in (images, masks):
+        sub.mkdir(parents=True, exist_ok=True)
     n = 0
     for case_id, image, mask in on_grid(folder, size, labels):
-        Image.fromarray(image).save(out / "images" / f"{case_id}.png")
-        Image.fromarray(mask).save(out / "masks" / f"{case_id}.png")
+        Image.fromarray(image).save(images / f"{case_id}{image_suffix}.png")
+        Image.fromarray(mask).save(masks / f"{case_id}.png")
         n += 1
     return n
 
 
+def write_folder(folder: Path, out: Path, size: tuple[int, int], labels: list[str]) -> int:
+    """``folder`` on the run's grid as a folder source (``out/images``, ``out/masks``, PNG); returns the cases."""
+    return _write_pngs(folder, out / "images", out / "masks", "", size, labels)
+
+
 def write_raw(folder: Path, raw: Path, size: tuple[int, int], labels: list[str]) -> int:
     """``folder`` as nnU-Net's raw 2D PNG dataset at ``raw`` (one grey channel, labels = class indices)."""
-    from PIL import Image
-
-    for sub in ("imagesTr", "labelsTr"):
-        (raw / sub).mkdir(parents=True, exist_ok=True)
-    n = 0
-    for case_id, image, mask in on_grid(folder, size, labels):
-        Image.fromarray(image).save(raw / "imagesTr" / f"{case_id}_0000.png")
-        Image.fromarray(mask).save(raw / "labelsTr" / f"{case_id}.png")
-        n += 1
+    n = _write_pngs(folder, raw / "imagesTr", raw / "labelsTr", "_0000", size, labels)
     if n < 5:  # nnU-Net's planning and its 5-fold split want at least 5 cases
         raise SystemExit(f"{folder}: {n} labeled cases; an nnU-Net dataset needs at least 5")
     dataset = {"channel_names": {"0": "ultrasound"},  # not CT: nnU-Net z-scores each image, as nakt's teachers do
