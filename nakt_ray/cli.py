@@ -150,12 +150,25 @@ def cmd_annotate(args: argparse.Namespace) -> int:
                          storage.join(summary["output"], "errors.json"), args.max_failed)
 
 
+def _parse_weights(text: str) -> list[float] | list[list[float]]:
+    """``2,1,1`` -> one weight per teacher; ``1,1,0.2;1,0.5,1`` -> per-class weights, one row per teacher."""
+    from nakt_ray.errors import ConfigError, error, expected
+
+    try:
+        rows = [[float(w) for w in row.split(",")] for row in text.split(";")]
+    except ValueError:
+        raise error(ConfigError, "--weights", expected(
+            text, "numbers separated by ',' (one per teacher), or rows separated by ';' (one per teacher, one "
+                  "weight per label)")) from None
+    return rows if ";" in text else rows[0]
+
+
 def cmd_fuse(args: argparse.Namespace) -> int:
     from nakt_ray.annotation.re_fuse import re_fuse
     from nakt_ray.config import RayConfig
     from nakt_ray.runtime.cluster import init_ray
 
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = _parse_weights(args.weights) if args.weights else None
     _quiet(Path(args.output).resolve().parent / "logs")  # beside the output: re_fuse wants an empty folder
     init_ray(RayConfig(address=args.ray_address))
     say(json.dumps(re_fuse(args.annotations, args.output, args.rule, weights), indent=2))
@@ -357,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for the re-fused set")
     p.add_argument("--rule", required=True,
                    help="mean, weighted_mean, majority_vote, staple or confidence_weighted")
-    p.add_argument("--weights", help="comma-separated, one per teacher in the set's order, e.g. 2,1,1")
+    p.add_argument("--weights", help="comma-separated, one per teacher in the set's order, e.g. 2,1,1; or per-class "
+                   "weights: one row per teacher separated by ';', one weight per label, e.g. 1,1,0.2;1,0.5,1")
     p.add_argument("--ray-address", help="join a running Ray cluster ('auto')")
     p.set_defaults(fn=cmd_fuse)
 

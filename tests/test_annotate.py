@@ -18,6 +18,7 @@ from nakt_ray.annotation.pools import EnsemblePredictor, TeacherPredictor, pool_
 from nakt_ray.data.datasets import decode_batch
 from nakt_ray.data.readers import list_cases
 from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError
+from nakt_ray.fusion import fuse
 
 
 def _batch(cases):
@@ -256,6 +257,21 @@ def test_re_fuse_changes_fusion_without_any_teacher(annotated, tmp_path):
     assert manifest["fused_from"] == str(cfg.annotations_dir.resolve())
     with pytest.raises(ValueError, match="3 weights given but annotation set .* holds 2 teachers"):
         re_fuse(cfg.annotations_dir, tmp_path / "bad", "weighted_mean", [1.0, 1.0, 1.0])
+    # per-class weights: t1 counts where it says background, t2 where it says head. These random teachers disagree,
+    # so the set moves away from the mean, to the rule applied to the stored maps.
+    rows = [[1.0, 0.0], [0.0, 1.0]]
+    assert re_fuse(cfg.annotations_dir, tmp_path / "per_class", "weighted_mean", rows)["ok"] == 5
+    stored_t1, moved = by_case(cfg.annotations_dir, "prob__t1"), 0.0
+    mean_soft = by_case(cfg.annotations_dir, "soft_label")
+    for case, soft in by_case(tmp_path / "per_class", "soft_label").items():
+        if soft:
+            maps = np.stack([ann.dequantize(ann.from_bytes([s[case]], (2, 32, 32), "uint8")[0])
+                             for s in (stored_t1, stored_t2)])
+            got = ann.dequantize(ann.from_bytes([soft], (2, 32, 32), "uint8")[0])
+            assert np.abs(got - fuse(maps, "weighted_mean", rows)).max() <= 2.5 / 255
+            before = ann.dequantize(ann.from_bytes([mean_soft[case]], (2, 32, 32), "uint8")[0])
+            moved = max(moved, float(np.abs(got - before).max()))
+    assert moved > 0.05
 
 
 def test_decode_batch_reads_slices_of_a_volume(tmp_path):

@@ -132,6 +132,25 @@ def test_re_fusion_works_unchanged_with_label_sets(label_set_run, tmp_path):
         assert (hard[sure] == expected_label(image)[sure]).all()
     weighted = re_fuse(cfg.annotations_dir, tmp_path / "weighted", "weighted_mean", [1.0, 1.0, 0.0])
     assert weighted["ok"] == 6
+    # per-class weights (one row per teacher, one weight per union label): "both" counts for little where it says
+    # ventricle. The stored fused label is the rule applied to the stored maps (these teachers agree, so it is close
+    # to the mean too; tests/test_annotate.py has teachers that disagree).
+    from nakt_ray.fusion.partial import fuse_teachers
+
+    rows = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.05]]
+    per_class = re_fuse(cfg.annotations_dir, tmp_path / "per_class", "weighted_mean", rows)
+    assert per_class["ok"] == 6 and ann.read_manifest(tmp_path / "per_class")["fusion"]["weights"] == rows
+    shapes = {"bright": 2, "dark": 2, "both": 3}
+    cov = ann.coverage(ann.read_manifest(cfg.annotations_dir))
+    for row in ann.read_table(tmp_path / "per_class").to_pylist():
+        maps = [ann.dequantize(ann.from_bytes([row[ann.prob_column(n)]], (c, 32, 32), "uint8")[0])
+                for n, c in shapes.items()]
+        soft = ann.dequantize(ann.from_bytes([row["soft_label"]], (3, 32, 32), "uint8")[0])
+        assert np.abs(soft - fuse_teachers(maps, cov, "weighted_mean", rows)).max() <= 2.5 / 255
+    with pytest.raises(ConfigError, match="staple.*per-teacher weights only"):
+        re_fuse(cfg.annotations_dir, tmp_path / "staple_rows", "staple", rows)
+    with pytest.raises(ConfigError, match="3 rows of 3 weights, one per label"):
+        re_fuse(cfg.annotations_dir, tmp_path / "short_rows", "weighted_mean", [[1.0, 1.0]] * 3)
 
 
 def test_a_three_class_student_evaluated_per_class_and_predicting_with_a_legend(label_set_run, tmp_path):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import TINY_UNET, tiny_raw_config
@@ -60,7 +61,8 @@ def _search_raw(annotated, tmp_path: Path, synthetic_dirs, **tune) -> dict:
                        "training.augment_strength": {"uniform": [0.0, 1.5]},
                        "student.arch_args.channels": {"choice": [[4, 8], [8, 8]]},
                        "fusion.rule": {"choice": ["weighted_mean", "staple"]},
-                       "fusion.weights": {"simplex": 2}}, **tune}
+                       "fusion.weights": {"simplex": 2},
+                       "fusion.class_weights.1.1": {"uniform": [0.0, 1.0]}}, **tune}
     return raw
 
 
@@ -80,6 +82,9 @@ def test_smoke_search_registers_the_champion_with_child_runs_and_artifacts(annot
     assert all(0 <= r["best"] <= 1 for r in rows)
     weights = {tuple(round(w, 4) for w in r["values"]["fusion.weights"]) for r in rows}
     assert len(weights) == 3 and all(sum(w) == pytest.approx(1, abs=1e-3) for w in weights)
+    for r in rows:  # t2's weight where it says head, searched; STAPLE learns per-class reliability and drops it
+        cw = r["values"]["fusion.class_weights"]
+        assert cw is None if r["values"]["fusion.rule"] == "staple" else (cw[0] == [1.0, 1.0] and 0 <= cw[1][1] <= 1)
 
     # MLflow: one parent run (stage tune), one child run per trial holding its epochs
     client = MlflowClient(tracking_uri(cfg))
@@ -114,7 +119,9 @@ def test_smoke_search_registers_the_champion_with_child_runs_and_artifacts(annot
     assert tags["nakt.tune_trial_id"] == best["trial_id"] and tags["nakt.teachers"] == "t1,t2"
     trial_config = json.loads(tags["nakt.tune_trial_config"])
     assert trial_config["fusion"]["rule"] == best["values"]["fusion.rule"] == tags["nakt.fusion_rule"]
-    assert json.loads(tags["nakt.fusion_weights"]) == pytest.approx(best["values"]["fusion.weights"])
+    w, cw = best["values"]["fusion.weights"], best["values"]["fusion.class_weights"]
+    effective = np.array(w)[:, None] * np.array(cw) if cw else np.array(w)  # what fusion took (FusionConfig)
+    assert np.allclose(json.loads(tags["nakt.fusion_weights"]), effective)
     assert json.loads(tags["nakt.tune_values"])["training.lr"] == pytest.approx(best["values"]["training.lr"])
     assert parent.data.tags["nakt.champion_trial"] == best["trial_id"]
 

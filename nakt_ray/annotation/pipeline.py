@@ -284,7 +284,7 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
                              uri, cfg.spatial_dims, cfg.data.label_aliases)
     t_probe = time.perf_counter() - t_probe
     cases = cases_for(list_volume_cases(source) if volumes else list_cases(source), cfg.data.pseudonymize)
-    weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
+    weights = cfg.fusion.effective_weights()
     if volumes:
         manifest = volume_manifest(cfg, source, records)
     else:

@@ -15,13 +15,16 @@ from typing import Any
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.errors import ConfigError, error, expected
+from nakt_ray.fusion.partial import check_rule
+from nakt_ray.fusion.rules import per_class
 
 
-def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights: list[float] | None = None,
-            batch_size: int = 32) -> dict[str, Any]:
+def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str,
+            weights: list[float] | list[list[float]] | None = None, batch_size: int = 32) -> dict[str, Any]:
     """Write ``output``: the set in ``annotations_dir`` re-fused by ``rule``/``weights`` (one weight per teacher,
-    in the set's order) from its stored per-teacher maps, in Ray Data tasks of ``batch_size`` rows. Returns a
-    summary (cases, ok, rule, weights, source, output, wall_s)."""
+    in the set's order, or one row per teacher of one weight per label of the set: per-class weights) from its
+    stored per-teacher maps, in Ray Data tasks of ``batch_size`` rows. Returns a summary (cases, ok, rule, weights,
+    source, output, wall_s)."""
     from nakt_ray.annotation.parquet import read_parquet
     from nakt_ray.fusion import FUSION_RULES
     from nakt_ray.runtime.cluster import LIGHT_CPU
@@ -34,6 +37,16 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str, weights:
     if weights is not None and len(weights) != len(teachers):
         raise error(ConfigError, f"fusion weights {weights}", f"{len(weights)} weights given but annotation set "
                     f"{str(src)!r} holds {len(teachers)} teachers ({', '.join(teachers)})")
+    if per_class(weights):
+        labels = manifest["labels"]
+        if any(not isinstance(row, (list, tuple)) or len(row) != len(labels) for row in weights):
+            raise error(ConfigError, f"fusion weights {weights}", expected(
+                weights, f"{len(teachers)} rows of {len(labels)} weights, one per label of annotation set "
+                         f"{str(src)!r} ({', '.join(labels)})"))
+    try:  # the rule's own checks (weights it refuses or needs, their values), before any Ray task
+        check_rule(rule, weights, len(teachers), len(manifest["labels"]))
+    except ValueError as err:
+        raise error(ConfigError, f"fusion rule {rule!r} with weights {weights}", str(err)) from None
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"fusion output {str(out_dir)!r} is not empty; remove it or choose another")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def volume_manifest(cfg: RunConfig, source: str, records: list[dict[str, Any]]) 
     ``preprocess`` holds the volume preprocessing, so a resume checks it as it checks an image run's."""
     from nakt_ray.config.convert import to_plain
 
-    weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
+    weights = cfg.fusion.effective_weights()
     return {
         "schema_version": ann.SCHEMA_VERSION_VOLUMES, "spatial_dims": 3,
         "transferal": str(Path(source).resolve()), "labels": list(cfg.data.labels),
@@ -192,7 +192,7 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
     ds = add_teacher_pools(ds, teachers, records, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
                            cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
                            predictor_kwargs={"out_dir": out_dir, "spatial_dims": 3})
-    weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
+    weights = cfg.fusion.effective_weights()
     return ds.map_batches(fuse_cases, batch_size=1, num_cpus=LIGHT_CPU, compute=light,
                           fn_kwargs=dict(out_dir=out_dir, teachers=[t.name for t in teachers], rule=cfg.fusion.rule,
                                          weights=weights, coverage=ann.coverage({"labels": cfg.data.labels,

@@ -12,6 +12,8 @@ base config with its sampled values set: a plain ``train-student`` config, with 
     fusion.rule:                {choice: [weighted_mean, staple]}
     fusion.weights:             {simplex: 3}                  # one weight per teacher, summing to 1
     # or per teacher: fusion.weights.0: {uniform: [0, 1]}     (unsearched teachers keep the base weight, or 1)
+    fusion.class_weights.0.2:   {uniform: [0, 1]}             # teacher 0's weight where it says label 2
+    # (per-class weights: unsearched entries keep the base fusion.class_weights, or 1; rules mean and staple drop them)
 
 Here: the syntax (:func:`parse_space`), the check that every trial the space can produce is a valid config
 (:func:`check_trials`, run by ``from_dict``), and the decoding of a trial's sampled parameters into config values
@@ -41,6 +43,7 @@ SEARCHABLE = ("training.", "student.", "fusion.")
 FIXED = {"training.num_workers", "training.cpus_per_worker", "training.use_gpu", "training.torch_threads",
          "training.max_failures", "training.epochs", "student.name", "student.annotations", "student.init"}
 RULES_WITHOUT_WEIGHTS = ("mean",)
+RULES_WITHOUT_CLASS_WEIGHTS = ("mean", "staple")  # staple learns per-class reliability itself
 MAX_CHECKED_TRIALS = 200  # trial configs built at load time to check the space (choice combinations x bounds)
 
 
@@ -180,6 +183,7 @@ def trial_values(dists: list[Dist], params: dict[str, Any], base: RunConfig) -> 
     choices = {d.key: _decoded(d, params[d.key]) for d in dists if d.kind == "choice"}
     values: dict[str, Any] = {}
     weights: list[float] | None = None
+    class_weights: list[list[float]] | None = None
     for d in dists:
         if any(not any(same_value(choices[k], a) for a in allowed) for k, allowed in d.when):
             continue
@@ -193,16 +197,27 @@ def trial_values(dists: list[Dist], params: dict[str, Any], base: RunConfig) -> 
             index = int(d.key.rsplit(".", 1)[1])
             if index < len(weights):
                 weights[index] = float(params[d.key])
+        elif d.key.startswith("fusion.class_weights."):
+            class_weights = class_weights or (
+                [list(r) for r in base.fusion.class_weights] if base.fusion.class_weights
+                else [[1.0] * len(base.data.labels) for _ in base.teachers])
+            t, c = (int(i) for i in d.key.split(".")[2:4])
+            if t < len(class_weights) and c < len(class_weights[t]):
+                class_weights[t][c] = float(params[d.key])
         else:
             values[d.key] = int(params[d.key]) if d.kind == "randint" else float(params[d.key])
     if weights is not None:
         values["fusion.weights"] = weights
+    if class_weights is not None:
+        values["fusion.class_weights"] = class_weights
     if values.get("student.arch", base.student.arch) != base.student.arch and "student.arch_args" not in values:
         values = {"student.arch_args": {}, **values}  # the base arch_args belong to the base architecture
     if any(d.key.startswith("fusion.") for d in dists):
         rule = values.get("fusion.rule", base.fusion.rule)
         if rule in RULES_WITHOUT_WEIGHTS and "fusion.weights" in values:
             values["fusion.weights"] = None
+        if rule in RULES_WITHOUT_CLASS_WEIGHTS and ("fusion.class_weights" in values or base.fusion.class_weights):
+            values["fusion.class_weights"] = None
     return values
 
 
@@ -259,6 +274,14 @@ def check_trials(cfg: RunConfig, prefix: str = "tune.space") -> None:
         if d.key.startswith("fusion.weights.") and int(d.key.rsplit(".", 1)[1]) >= n_teachers:
             raise error(ConfigError, f"config key '{prefix}[{d.key}]'",
                         expected(d.key, f"a teacher index below {n_teachers}"))
+        if d.key.startswith("fusion.class_weights"):
+            parts = d.key.split(".")[2:]
+            n_labels = len(cfg.data.labels)
+            if len(parts) != 2 or not all(x.isdigit() for x in parts) or int(parts[0]) >= n_teachers \
+                    or int(parts[1]) >= n_labels or d.kind not in ("uniform", "loguniform"):
+                raise error(ConfigError, f"config key '{prefix}[{d.key}]'", expected(
+                    d.key, f"fusion.class_weights.<teacher index below {n_teachers}>.<label index below "
+                           f"{n_labels}> with a uniform or loguniform distribution"))
     rule = next((d for d in dists if d.key == "fusion.rule"), None)
     rules = set(rule.args) if rule else {cfg.fusion.rule}
     if any(d.key.startswith("fusion.weights") for d in dists) and rules <= set(RULES_WITHOUT_WEIGHTS):

@@ -33,16 +33,20 @@ import numpy as np
 from nakt_ray.fusion.quality import agreement_from_labels
 from nakt_ray.fusion.rules import (
     FUSION_RULES,
+    STAPLE_PER_CLASS,
     _as_float_array,
     _check_probabilities,
     _finish,
+    _validate_class_weights,
     _validate_weights,
     fuse,
+    per_class,
     teacher_confidence,
 )
 
 __all__ = [
     "check_coverage",
+    "check_rule",
     "coarsen_to_teacher",
     "coverage_from_classes",
     "expand_to_union",
@@ -218,8 +222,10 @@ def _own_probs(probs: Sequence[np.ndarray] | np.ndarray, cov: np.ndarray) -> lis
     return own
 
 
-def _check_rule(rule: str, weights: Sequence[float] | np.ndarray | None) -> None:
-    """As :func:`nakt_ray.fusion.rules.fuse` checks its rule and weights."""
+def check_rule(rule: str, weights: Sequence[float] | np.ndarray | None, n_teachers: int | None = None,
+               n_classes: int | None = None) -> None:
+    """As :func:`nakt_ray.fusion.rules.fuse` checks its rule and weights (and, given the numbers of teachers and
+    union classes, the weights' shape and values): ValueError naming what is wrong."""
     if rule not in FUSION_RULES:
         valid = sorted(FUSION_RULES)
         close = difflib.get_close_matches(str(rule), valid, n=1)
@@ -229,6 +235,13 @@ def _check_rule(rule: str, weights: Sequence[float] | np.ndarray | None) -> None
         raise ValueError('fusion rule "mean" takes no weights; use rule "weighted_mean" to weight teachers')
     if rule == "weighted_mean" and weights is None:
         raise ValueError('fusion rule "weighted_mean" needs weights (one per teacher); use "mean" for equal weights')
+    if rule == "staple" and per_class(weights):
+        raise ValueError(STAPLE_PER_CLASS)
+    if weights is not None and n_teachers is not None:
+        if per_class(weights):
+            _validate_class_weights(weights, n_teachers, n_classes)
+        else:
+            _validate_weights(weights, n_teachers)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -366,7 +379,10 @@ def fuse_partial(probs: Sequence[np.ndarray] | np.ndarray, coverage: np.ndarray,
         coverage: bool ``[T, K+1]``, see :func:`check_coverage`.
         rule: a name in :data:`nakt_ray.fusion.rules.FUSION_RULES`.
         weights: ``[T]`` per-teacher weights, as for :func:`nakt_ray.fusion.rules.fuse` (required by
-            ``weighted_mean``, refused by ``mean``).
+            ``weighted_mean``, refused by ``mean``), or ``[T, K+1]`` per-class weights over the union's classes
+            (not for ``staple``): teacher t's weight at a pixel is ``sum_j W[t, k_j] p_t(j)`` over its own classes
+            ``j`` (``k_j`` the union class of own class j; its background takes ``W[t, 0]``); the weights of the
+            classes it does not cover are unused.
 
     Returns:
         soft label ``[..., K+1, H, W]`` float32 summing to 1 over K+1. A class is fused over the teachers that
@@ -374,11 +390,15 @@ def fuse_partial(probs: Sequence[np.ndarray] | np.ndarray, coverage: np.ndarray,
         it does not cover), never for union background alone. A class that only weight-0 teachers cover gets 0.
         With full coverage this is ``rules.fuse(probs, rule, weights)``. Every rule but ``staple`` is per pixel.
     """
-    _check_rule(rule, weights)
+    check_rule(rule, weights)
     cov = check_coverage(coverage)
     own = _own_probs(probs, cov)
     n_teachers, n_classes = cov.shape
-    w = np.full(n_teachers, 1.0 / n_teachers) if weights is None else _validate_weights(weights, n_teachers)
+    class_w = _validate_class_weights(weights, n_teachers, n_classes) if per_class(weights) else None
+    if class_w is not None:
+        w = np.full(n_teachers, 1.0 / n_teachers)  # unused: the per-pixel weights below replace it
+    else:
+        w = np.full(n_teachers, 1.0 / n_teachers) if weights is None else _validate_weights(weights, n_teachers)
     cells = teacher_cells(cov)
     lead, spatial = own[0].shape[:-3], own[0].shape[-2:]
 
@@ -395,7 +415,12 @@ def fuse_partial(probs: Sequence[np.ndarray] | np.ndarray, coverage: np.ndarray,
                for p in own]
     flat = [np.moveaxis(p, -3, 0).reshape(p.shape[-3], -1) for p in own]  # [C_t, M], M = batch * H * W
     cell_probs = np.stack([f[cells[t]] for t, f in enumerate(flat)])  # [T, K+1, M]
-    pixel_w = np.broadcast_to(w[:, None], (n_teachers, cell_probs.shape[2]))
+    if class_w is None:
+        pixel_w = np.broadcast_to(w[:, None], (n_teachers, cell_probs.shape[2]))
+    else:  # sum over own classes j of W[t, union class of j] * p_t(j), then normalised over teachers
+        pixel_w = np.stack([class_w[t, np.flatnonzero(cov[t])] @ f for t, f in enumerate(flat)])
+        total = pixel_w.sum(axis=0)
+        pixel_w = np.where(total > 0, pixel_w / np.where(total > 0, total, 1.0), 1.0 / n_teachers)
     if rule == "confidence_weighted":  # the teacher's confidence over its own classes, as rules.teacher_confidence
         conf = np.stack([teacher_confidence(p[..., None, :, :, :]).reshape(-1) for p in own])
         pixel_w = conf * pixel_w

@@ -18,6 +18,13 @@ Rules (``FUSION_RULES``):
   normalised entropy, to the power :data:`CONFIDENCE_SHARPNESS`), times its weight when given. A teacher that is
   unsure where another is sure (e.g. on a contrast or scanner it never saw) yields there, with no labels needed.
 
+Weights are per teacher (``[T]``) or per teacher and class (``[T, C]``, ``weighted_mean``, ``majority_vote`` and
+``confidence_weighted``). A per-class weight ``W[t, c]`` is teacher t's weight *where it says class c*: at a pixel
+its weight is ``sum_c W[t, c] p_t(c)`` (the weight of its vote's class for ``majority_vote``), and the rule is then
+the per-pixel weighted one. Constant rows give the per-teacher rule; a teacher good at one structure and poor at
+another counts where it claims the first. STAPLE learns a per-class confusion matrix per teacher itself and takes
+per-teacher weights only (``docs/fusion.md``, "Per-class weights").
+
 The quality figures of a case (agreement, entropy, hard label) are in :mod:`nakt_ray.fusion.quality`.
 """
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "staple",
     "confidence_weighted",
     "teacher_confidence",
+    "per_class",
     "CONFIDENCE_SHARPNESS",
 ]
 
@@ -47,6 +55,9 @@ _SUM_TOL = 1e-2
 # lets the surest teacher dominate. 4 was the best of 1, 2, 4, 8, 16 in Dice of the fused label on E5's validation
 # volumes (3D brain MR, three teachers each trained on one contrast; docs/decisions.md 55), 8 and 16 within 0.01.
 CONFIDENCE_SHARPNESS = 4.0
+STAPLE_PER_CLASS = ("fusion rule \"staple\" takes per-teacher weights only ([T]); it learns each teacher's per-class "
+                    "reliability itself (a confusion matrix). Per-class weights ([T, C]) are for weighted_mean, "
+                    "majority_vote and confidence_weighted")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -125,6 +136,46 @@ def _validate_weights(weights: Sequence[float] | np.ndarray, n_teachers: int) ->
     return w / w.sum()
 
 
+def _validate_class_weights(weights: Sequence[Sequence[float]] | np.ndarray, n_teachers: int,
+                            n_classes: int) -> np.ndarray:
+    """Check per-teacher, per-class weights and return them as float64 ``[T, C]`` (not normalised: only the
+    per-pixel weights they give are, in :func:`_pixel_weights`)."""
+    try:
+        w = np.asarray(weights, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"per-class weights must be {n_teachers} rows (one per teacher) of {n_classes} numbers (one "
+                         f"per class, background first); got {weights!r}") from None
+    if w.shape != (n_teachers, n_classes):
+        raise ValueError(f"per-class weights must have shape [T, C] = [{n_teachers}, {n_classes}] (one row per "
+                         f"teacher, one weight per class, background first); got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"weights must be finite; got {w.tolist()}")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be non-negative; got {w.tolist()}")
+    if w.sum() <= 0:
+        raise ValueError(f"weights must not all be zero; got {w.tolist()}")
+    return w
+
+
+def per_class(weights: Sequence[float] | Sequence[Sequence[float]] | np.ndarray | None) -> bool:
+    """Whether ``weights`` are per teacher and class (rows of weights) rather than per teacher or absent."""
+    if weights is None:
+        return False
+    if isinstance(weights, np.ndarray):
+        return weights.ndim >= 2
+    return any(isinstance(r, (list, tuple, np.ndarray)) for r in weights)
+
+
+def _pixel_weights(per_teacher_probs: np.ndarray, class_weights: np.ndarray) -> np.ndarray:
+    """Per-pixel teacher weights ``[..., T, 1, H, W]`` from ``[T, C]`` per-class weights: ``sum_c W[t, c] p_t(c)``,
+    normalised to sum 1 over T at every pixel; a pixel where every teacher's weight is 0 (each claims only classes
+    it is weighted 0 for) falls back to equal weights."""
+    pw = np.einsum("tc,...tchw->...thw", class_weights, per_teacher_probs)[..., None, :, :]
+    total = pw.sum(axis=-4, keepdims=True)
+    n_teachers = per_teacher_probs.shape[-4]
+    return np.where(total > 0, pw / np.where(total > 0, total, 1.0), 1.0 / n_teachers)
+
+
 def _finish(soft: np.ndarray) -> np.ndarray:
     """Renormalise over the class axis (removes the input's rounding slack) and cast to float32."""
     soft = np.clip(soft, 0.0, None)
@@ -160,12 +211,15 @@ def weighted_mean(probs: np.ndarray, weights: Sequence[float] | np.ndarray) -> n
     Args:
         probs: ``[T, C, H, W]`` or ``[..., T, C, H, W]`` per-teacher class probabilities.
         weights: ``[T]`` non-negative, not all zero; normalised to sum 1 here, so only ratios matter.
-            ``[1, 0, 0]`` returns teacher 0's probabilities.
+            ``[1, 0, 0]`` returns teacher 0's probabilities. Or ``[T, C]`` per-class weights (module docstring).
 
     Returns:
         soft label ``[C, H, W]`` / ``[..., C, H, W]`` float32, summing to 1 over C.
     """
     arr = _validate_probs(probs)
+    if per_class(weights):
+        pw = _pixel_weights(arr, _validate_class_weights(weights, arr.shape[-4], arr.shape[-3]))
+        return _finish((arr * pw).sum(axis=-4))
     w = _validate_weights(weights, arr.shape[-4])
     return _finish(np.einsum("t,...tchw->...chw", w, arr))
 
@@ -179,7 +233,8 @@ def majority_vote(probs: np.ndarray, weights: Sequence[float] | np.ndarray | Non
 
     Args:
         probs: ``[T, C, H, W]`` or ``[..., T, C, H, W]`` per-teacher class probabilities.
-        weights: optional ``[T]`` non-negative vote weights (normalised here); ``None`` = one vote each.
+        weights: optional ``[T]`` non-negative vote weights (normalised here); ``None`` = one vote each. Or
+            ``[T, C]``: a teacher's vote for class c weighs ``W[t, c]``.
 
     Returns:
         soft label ``[C, H, W]`` / ``[..., C, H, W]`` float32, summing to 1 over C; values are multiples
@@ -187,8 +242,11 @@ def majority_vote(probs: np.ndarray, weights: Sequence[float] | np.ndarray | Non
     """
     arr = _validate_probs(probs)
     n_teachers, n_classes = arr.shape[-4], arr.shape[-3]
-    w = np.full(n_teachers, 1.0 / n_teachers) if weights is None else _validate_weights(weights, n_teachers)
     votes = _one_hot(arr.argmax(axis=-3), n_classes)  # [..., T, C, H, W]
+    if per_class(weights):
+        pw = _pixel_weights(votes, _validate_class_weights(weights, n_teachers, n_classes))
+        return _finish((votes * pw).sum(axis=-4))
+    w = np.full(n_teachers, 1.0 / n_teachers) if weights is None else _validate_weights(weights, n_teachers)
     return _finish(np.einsum("t,...tchw->...chw", w, votes))
 
 
@@ -300,6 +358,8 @@ def staple(
         summing to 1 over C.
     """
     arr = _validate_probs(probs)
+    if per_class(weights):
+        raise ValueError(STAPLE_PER_CLASS)
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}")
     if not (np.isfinite(tol) and tol >= 0):
@@ -340,7 +400,8 @@ def confidence_weighted(probs: np.ndarray, weights: Sequence[float] | np.ndarray
     Args:
         probs: ``[T, C, H, W]`` or ``[..., T, C, H, W]`` per-teacher class probabilities.
         weights: optional ``[T]`` non-negative per-teacher weights (normalised here), multiplied into the
-            confidences; ``None`` = equal.
+            confidences; ``None`` = equal. Or ``[T, C]`` per-class weights, whose per-pixel weights (module
+            docstring) are multiplied in.
         sharpness: the exponent; 0 gives :func:`weighted_mean` (or :func:`mean`).
         confidence: :func:`teacher_confidence` of ``probs`` when already computed (``sharpness`` is then unused).
 
@@ -349,9 +410,12 @@ def confidence_weighted(probs: np.ndarray, weights: Sequence[float] | np.ndarray
     """
     arr = _validate_probs(probs)
     n_teachers = arr.shape[-4]
-    w = np.full(n_teachers, 1.0 / n_teachers) if weights is None else _validate_weights(weights, n_teachers)
     confidence = teacher_confidence(arr, sharpness) if confidence is None else confidence
-    per_pixel = confidence * w[:, None, None, None]  # [..., T, 1, H, W]
+    if per_class(weights):
+        per_pixel = confidence * _pixel_weights(arr, _validate_class_weights(weights, n_teachers, arr.shape[-3]))
+    else:
+        w = np.full(n_teachers, 1.0 / n_teachers) if weights is None else _validate_weights(weights, n_teachers)
+        per_pixel = confidence * w[:, None, None, None]  # [..., T, 1, H, W]
     return _finish((arr * per_pixel).sum(axis=-4) / per_pixel.sum(axis=-4))
 
 
@@ -372,8 +436,9 @@ def fuse(
     Args:
         probs: ``[T, C, H, W]`` or ``[..., T, C, H, W]`` per-teacher class probabilities.
         rule: one of ``"mean"``, ``"weighted_mean"``, ``"majority_vote"``, ``"staple"``, ``"confidence_weighted"``.
-        weights: ``[T]`` per-teacher weights. Required by ``weighted_mean``, optional for ``majority_vote``,
-            ``staple`` and ``confidence_weighted``, refused by ``mean`` (use ``weighted_mean`` instead).
+        weights: ``[T]`` per-teacher weights, or ``[T, C]`` per-class weights (not for ``staple``). Required by
+            ``weighted_mean``, optional for ``majority_vote``, ``staple`` and ``confidence_weighted``, refused by
+            ``mean`` (use ``weighted_mean`` instead).
 
     Returns:
         soft label ``[C, H, W]`` / ``[..., C, H, W]`` float32, summing to 1 over C.

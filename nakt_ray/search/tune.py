@@ -230,7 +230,7 @@ def _register_champion(cfg: RunConfig, best: dict[str, Any], manifest: dict[str,
     from nakt_ray.training.student import lineage_tags, register_student
 
     trial_cfg = best["config"]
-    weights = list(trial_cfg.fusion.weights) if trial_cfg.fusion.weights else None
+    weights = trial_cfg.fusion.effective_weights()
     sections = {k: trial_cfg.to_dict()[k] for k in ("student", "fusion", "training")}
     tags = {**lineage_tags(manifest, src, trial_cfg.fusion.rule, weights),
             TAG_TUNE_PARENT_RUN_ID: parent_run_id, TAG_TUNE_TRIAL_ID: best["trial_id"],

@@ -39,7 +39,7 @@ def annotation_fingerprint(annotations_dir: str | Path) -> str:
 
 
 def lineage_tags(manifest: dict[str, Any], annotations_dir: str | Path, rule: str,
-                 weights: list[float] | None) -> dict[str, str]:
+                 weights: list[float] | list[list[float]] | None) -> dict[str, str]:
     teachers = manifest["teachers"]
     return {
         TAG_TEACHERS: ",".join(t["name"] for t in teachers),
@@ -190,9 +190,9 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
         raise ValueError(f"annotation set {str(src)!r} has labels {manifest['labels']}; the config says "
                          f"{list(cfg.data.labels)}")
     rule = cfg.fusion.rule
-    weights = list(cfg.fusion.weights) if cfg.fusion.weights else None
+    weights = cfg.fusion.effective_weights()
     if weights is not None and len(weights) != len(manifest["teachers"]):
-        raise ValueError(f"fusion.weights has {len(weights)} values but annotation set {str(src)!r} holds "
+        raise ValueError(f"fusion weights have {len(weights)} rows but annotation set {str(src)!r} holds "
                          f"{len(manifest['teachers'])} teachers")
     needs_re_fusion = manifest["fusion"] != {"rule": rule, "weights": weights}
     per_teacher = None
