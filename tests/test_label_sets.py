@@ -154,14 +154,25 @@ def test_re_fusion_works_unchanged_with_label_sets(label_set_run, tmp_path):
 
 
 def test_a_three_class_student_evaluated_per_class_and_predicting_with_a_legend(label_set_run, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     from nakt_ray.evaluation.evaluate import ENSEMBLE, evaluate
     from nakt_ray.inference.predict import predict_folder
-    from nakt_ray.training.student import train_student
+    from nakt_ray.tracking import tracking_uri
+    from nakt_ray.training.student import resolved_target, train_student
 
     cfg, _, data = label_set_run
+    assert cfg.fusion.target == "auto"
     result = train_student(cfg)
     student = result["model_path"]
     assert result["metrics"]["epoch"] == 0 and "val_dice" in result["metrics"]
+    # the default target: teachers with different label sets learn through the partial-label loss (decision 69)
+    params = MlflowClient(tracking_uri(cfg)).get_run(result["run_id"]).data.params
+    assert params["student.target"] == "teachers" and params["fusion.target"] == "auto"
+    manifest = ann.read_manifest(cfg.annotations_dir)
+    assert resolved_target("auto", manifest) == "teachers" and resolved_target("fused", manifest) == "fused"
+    full = {**manifest, "teachers": [{**t, "classes": [0, 1, 2]} for t in manifest["teachers"]]}
+    assert resolved_target("auto", full) == "fused"
     teachers = {t.name: str(t.checkpoint) for t in cfg.teachers}
     report = evaluate(cfg, {**teachers, "s": str(student)}, str(data), tmp_path / "eval", ensemble=list(teachers),
                       n_boot=50)

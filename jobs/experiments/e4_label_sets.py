@@ -359,7 +359,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["annotation_quality"] = annotation_quality(run_dir / "annotations", Path(folders["transferal_truth"]))
         # The default fusion; the best rule on val if it is another (re-fused at training time); and every
         # teacher's own map through the partial-label loss, no fusion at all (fusion.target: teachers).
-        fusions = {f"student_{rule}": {"rule": rule} for rule in ("mean", result["rule_search"]["best"])}
+        fusions = {f"student_{rule}": {"rule": rule, "target": "fused"}
+                   for rule in ("mean", result["rule_search"]["best"])}
         fusions[PARTIAL] = {"rule": "mean", "target": "teachers"}
         for name, fusion in fusions.items():
             scfg = config.from_dict({**raw, "fusion": fusion, "student": {**raw["student"], "name": name}})

@@ -196,7 +196,8 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
                          f"{len(manifest['teachers'])} teachers")
     needs_re_fusion = manifest["fusion"] != {"rule": rule, "weights": weights}
     per_teacher = None
-    if cfg.fusion.target == "teachers":  # each teacher's map, through the partial-label loss (loop.train_step)
+    target = resolved_target(cfg.fusion.target, manifest)
+    if target == "teachers":  # each teacher's map, through the partial-label loss (loop.train_step)
         classes = ann.teacher_classes(manifest)
         cov = [[k in c for k in range(len(manifest["labels"]))] for c in classes]
         per_teacher = {"coverage": cov, "weights": weights}
@@ -227,10 +228,18 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     init_state = _init_state(cfg.student.init, spec) if cfg.student.init else None
     return _fit_and_register(cfg, stage=stage, label=label, spec=spec,
                              train_ds=train_ds, val_ds=val_ds, training=tc, out_path=cfg.student_checkpoint,
-                             tags=tags, params={"student.cases": cases}, resume=resume,
+                             tags=tags, params={"student.cases": cases, "student.target": target}, resume=resume,
                              alias=cfg.tracking.alias if register else None, init_state=init_state, state=state,
                              run_tags=run_tags, callbacks=callbacks, per_teacher=per_teacher,
                              rows=cases * (tc.patches_per_case if cfg.spatial_dims == 3 else 1))
+
+
+def resolved_target(target: str, manifest: dict[str, Any]) -> str:
+    """``fusion.target`` for an annotation set: ``auto`` is ``teachers`` when the set's teachers predict different
+    label sets (the partial-label loss; docs/decisions.md 69), else ``fused``."""
+    if target != "auto":
+        return target
+    return "teachers" if ann.coverage(manifest) is not None else "fused"
 
 
 def check_dimensions(cfg: RunConfig, manifest: dict[str, Any], src: str) -> None:
