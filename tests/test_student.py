@@ -66,7 +66,10 @@ def test_student_with_every_loss_part_validation_metrics_and_early_stopping(anno
     cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
         epochs=5, lr=1e-9, hard_weight=0.5, kl_weight=0.5, agreement_weighting="pixel", val_metrics=["hd95", "nsd"],
         patience=1))
-    result = train_student(cfg)
+    from nakt_ray.training.small_data import SAFE_TRANSFERAL_CASES, SmallDataWarning
+
+    with pytest.warns(SmallDataWarning, match=rf"holds 5 cases, fewer than {SAFE_TRANSFERAL_CASES}.*E7"):
+        result = train_student(cfg)  # a 5-case transferal set: the small-data warning, and the run goes on
     m = result["metrics"]
     assert m["epoch"] == 1 and m["stopped_early"] == 1.0 and m["best_epoch"] == 0
     assert {"val_dice", "val_iou", "val_hd95", "val_nsd", "train_hard_loss", "train_kl_loss"} <= set(m)
