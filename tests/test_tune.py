@@ -235,7 +235,7 @@ def test_every_search_algorithm_keeps_to_max_concurrent_trials(ray_session, tmp_
     come from the searcher itself, or every trial starts at once (and on 2 CPUs their datasets starve)."""
     from ray import tune
 
-    from nakt_ray.search.tune import _search_alg
+    from nakt_ray.search.tune import build_search_alg
 
     cfg = config.from_dict(_raw(tmp_path, {"training.lr": {"uniform": [1e-3, 1e-2]}}, search_alg=alg, seed=1,
                                 num_samples=3, max_concurrent_trials=1))
@@ -248,7 +248,7 @@ def test_every_search_algorithm_keeps_to_max_concurrent_trials(ray_session, tmp_
         (log / f"{start:.6f}").write_text(str(time.time()))
         tune.report({"score": params["lr"]})
 
-    search_alg, _ = _search_alg(cfg)
+    search_alg, _ = build_search_alg(cfg)
     tune.Tuner(tune.with_resources(trial, {"cpu": 0.1}), param_space={"lr": tune.uniform(1e-3, 1e-2)},
                tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg, num_samples=3,
                                            max_concurrent_trials=cfg.tune.max_concurrent_trials),

@@ -34,7 +34,7 @@ Protocol (``jobs/experiments/protocol.py``, ``--seed`` 0: E3's split, val 58 ima
                 E3 (floored at 0.001) and the choice of the best teacher.
   search        a fusion-level search: Ray Tune over ``fusion.weights: {simplex: 12}`` (decoded by
                 ``nakt_ray.config.space.trial_values``: the normalised -log of 12 uniform draws, as ``nakt tune``
-                does), built by nakt's own ``search.tune._search_alg`` (Optuna TPE, seeded; ``--random-trials``
+                does), built by nakt's own ``search.tune.build_search_alg`` (Optuna TPE, seeded; ``--random-trials``
                 more with Tune's BasicVariantGenerator, the same seed), one trial at a time, ``--trials`` (64)
                 each. A trial's objective is the foreground Dice (mean over val's cases, on the preprocessed grid)
                 of the hard label of val's stored maps re-fused with its weights (``weighted_mean``, the maths of
@@ -220,14 +220,14 @@ def run_search(alg: str, trials: int, seed: int, raw: dict, val: dict[str, Any],
 
     from nakt_ray import config
     from nakt_ray.config.space import parse_space, trial_values
-    from nakt_ray.search.tune import _search_alg, tune_domains
+    from nakt_ray.search.tune import build_search_alg, tune_domains
 
     space = {"fusion.weights": {"simplex": len(val["names"])}}
     cfg = config.from_dict({**raw, "fusion": {"rule": "weighted_mean", "weights": [1.0] * len(val["names"])},
                             "tune": {"search_alg": alg, "seed": seed, "num_samples": trials,
                                      "max_concurrent_trials": 1, "metric": METRIC, "space": space}})
     dists = parse_space(space)
-    search_alg, alg_name = _search_alg(cfg)  # nakt's own: OptunaSearch(seed) or BasicVariantGenerator(seed)
+    search_alg, alg_name = build_search_alg(cfg)  # nakt's own: OptunaSearch(seed) or BasicVariantGenerator(seed)
 
     def objective(params: dict[str, Any], maps: np.ndarray | None = None,
                   truth: np.ndarray | None = None) -> dict[str, float]:

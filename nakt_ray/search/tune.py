@@ -92,7 +92,10 @@ def _save_state(cfg: RunConfig, state: dict[str, Any]) -> None:
     f.write_text(json.dumps(state, indent=2))
 
 
-def _search_alg(cfg: RunConfig) -> tuple[Any, str]:
+def build_search_alg(cfg: RunConfig) -> tuple[Any, str]:
+    """The searcher ``tune.search_alg`` names, seeded by ``tune.seed``, and its name: Optuna's TPE (``optuna``, or
+    ``auto`` when Optuna is installed) or Tune's random search (``random``). Public for searches other than
+    :func:`tune_student`'s, e.g. E9's fusion-level one."""
     name = cfg.tune.search_alg
     if name in ("auto", "optuna"):
         try:
@@ -178,7 +181,7 @@ def tune_student(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                              resources)
 
         # 2. The search (or what is left of it).
-        search_alg, alg_name = _search_alg(cfg)
+        search_alg, alg_name = build_search_alg(cfg)
         mlflow.set_tags({TAG_TUNE_SEARCH_ALG: alg_name, TAG_TUNE_SCHEDULER: cfg.tune.scheduler})
         if resume and tune.Tuner.can_restore(str(exp_dir)):  # (killed before Tune wrote it: start it afresh)
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trial_fn, resume_unfinished=True,
