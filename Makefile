@@ -29,7 +29,8 @@ smoke: setup
 test: setup
 	$(PY) -m pytest -q --durations=10 tests
 
-# Fault injection (workers and drivers killed, runs resumed): real multi-process runs, ~6 min on 2 cores.
+# Fault injection (workers and drivers killed, runs resumed) and the studies' smoke runs: real multi-process runs,
+# ~35 min on 2 cores.
 test-faults: setup
 	$(PY) -m pytest -q --durations=10 -m fault tests
 
