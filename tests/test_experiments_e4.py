@@ -3,35 +3,21 @@ each site's masks in that site's own labels), its per-class table, and its smoke
 The data tests read ../shared/data/brain_labels (skipped when absent), in place, as E4 does."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _studies import BRAIN, EXPERIMENTS, load_study, needs, study_env, study_help
 
 from nakt_ray.data.readers import list_cases, read_image, read_mask, read_pixel_spacing
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "jobs" / "experiments" / "e4_label_sets.py"
-BRAIN = REPO / ".." / "shared" / "data" / "brain_labels"
-needs_data = pytest.mark.skipif(not (BRAIN / "labels").is_dir(),
-                                reason=f"no brain label maps at {BRAIN.resolve()} (the shared data folder of "
-                                       "the workplace; E4 reads it there and never copies it)")
+SCRIPT = EXPERIMENTS / "e4_label_sets.py"
+needs_data = needs(BRAIN / "labels", "brain label maps", "E4")
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("e4_label_sets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-e4 = _module()
+e4 = load_study("e4_label_sets")
 
 
 def test_sites_cover_every_class_with_overlap_and_their_own_names() -> None:
@@ -90,15 +76,8 @@ def test_per_class_table_pairs_students_with_covering_teachers_only() -> None:
     assert cortex["false_positive_slices"][e4.UPPER] == 0.0
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_cli_help() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
-                          env=_env())
+    proc = study_help(SCRIPT)
     assert proc.returncode == 0 and "--smoke" in proc.stdout and "--reuse" in proc.stdout
 
 
@@ -109,7 +88,7 @@ def test_smoke_run_end_to_end(tmp_path) -> None:
     distilled and scored per class against the upper bound and each covering teacher."""
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--run-dir", str(tmp_path / "run"), "--out",
-                           str(out)], capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+                           str(out)], capture_output=True, text=True, timeout=900, env=study_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "e4.json").read_text())
     manifest = json.loads((tmp_path / "run" / "annotations" / "manifest.json").read_text())

@@ -3,36 +3,23 @@ the draws of teachers per T, the fusion weights that pick the drawn teachers' ma
 run end to end as a subprocess (reads ../shared/data/hc18 in place; skipped when absent)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _studies import EXPERIMENTS, HC18, load_study, needs, study_env, study_help
 
 from nakt_ray.fusion import FUSION_RULES
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "jobs" / "experiments" / "e6_teacher_count.py"
-HC18 = REPO / ".." / "shared" / "data" / "hc18"
-needs_data = pytest.mark.skipif(not (HC18 / "masks").is_dir(),
-                                reason=f"no HC18 at {HC18.resolve()} (the shared data folder of the workplace; E6 "
-                                       "reads it there and never copies it)")
+SCRIPT = EXPERIMENTS / "e6_teacher_count.py"
+needs_data = needs(HC18 / "masks", "HC18", "E6")
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("e6_teacher_count", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-e6 = _module()
+e6 = load_study("e6_teacher_count")
 
 
 def _split(root: Path, prefix: str, n: int) -> Path:
@@ -106,15 +93,8 @@ def test_summary_averages_over_draws_and_gives_the_ci_only_for_a_single_draw() -
     assert e6.saturation(summary, e6.ENSEMBLE) == 4 and e6.saturation(summary, e6.BEST) == 2
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_cli_help() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
-                          env=_env())
+    proc = study_help(SCRIPT)
     assert proc.returncode == 0 and all(f in proc.stdout for f in ("--smoke", "--reuse", "--t-values", "--draws"))
 
 
@@ -125,7 +105,7 @@ def test_smoke_run_end_to_end_and_reuse_skips_the_done_cells(tmp_path) -> None:
     re-fused maps, the evaluations and the summary; then --reuse finds every cell done and trains nothing."""
     out, run = tmp_path / "out", tmp_path / "run"
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(HC18), "--run-dir", str(run), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=_env(), cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=study_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "e6.json").read_text())
     assert len(result["teachers"]) == 4 and result["cases"]["test"] == 12 and result["cases"]["transferal"] == 10
@@ -154,7 +134,8 @@ def test_smoke_run_end_to_end_and_reuse_skips_the_done_cells(tmp_path) -> None:
     assert "## Cells" in md and "## Teacher pool" in md and (out / "e6.png").stat().st_size > 0
     student_dirs = sorted(p.name for p in (run / "student").iterdir())
     assert student_dirs == ["student_T1_d0", "student_T2_d0", "student_T4_d0"]
-    again = subprocess.run([*cmd, "--reuse"], capture_output=True, text=True, timeout=600, env=_env(), cwd=tmp_path)
+    again = subprocess.run([*cmd, "--reuse"], capture_output=True, text=True, timeout=600, env=study_env(),
+                           cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     reused = [line for line in again.stdout.splitlines() if line.startswith("E6 cell ")]
     assert len(reused) == 3 and all("done earlier" in line for line in reused)

@@ -3,34 +3,21 @@ candidate changes, the per-regime summary and goal check, and the smoke run end 
 ../shared/data/hc18 in place; skipped when absent)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _studies import EXPERIMENTS, HC18, load_study, needs, study_env, study_help
 
 from nakt_ray import config
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "jobs" / "experiments" / "e7_small_data.py"
-HC18 = REPO / ".." / "shared" / "data" / "hc18"
-needs_data = pytest.mark.skipif(not (HC18 / "masks").is_dir(),
-                                reason=f"no HC18 at {HC18.resolve()} (the shared data folder of the workplace; E7 "
-                                       "reads it there and never copies it)")
+SCRIPT = EXPERIMENTS / "e7_small_data.py"
+needs_data = needs(HC18 / "masks", "HC18", "E7")
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("e7_small_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-e7 = _module()
+e7 = load_study("e7_small_data")
 
 
 def _split(tmp_path: Path, n: int) -> Path:
@@ -101,15 +88,8 @@ def test_summary_averages_over_seeds_with_each_cells_best_teacher_and_checks_the
     assert row["ensemble_vs_best"]["mean"] == pytest.approx(0.0)
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_cli_help() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
-                          env=_env())
+    proc = study_help(SCRIPT)
     assert proc.returncode == 0 and "--smoke" in proc.stdout and "--reuse" in proc.stdout and "--seeds" in proc.stdout
 
 
@@ -120,7 +100,7 @@ def test_smoke_run_end_to_end_and_reuse_skips_the_done_cell(tmp_path) -> None:
     the evaluation and the summary; then --reuse finds the cell done and trains nothing."""
     out, run = tmp_path / "out", tmp_path / "run"
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(HC18), "--run-dir", str(run), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=_env(), cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=study_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "e7.json").read_text())
     (cell,) = result["cells"]
@@ -137,7 +117,8 @@ def test_smoke_run_end_to_end_and_reuse_skips_the_done_cell(tmp_path) -> None:
     row = result["summary"]["6/10"]
     assert set(row["goal"]) == set(students) and {e7.BEST, e7.ENSEMBLE} <= set(row["dice"])
     assert "## Regime 6/10" in (out / "e7.md").read_text() and (out / "e7.png").stat().st_size > 0
-    again = subprocess.run([*cmd, "--reuse"], capture_output=True, text=True, timeout=600, env=_env(), cwd=tmp_path)
+    again = subprocess.run([*cmd, "--reuse"], capture_output=True, text=True, timeout=600, env=study_env(),
+                           cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     assert "done earlier" in again.stdout
     assert json.loads((out / "e7.json").read_text())["cells"] == [cell]

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _studies import EXPERIMENTS, HC18, needs, study_env, study_help
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "jobs" / "experiments" / "e8_mixed_sources.py"
-HC18 = REPO / ".." / "shared" / "data" / "hc18"
-needs_data = pytest.mark.skipif(not (HC18 / "masks").is_dir(),
-                                reason=f"no HC18 at {HC18.resolve()} (the shared data folder of the workplace; E8 "
-                                       "reads it there and never copies it)")
+SCRIPT = EXPERIMENTS / "e8_mixed_sources.py"
+needs_data = needs(HC18 / "masks", "HC18", "E8")
 needs_nnunet = pytest.mark.skipif(importlib.util.find_spec("nnunetv2") is None,
                                   reason="nnunetv2 is not installed (pip install -c constraints.txt -e '.[nnunet]')")
 
@@ -46,15 +42,8 @@ def _bundle_sees_what_its_network_trained_on(bundle: Path, run: Path) -> None:
     assert (got - expected).abs().max().item() < 1e-4
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_cli_help() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
-                          env=_env())
+    proc = study_help(SCRIPT)
     assert proc.returncode == 0 and "--smoke" in proc.stdout and "--reuse" in proc.stdout
 
 
@@ -66,7 +55,7 @@ def test_smoke_run_end_to_end(tmp_path) -> None:
     each and their ensemble; the server is gone afterwards."""
     out, run = tmp_path / "out", tmp_path / "run"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--run-dir", str(run), "--out", str(out)],
-                          capture_output=True, text=True, timeout=1200, env=_env(), cwd=tmp_path)
+                          capture_output=True, text=True, timeout=1200, env=study_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "e8.json").read_text())
     assert {(out / f).is_file() for f in ("e8.md", "e8.png")} == {True}

@@ -4,37 +4,23 @@ best-so-far curve and its thresholds, the lent pool's check, and the smoke run e
 ../shared/data/hc18 in place; skipped when absent)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _studies import EXPERIMENTS, HC18, load_study, needs, study_env, study_help
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.metrics import dice_per_class
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "jobs" / "experiments" / "e9_weight_search.py"
-HC18 = REPO / ".." / "shared" / "data" / "hc18"
-needs_data = pytest.mark.skipif(not (HC18 / "masks").is_dir(),
-                                reason=f"no HC18 at {HC18.resolve()} (the shared data folder of the workplace; E9 "
-                                       "reads it there and never copies it)")
+SCRIPT = EXPERIMENTS / "e9_weight_search.py"
+needs_data = needs(HC18 / "masks", "HC18", "E9")
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("e9_weight_search", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-e9 = _module()
+e9 = load_study("e9_weight_search")
 
 
 def test_poor_teachers_follow_the_pool_few_first_then_shifted_architectures_mixed() -> None:
@@ -152,15 +138,8 @@ def test_a_lent_pool_teacher_is_used_only_when_trained_on_the_same_bootstrap(tmp
     assert e9.pool_checkpoint(pool, "t0_unet", mine) == pool / "teachers" / "t0_unet" / "model.pt"
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_cli_help() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
-                          env=_env())
+    proc = study_help(SCRIPT)
     assert proc.returncode == 0
     assert all(f in proc.stdout for f in ("--smoke", "--reuse", "--pool-dir", "--trials", "--random-trials"))
 
@@ -172,7 +151,7 @@ def test_smoke_run_end_to_end_and_reuse_keeps_every_part(tmp_path) -> None:
     maps, three students, the test evaluation; then --reuse trains, annotates and searches nothing again."""
     out, run = tmp_path / "out", tmp_path / "run"
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--data", str(HC18), "--run-dir", str(run), "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=_env(), cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=study_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads((out / "e9.json").read_text())
     names, poor = result["teachers"], result["poor"]
@@ -212,7 +191,8 @@ def test_smoke_run_end_to_end_and_reuse_keeps_every_part(tmp_path) -> None:
     assert sorted(p.name for p in (run / "student").iterdir()) == sorted(e9.STUDENTS)
     stamps = {p: p.stat().st_mtime_ns for p in [*run.glob("teachers/*/model.pt"), *run.glob("student/*/model.pt"),
                                                  run / "annotations" / "summary.json"]}
-    again = subprocess.run([*cmd, "--reuse"], capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+    again = subprocess.run([*cmd, "--reuse"], capture_output=True, text=True, timeout=900, env=study_env(),
+                           cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
     assert "E9 search optuna: done earlier" in again.stdout and "E9 search random: done earlier" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps                  # nothing trained or annotated again
