@@ -127,13 +127,18 @@ def _validate_weights(weights: Sequence[float] | np.ndarray, n_teachers: int) ->
         raise ValueError(
             f"weights has {w.size} entries but probs has {n_teachers} teachers (axis -4); give one weight per teacher"
         )
+    _check_weight_values(w)
+    return w / w.sum()
+
+
+def _check_weight_values(w: np.ndarray) -> None:
+    """Weights of any shape: finite, non-negative, not all zero."""
     if not np.all(np.isfinite(w)):
         raise ValueError(f"weights must be finite; got {w.tolist()}")
     if np.any(w < 0):
         raise ValueError(f"weights must be non-negative; got {w.tolist()}")
     if w.sum() <= 0:
         raise ValueError(f"weights must not all be zero; got {w.tolist()}")
-    return w / w.sum()
 
 
 def _validate_class_weights(weights: Sequence[Sequence[float]] | np.ndarray, n_teachers: int,
@@ -148,12 +153,7 @@ def _validate_class_weights(weights: Sequence[Sequence[float]] | np.ndarray, n_t
     if w.shape != (n_teachers, n_classes):
         raise ValueError(f"per-class weights must have shape [T, C] = [{n_teachers}, {n_classes}] (one row per "
                          f"teacher, one weight per class, background first); got shape {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError(f"weights must be finite; got {w.tolist()}")
-    if np.any(w < 0):
-        raise ValueError(f"weights must be non-negative; got {w.tolist()}")
-    if w.sum() <= 0:
-        raise ValueError(f"weights must not all be zero; got {w.tolist()}")
+    _check_weight_values(w)
     return w
 
 
