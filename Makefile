@@ -30,7 +30,7 @@ test: setup
 	$(PY) -m pytest -q --durations=10 tests
 
 # Fault injection (workers and drivers killed, runs resumed) and the studies' smoke runs: real multi-process runs,
-# ~35 min on 2 cores.
+# 22 min on 2 quiet cores (2026-12-07).
 test-faults: setup
 	$(PY) -m pytest -q --durations=10 -m fault tests
 
