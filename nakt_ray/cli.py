@@ -128,6 +128,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 def cmd_annotate(args: argparse.Namespace) -> int:
     from nakt_ray import tracking
     from nakt_ray.annotation.pipeline import annotate
+    from nakt_ray.annotation.pools import lean_monai
     from nakt_ray.runtime import storage
     from nakt_ray.runtime.cluster import init_ray
 
@@ -135,6 +136,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     _require((*_given("--transferal", args.transferal, "data.transferal", cfg.data.transferal),
               "a folder of images (or one holding images/)"), *_teacher_inputs(cfg))
     _quiet(Path(cfg.run_dir) / "logs")
+    if args.own_process:  # a `nakt annotate` process only annotates: its probe may import MONAI lean, as actors do
+        lean_monai([(t.name, str(cfg.teacher_checkpoint(t))) for t in cfg.teachers], only_annotates=True)
     init_ray(cfg.ray)
     with tracking.stage_run(cfg, "annotate") as run:
         import mlflow
@@ -499,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     from nakt_ray.tracking import TrackingUnreachable
 
     args = build_parser().parse_args(argv)
+    args.own_process = argv is None  # the `nakt` command itself, not a caller in its own process
     # A `nakt` process (argv None) keeps Ray's output in the log until it exits; a caller in its own process
     # (jobs/common.py, tests) gets its stdout and stderr back when the command returns.
     with console.session(verbose=args.verbose, keep=argv is None):
