@@ -27,6 +27,7 @@ import torch
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError, error
 from nakt_ray.fusion.labels import LabelMap, fold_channels, map_label_spaces
+from nakt_ray.runtime.lean_imports import in_ray_actor
 from nakt_ray.teachers.description import InferenceOptions, teacher_where
 from nakt_ray.teachers.inference import LoadedTeacher
 from nakt_ray.teachers.registry import load_teacher, source_kind
@@ -121,7 +122,7 @@ def lean_monai(teachers: list[tuple[str, str]], *, only_annotates: bool = False)
     else with MONAI: a Ray actor (dedicated to its teachers), or a process that says so (``only_annotates``: the
     ``nakt annotate`` command). Anywhere else (a driver that trains or evaluates next, the plain loop, a test) it does
     nothing. A source whose kind cannot be told is left to ``load_teacher`` to report. True if it imported."""
-    from nakt_ray.runtime.lean_imports import import_monai_lean, in_ray_actor, lean_import_suits
+    from nakt_ray.runtime.lean_imports import import_monai_lean, lean_import_suits
 
     if not (only_annotates or in_ray_actor()):
         return False
@@ -162,7 +163,10 @@ class TeacherPredictor:
         lean_monai([(name, checkpoint)])
         _use_tracking_uri(checkpoint, tracking_uri)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.teacher = load_teacher(name, checkpoint, device, options, trust_pickle=trust_pickle)
+        # The driver probed this source on CPU (check_teachers): an actor on CPU does not again; on a GPU it does
+        # (half precision, another device's kernels).
+        self.teacher = load_teacher(name, checkpoint, device, options, trust_pickle=trust_pickle,
+                                    probe=device.type != "cpu" or not in_ray_actor())
         check_fits(self.teacher, in_channels, spatial_dims, cells)
         k = self.teacher.num_classes
         self.label_map = LabelMap(tuple(classes if classes is not None else range(k)),

@@ -160,14 +160,17 @@ def source_kind(source: str | os.PathLike[str], name: str = "?") -> str:
 
 
 def load_teacher(name: str, source: str | os.PathLike[str], device: str | torch.device = "cpu",
-                 options: InferenceOptions | None = None, *, trust_pickle: bool = False) -> LoadedTeacher:
+                 options: InferenceOptions | None = None, *, trust_pickle: bool = False,
+                 probe: bool = True) -> LoadedTeacher:
     """Load teacher ``name`` from ``source`` (a path or URI of any registered kind) onto ``device``.
 
     ``trust_pickle`` (a teacher's ``trust_pickle: true``) lets a kind that takes it load a source by unpickling
     it, which runs whatever code the pickle names; by default such a source is refused (README, "Untrusted
     models").
 
-    The teacher is probed once (a zero image and a random batch at its ``input_size``) before it is returned.
+    The teacher is probed once (a zero image and a random batch at its ``input_size``) before it is returned,
+    unless ``probe`` is false: for a caller that probed the same source on the same kind of device already (an
+    annotation actor on CPU, after the driver's ``check_teachers``; ~0.2-0.4 CPU-s a teacher on 2 cores).
 
     Raises:
         TeacherLoadError: no kind reads the source, a missing or unreadable file or MLflow model, a pickled
@@ -182,7 +185,8 @@ def load_teacher(name: str, source: str | os.PathLike[str], device: str | torch.
     trust = {"trust_pickle": bool(trust_pickle)} if entry.takes_trust_pickle else {}
     raw = entry.load(name, src, device, **trust)
     teacher = LoadedTeacher(name, src, kind, raw, device, options or InferenceOptions())
-    teacher.probe()
+    if probe:
+        teacher.probe()
     return teacher
 
 
