@@ -181,6 +181,11 @@ def main() -> None:
         finally:
             head.terminate()
             head.wait(timeout=60)
+            # `ray start` left its address for `ray.init()` to join; gone with the head, it would make a later local
+            # start on this machine try to join a dead cluster (`ray stop` removes it, but stops every instance).
+            current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+            if current.exists() and current.read_text().strip().endswith(f":{port}"):
+                current.unlink()
         median = {s: sorted(r["fixed_s"] for r in rs)[len(rs) // 2] for s, rs in jobs.items()}
         result = {"host": platform.node(), "cpus": args.cpus, "size": args.size, "batch": args.batch,
                   "teachers": [a for _, a in TEACHERS], "plain_loop": plain, "settings": args.settings,
