@@ -19,6 +19,8 @@ WORKER_SETUP_HOOK = "nakt_ray._torchvision_compat.install_import_hook"
 # on a small machine the next execution starves that long ("Cluster resources are not enough to run any task").
 # Live executions renew their request every 10 s, so 45 s is safe for them and bounds the stall.
 DATA_REQUEST_EXPIRE = ("RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S", "45")
+# nakt's environment switches that workers read (runtime/lean_imports.py).
+FORWARDED_ENV = ("NAKT_LEAN_MONAI",)
 
 # CPUs asked by light Ray Data tasks (reads, filters, writes, fusion). Ray's default for a task is a whole CPU,
 # which on a 2-core machine beside actor pools or Train workers leaves such tasks waiting (measured: a Parquet
@@ -38,6 +40,8 @@ def init_ray(cfg: RayConfig | None = None, **overrides) -> None:
     cfg = cfg or RayConfig()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env_vars = {DATA_REQUEST_EXPIRE[0]: os.environ.get(*DATA_REQUEST_EXPIRE)}
+    # The job's own switches reach its workers, also on a running cluster whose raylet has another environment.
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # Capped light-task pools (annotation.pools.light_task_pool) on small inputs: Ray warns that the cap exceeds the
     # blocks.
