@@ -57,6 +57,8 @@ def test_the_default_candidate_is_todays_configuration_and_all_combines_the_othe
     assert (a["fusion"]["rule"], a["training"]["min_steps"], a["student"]["annotations"]) == ("staple", 550, "/tta")
     assert e7.candidate_overrides("vote", 550, "/tta")["fusion"]["rule"] == "majority_vote"
     assert e7.candidate_overrides("tta", 550, "/tta")["training"]["min_steps"] == 0
+    st = e7.candidate_overrides("steps_tta", 550, "/tta")
+    assert (st["fusion"]["rule"], st["training"]["min_steps"], st["student"]["annotations"]) == ("mean", 550, "/tta")
     assert e7.parse_regime("12/36") == (12, 36)
     with pytest.raises(SystemExit, match="SITE/TRANSFERAL"):
         e7.parse_regime("12x36")

@@ -30,6 +30,7 @@ taken; 178 is the whole transferal split). A cell (regime, seed) is one unit, in
                   vote     majority vote; staple: STAPLE;  tta: the TTA annotation set;
                   all      steps + staple + tta;
                   aug      ``training.augment_strength: 2`` (not run unless asked).
+                  steps_tta  the floor and TTA, without STAPLE (not run unless asked).
                 A candidate whose training would equal an earlier one's (``steps`` where the set already gives the
                 floor) reuses that student.
   evaluation    teachers (without TTA), their ensemble (mean of probabilities) and every student on test; best
@@ -61,7 +62,8 @@ TTA_FLIPS = [-1, -2]
 # dermoscopy run: STAPLE at or above vote)
 CANDIDATES: dict[str, dict[str, Any]] = {
     "default": {}, "steps": {"floor": True}, "vote": {"rule": "majority_vote"}, "staple": {"rule": "staple"},
-    "tta": {"tta": True}, "all": {"floor": True, "rule": "staple", "tta": True}, "aug": {"augment_strength": 2.0}}
+    "tta": {"tta": True}, "all": {"floor": True, "rule": "staple", "tta": True}, "aug": {"augment_strength": 2.0},
+    "steps_tta": {"floor": True, "tta": True}}
 DEFAULT_CANDIDATES = ("default", "steps", "vote", "staple", "tta", "all")
 GOAL_MARGIN = 0.005  # the student may be this much below the ensemble
 
