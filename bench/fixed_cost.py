@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from annotate import HC18, TEACHERS, image_folder, make_teachers, plain_loop, run_config
+from remote_teacher import free_port
 
 # Ray Data's and Ray's own bookkeeping calls: counted in the wall time, not listed.
 _BOOKKEEPING = ("_AutoscalingCoordinatorActor", "ActorLocationTracker", "_StatsActor", "get_location")
@@ -96,12 +96,6 @@ def job(cfg_json: str, out: str, lean_driver: bool) -> None:
 
 # Each setting: (extra arguments of the job, its environment).
 SETTINGS = {"lean": ([], {}), "full": (["--full-monai-driver"], {"NAKT_LEAN_MONAI": "0"})}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_job(cfg, out: Path, setting: tuple[list[str], dict[str, str]]) -> dict:
