@@ -94,12 +94,22 @@ def job(cfg_json: str, out: str, lean_driver: bool) -> None:
                                      "spans": spans}))
 
 
-# Each setting: (extra arguments of the job, its environment).
-SETTINGS = {"lean": ([], {}), "full": (["--full-monai-driver"], {"NAKT_LEAN_MONAI": "0"})}
+# Each setting: (extra arguments of the job, its environment, the environment of the Ray instance it runs on: the
+# running cluster's head, or the local instance the job starts, which inherits the job's environment).
+SETTINGS: dict[str, tuple[list[str], dict[str, str], dict[str, str]]] = {
+    "lean": ([], {}, {}),
+    "full": (["--full-monai-driver"], {"NAKT_LEAN_MONAI": "0"}, {}),
+    # Ray's own worker preload (default_worker.py --worker-preload-modules): every worker process imports these
+    # before it accepts work, so an actor placed on an idle worker finds them imported.
+    "preload": ([], {}, {"RAY_preload_python_modules": "torch"}),
+    "preload_monai": ([], {}, {"RAY_preload_python_modules": "torch,monai"}),
+}
 
 
-def run_job(cfg, out: Path, setting: tuple[list[str], dict[str, str]]) -> dict:
-    extra, env = setting
+def run_job(cfg, out: Path, setting: tuple[list[str], dict[str, str], dict[str, str]]) -> dict:
+    extra, env, head_env = setting
+    if cfg.ray.address is None:  # a local instance: its raylet inherits the job's environment
+        env = {**env, **head_env}
     cmd = [sys.executable, __file__, "--job", json.dumps(cfg.to_dict()), "--job-out", str(out)] + extra
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
     return json.loads(out.read_text())
@@ -124,7 +134,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/fixed_cost.json"))
     p.add_argument("--settings", nargs="+", default=["lean", "full"], choices=sorted(SETTINGS),
                    help="lean: MONAI imported lean in the actors and the driver (as `nakt annotate` does); full: "
-                        "imported in full everywhere (NAKT_LEAN_MONAI=0)")
+                        "imported in full everywhere (NAKT_LEAN_MONAI=0); preload, preload_monai: lean, on a Ray "
+                        "instance whose workers import torch (and MONAI) before they take work "
+                        "(RAY_preload_python_modules). Ratios are printed against the first.")
+    p.add_argument("--pause", type=float, default=2.0,
+                   help="seconds between jobs on the running clusters (a cluster between jobs, as in use)")
     p.add_argument("--full-monai-driver", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--job-out", help=argparse.SUPPRESS)
@@ -162,24 +176,37 @@ def main() -> None:
 
         run_ids = itertools.count()
         fresh = {s: timed(one_batch(next(run_ids), None), f"fresh_{s}", s) for s in args.settings}
-        port = free_port()
-        head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus",
-                                 str(args.cpus), "--num-gpus", "0", "--include-dashboard", "false",
-                                 "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # One running cluster per distinct head environment, all up at once (idle heads cost little), so that the
+        # settings' jobs can alternate.
+        heads: dict[str, tuple[int, subprocess.Popen]] = {}
         jobs: dict[str, list] = {s: [] for s in args.settings}
         try:
-            time.sleep(5)  # the head's GCS and raylet; the first job would otherwise wait for them
+            for s in args.settings:
+                head_env = SETTINGS[s][2]
+                key = json.dumps(head_env, sort_keys=True)
+                if key in heads:
+                    continue
+                port = free_port()
+                heads[key] = port, subprocess.Popen(
+                    [ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus", str(args.cpus),
+                     "--num-gpus", "0", "--include-dashboard", "false", "--disable-usage-stats"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **head_env})
+            time.sleep(5 + 5 * len(heads))  # the heads' GCS, raylets and first idle workers
             for i in range(args.jobs):  # the settings alternate, so drift on the machine hits them alike
                 for s in args.settings:
+                    port = heads[json.dumps(SETTINGS[s][2], sort_keys=True)][0]
                     jobs[s].append(timed(one_batch(next(run_ids), f"127.0.0.1:{port}"), f"job{i}", s))
+                    time.sleep(args.pause)
         finally:
-            head.terminate()
-            head.wait(timeout=60)
-            # `ray start` left its address for `ray.init()` to join; gone with the head, it would make a later local
-            # start on this machine try to join a dead cluster (`ray stop` removes it, but stops every instance).
-            current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-            if current.exists() and current.read_text().strip().endswith(f":{port}"):
-                current.unlink()
+            for port, head in heads.values():
+                head.terminate()
+                head.wait(timeout=60)
+                # `ray start` left its address for `ray.init()` to join; gone with the head, it would make a later
+                # local start on this machine try to join a dead cluster (`ray stop` removes it, but stops every
+                # instance).
+                current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+                if current.exists() and current.read_text().strip().endswith(f":{port}"):
+                    current.unlink()
         median = {s: sorted(r["fixed_s"] for r in rs)[len(rs) // 2] for s, rs in jobs.items()}
         result = {"host": platform.node(), "cpus": args.cpus, "size": args.size, "batch": args.batch,
                   "teachers": [a for _, a in TEACHERS], "plain_loop": plain, "settings": args.settings,
@@ -190,10 +217,10 @@ def main() -> None:
         for s in args.settings:
             print(f"  {s:6s} fresh instance {fresh[s]['fixed_s']:6.2f}; running cluster median {median[s]:6.2f} ("
                   + ", ".join(f"{r['fixed_s']:.2f}" for r in jobs[s]) + ")")
-        if len(args.settings) == 2:
-            x, y = args.settings
-            print(f"  {x} / {y}: fresh {fresh[x]['fixed_s'] / fresh[y]['fixed_s']:.2f}, running cluster "
-                  f"{median[x] / median[y]:.2f}")
+        x = args.settings[0]
+        for y in args.settings[1:]:  # measured side by side: each setting against the first
+            print(f"  {y} / {x}: fresh {fresh[y]['fixed_s'] / fresh[x]['fixed_s']:.2f}, running cluster "
+                  f"{median[y] / median[x]:.2f}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")

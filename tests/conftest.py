@@ -40,9 +40,13 @@ def tiny_raw_config(tmp_path: Path, teachers: list[dict] | None = None, **extra)
         "preprocess": {"size": [32, 32]},
         "teachers": teachers or [{"name": "t1", "arch": "unet"}, {"name": "t2", "arch": "unet"}],
         "teacher_training": {"epochs": 1, "batch_size": 4, "num_workers": 0},
-        "training": {"epochs": 1, "batch_size": 4, "num_workers": 0},
+        # min_steps 0: one pass an epoch (the default floor of 550 steps, decision 74, would make every tiny student
+        # train 550 steps); tests that need the floor set it
+        "training": {"epochs": 1, "batch_size": 4, "num_workers": 0, "min_steps": 0},
         "tracking": {"experiment": "tests", "registered_model": "test-student"},
     }
+    if "training" in extra:  # a test's own training section keeps the suite's one pass an epoch unless it says
+        extra = {**extra, "training": {"min_steps": 0, **extra["training"]}}
     raw.update(extra)
     return raw
 

@@ -65,6 +65,24 @@ def test_bad_config_is_rejected_with_key_value_and_allowed(raw, fragments):
         assert fragment in str(err.value), f"{fragment!r} not in {err.value}"
 
 
+def test_a_section_that_names_some_keys_keeps_its_own_defaults_for_the_others():
+    # training and finetune are TrainingConfigs whose defaults differ from the class's (decision 74; finetune's lr)
+    plain = config.TrainingConfig()
+    full = config.from_dict(BASE)
+    assert (full.training.min_steps, full.teacher_training.min_steps, plain.min_steps) == (550, 0, 0)
+    assert (full.finetune.lr, full.finetune.epochs) == (5e-4, 10) and plain.lr == 2e-3
+    part = config.from_dict({**BASE, "training": {"epochs": 3}, "finetune": {"epochs": 4},
+                             "teacher_training": {"epochs": 5}})
+    assert (part.training.epochs, part.training.min_steps) == (3, 550)
+    assert (part.finetune.epochs, part.finetune.lr) == (4, 5e-4)
+    assert (part.teacher_training.epochs, part.teacher_training.min_steps) == (5, 0)
+    off = config.from_dict({**BASE, "training": {"min_steps": 0}})
+    assert off.training.min_steps == 0 and off.training.epochs == plain.epochs
+    assert config.from_dict(config.convert.to_plain(part)) == part  # a dumped config reads back the same
+    with pytest.raises(ConfigError, match=r"'finetune\.lr'.*got 0"):
+        config.from_dict({**BASE, "finetune": {"lr": 0}})
+
+
 def test_load_names_the_file_and_overrides_are_validated(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({**BASE, "training": {"epochs": 2}}))

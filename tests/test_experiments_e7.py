@@ -47,12 +47,17 @@ def test_a_seed_draws_nested_subsets_with_their_masks(tmp_path) -> None:
     assert len(_names(e7.draw(split, 60, tmp_path / "all", seed=0, salt=0))) == 40         # cut to what there is
 
 
-def test_the_default_candidate_is_todays_configuration_and_all_combines_the_others() -> None:
-    today = config.TrainingConfig()
+def test_the_default_candidate_is_the_configuration_before_e7_and_steps_the_one_after() -> None:
     d = e7.candidate_overrides("default", 550, "/tta")
     assert d["fusion"]["rule"] == config.FusionConfig().rule == "mean"
-    assert d["training"] == {"min_steps": today.min_steps, "augment_strength": today.augment_strength}
-    assert today.min_steps == 0 and d["student"]["annotations"] is None
+    assert d["training"] == {"min_steps": 0, "augment_strength": config.TrainingConfig().augment_strength}
+    assert d["student"]["annotations"] is None
+    # decision 74: the student's floor became the default, so `steps` is today's configuration
+    today = config.from_dict({"teachers": [{"name": "t", "arch": "unet"}]})
+    steps = e7.candidate_overrides("steps", today.training.min_steps, "/tta")
+    assert steps["fusion"]["rule"] == today.fusion.rule and steps["student"]["annotations"] is None
+    assert today.training.min_steps == config.STUDENT_MIN_STEPS == 550
+    assert steps["training"] == {"min_steps": 550, "augment_strength": today.training.augment_strength}
     a = e7.candidate_overrides("all", 550, "/tta")
     assert (a["fusion"]["rule"], a["training"]["min_steps"], a["student"]["annotations"]) == ("staple", 550, "/tta")
     assert e7.candidate_overrides("vote", 550, "/tta")["fusion"]["rule"] == "majority_vote"

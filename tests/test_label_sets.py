@@ -241,7 +241,7 @@ def test_the_fusion_search_works_unchanged_with_label_sets(label_set_run, tmp_pa
     for i, t in enumerate(raw["teachers"]):
         t["checkpoint"] = str(tmp_path / "gone" / f"teacher{i}.ts")
     raw["student"]["annotations"] = summary["output"]
-    raw["training"] = {"epochs": 1, "batch_size": 4, "num_workers": 0, "torch_threads": 1}
+    raw["training"] = {"epochs": 1, "batch_size": 4, "num_workers": 0, "torch_threads": 1, "min_steps": 0}
     raw["tune"] = {"num_samples": 2, "max_concurrent_trials": 1, "seed": 1,
                    "space": {"fusion.rule": {"choice": ["weighted_mean", "majority_vote"]},
                              "fusion.weights": {"simplex": 3}}}
@@ -320,7 +320,7 @@ def test_teachers_with_label_sets_annotate_volumes_and_a_3d_student_learns_the_u
     raw["data"] = {"labels": ["background", "bright_cube", "dark cube"], "transferal": str(data), "val": str(data),
                    "label_aliases": {"hole": "dark cube"}}
     raw["student"] = {"name": "s3", "arch": "unet", "arch_args": UNET3D}
-    raw["training"] = {"epochs": 2, "batch_size": 2, "num_workers": 0, "patches_per_case": 2}
+    raw["training"] = {"epochs": 2, "batch_size": 2, "num_workers": 0, "patches_per_case": 2, "min_steps": 0}
     cfg = config.from_dict(raw)
     summary = annotate(cfg)
     assert summary["annotated"] == 3

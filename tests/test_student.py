@@ -25,7 +25,7 @@ def _student_cfg(annotated, tmp_path: Path, synthetic_dirs, training: dict | Non
     raw["run_dir"] = str(tmp_path / "run")
     raw["student"] = {"name": "s", "arch": "unet", "arch_args": TINY_UNET, "annotations": summary["output"]}
     raw["data"]["val"] = str(synthetic_dirs["mixed"])
-    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, **(training or {})}
+    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, "min_steps": 0, **(training or {})}
     raw.update(extra)
     return config.from_dict(raw)
 
@@ -66,9 +66,9 @@ def test_student_with_every_loss_part_validation_metrics_and_early_stopping(anno
     cfg = _student_cfg(annotated, tmp_path, synthetic_dirs, training=dict(
         epochs=5, lr=1e-9, hard_weight=0.5, kl_weight=0.5, agreement_weighting="pixel", val_metrics=["hd95", "nsd"],
         patience=1))
-    from nakt_ray.training.small_data import SAFE_TRANSFERAL_CASES, SmallDataWarning
+    from nakt_ray.training.small_data import SMALLEST_TRANSFERAL_CASES, SmallDataWarning
 
-    with pytest.warns(SmallDataWarning, match=rf"holds 5 cases, fewer than {SAFE_TRANSFERAL_CASES}.*E7"):
+    with pytest.warns(SmallDataWarning, match=rf"holds 5 cases, fewer than {SMALLEST_TRANSFERAL_CASES}.*E7"):
         result = train_student(cfg)  # a 5-case transferal set: the small-data warning, and the run goes on
     m = result["metrics"]
     assert m["epoch"] == 1 and m["stopped_early"] == 1.0 and m["best_epoch"] == 0

@@ -112,7 +112,7 @@ def _student_raw(tmp_path: Path, volume_set: Path, volumes, training: dict | Non
     raw = _raw(tmp_path)
     raw["student"] = {"name": "s3", "arch": "unet", "arch_args": dict(UNET3D), "annotations": str(volume_set)}
     raw["data"]["val"] = str(volumes["val"])
-    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, "lr": 0.01, **(training or {})}
+    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, "lr": 0.01, "min_steps": 0, **(training or {})}
     return raw
 
 

@@ -52,7 +52,7 @@ def _search_raw(annotated, tmp_path: Path, synthetic_dirs, **tune) -> dict:
         t["checkpoint"] = str(tmp_path / "gone" / f"teacher{i}.ts")
     raw["student"] = {"name": "s", "arch": "unet", "arch_args": TINY_UNET, "annotations": summary["output"]}
     raw["data"]["val"] = str(synthetic_dirs["mixed"])
-    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, "torch_threads": 1}
+    raw["training"] = {"epochs": 2, "batch_size": 4, "num_workers": 0, "torch_threads": 1, "min_steps": 0}
     raw["tune"] = {"num_samples": 3, "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2,
                    "seed": 3, "space": {
                        "training.lr": {"loguniform": [1e-3, 1e-2]},

@@ -25,8 +25,10 @@ taken; 178 is the whole transferal split). A cell (regime, seed) is one unit, in
   annotation    once without and once with flip TTA (``teachers[].tta_flips: [-1, -2]``, four passes), each teacher's
                 map stored in both sets (``annotations/``, ``annotations_tta/``).
   students      timm_unet, 24 epochs of batch 8 (E3's), one per candidate (``--candidates``):
-                  default  today's configuration: mean fusion, no TTA, one pass an epoch;
-                  steps    ``training.min_steps`` (default 550, the steps E3's 178-image students get);
+                  default  the default configuration before E7 (decision 74): mean fusion, no TTA, one pass an
+                           epoch (``training.min_steps: 0``);
+                  steps    ``training.min_steps`` (default 550, the steps E3's 178-image students get): the default
+                           configuration since decision 74;
                   vote     majority vote; staple: STAPLE;  tta: the TTA annotation set;
                   all      steps + staple + tta;
                   aug      ``training.augment_strength: 2`` (not run unless asked).
@@ -66,6 +68,8 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "steps_tta": {"floor": True, "tta": True}}
 DEFAULT_CANDIDATES = ("default", "steps", "vote", "staple", "tta", "all")
 GOAL_MARGIN = 0.005  # the student may be this much below the ensemble
+# The figure's names: `default` is the configuration before decision 74, `steps` today's default.
+PLOT_LABELS = {"default": "default before E7 (one pass an epoch)", "steps": "min_steps 550 (the default now)"}
 
 
 def parse_regime(text: str) -> tuple[int, int]:
@@ -256,11 +260,16 @@ def run(args: argparse.Namespace) -> dict:
     for regime in args.regimes:
         for seed in args.seeds:
             done = run_dir / "cells" / cell_id(regime, seed) / "cell.json"
-            if args.reuse and done.exists():
+            earlier = json.loads(done.read_text()) if args.reuse and done.exists() else None
+            missing = [n for n in args.candidates if earlier and f"student_{n}" not in earlier["students"]]
+            if earlier and not missing:
                 print(f"E7 cell {cell_id(regime, seed)}: done earlier ({done})", flush=True)
-                cells.append(json.loads(done.read_text()))
+                cells.append(earlier)
                 continue
-            print(f"E7 cell {cell_id(regime, seed)}: starting", flush=True)
+            # (a cell done earlier without some of these candidates runs again: what it has is kept, the missing
+            # students are trained, or taken from an equal one, and the evaluation is redone)
+            print(f"E7 cell {cell_id(regime, seed)}: " + (f"adding {', '.join(missing)}" if missing else "starting"),
+                  flush=True)
             cells.append(run_cell(args, splits, regime, seed))
             print(f"E7 cell {cell_id(regime, seed)}: {cells[-1]['cell_s'] / 60:.1f} min", flush=True)
     return {"regimes": list(args.regimes), "seeds": list(args.seeds), "candidates": list(args.candidates),
@@ -332,12 +341,13 @@ def write_results(result: dict, out: Path, run_dir: Path) -> None:
         for i, n in enumerate(cands):
             xs = [r + (i - (len(cands) - 1) / 2) * width for r in range(len(regimes))]
             ds = [summary[g]["deltas"][f"student_{n}"][ref] for g in regimes]
-            ax.bar(xs, [d["mean"] for d in ds], width, label=n, color=f"C{i}")
+            ax.bar(xs, [d["mean"] for d in ds], width, label=PLOT_LABELS.get(n, n), color=f"C{i}")
             for x, d in zip(xs, ds):
                 ax.plot([x] * len(d["per_seed"]), d["per_seed"], "k.", ms=3)
         ax.axhline(floor, color="grey", ls="--", lw=1)
-        ax.set_xticks(range(len(regimes)), [f"{g} (sites/transferal)" for g in regimes])
-        ax.set(ylabel="test Dice difference (paired)", title=title)
+        ax.set_xticks(range(len(regimes)), regimes)
+        ax.set(xlabel="regime: images per site / transferal images", ylabel="test Dice difference (paired)",
+               title=title)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"E7 on {dataset_name(result)}: students by candidate, mean over seeds (dots: seeds)")
     fig.tight_layout()

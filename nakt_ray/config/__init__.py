@@ -16,6 +16,7 @@ from nakt_ray.config.convert import build, flatten
 from nakt_ray.config.io import dump, from_dict, load
 from nakt_ray.config.overrides import apply_overrides, field_type, set_values
 from nakt_ray.config.schema import (
+    STUDENT_MIN_STEPS,
     AnnotateConfig,
     DataConfig,
     FusionConfig,
@@ -32,8 +33,8 @@ from nakt_ray.config.volume import CTStatistics, VolumePreprocessConfig
 from nakt_ray.errors import ConfigError
 
 __all__ = [
-    "AnnotateConfig", "CTStatistics", "ConfigError", "DataConfig", "FusionConfig", "PreprocessConfig", "RayConfig",
-    "RunConfig", "StudentConfig", "TeacherConfig", "TrackingConfig", "TrainingConfig", "TuneConfig",
-    "VolumePreprocessConfig", "apply_overrides", "build", "dump", "field_type", "flatten", "from_dict", "load",
-    "set_values",
+    "STUDENT_MIN_STEPS", "AnnotateConfig", "CTStatistics", "ConfigError", "DataConfig", "FusionConfig",
+    "PreprocessConfig", "RayConfig", "RunConfig", "StudentConfig", "TeacherConfig", "TrackingConfig",
+    "TrainingConfig", "TuneConfig", "VolumePreprocessConfig", "apply_overrides", "build", "dump", "field_type",
+    "flatten", "from_dict", "load", "set_values",
 ]

@@ -106,10 +106,14 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"config type {tp!r} of '{key}' is not supported")  # a bug in a dataclass, not user input
 
 
-def build(cls: type, data: Any, prefix: str = "") -> Any:
+def build(cls: type, data: Any, prefix: str = "", defaults: Any = None) -> Any:
     """Validate plain data into the dataclass ``cls`` (a config section, a Ray Tune trial's dict, a teacher's
     description): unknown and missing keys, types, then ``cls._validate``. ``prefix`` is the dotted key of ``data``
-    in the file it came from (``""`` at the top level), for the messages."""
+    in the file it came from (``""`` at the top level), for the messages.
+
+    ``defaults``: an instance of ``cls`` whose values stand for the keys ``data`` leaves out (else the class's
+    own defaults). A section whose field has its own default instance (``training``, ``finetune``: a
+    TrainingConfig with other values) is built on it, so that naming one key keeps the section's other defaults."""
     where = prefix or "the config file's top level"
     if not isinstance(data, Mapping):
         raise error(ConfigError, f"config key '{where}'", expected(data, "a mapping of keys to values"))
@@ -123,8 +127,12 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
             raise ConfigError(f"unknown config key '{dot}{key}'; {hint}allowed keys here: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
-        if name in data:
+        if name in data and dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
+            kwargs[name] = build(hints[name], data[name], f"{dot}{name}", defaults=f.default_factory())
+        elif name in data:
             kwargs[name] = _convert(hints[name], data[name], f"{dot}{name}")
+        elif defaults is not None:
+            kwargs[name] = getattr(defaults, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"config key '{dot}{name}' is required ({type_name(hints[name])})")
     obj = cls(**kwargs)

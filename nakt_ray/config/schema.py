@@ -21,6 +21,10 @@ from nakt_ray.config.fusion import FusionConfig
 from nakt_ray.config.volume import VolumePreprocessConfig
 from nakt_ray.errors import ConfigError, error, expected
 
+# The student's default floor on optimisation steps (``training.min_steps``): the steps E3's students take (24
+# epochs of 178 images, batch 8: 552), the floor E7 measured on small sets (docs/decisions.md, 74).
+STUDENT_MIN_STEPS = 550
+
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -68,6 +72,8 @@ class TrainingConfig:
     steps, every epoch goes over the set several times, enough passes for at least ``min_steps`` steps in all (as
     nnU-Net's epochs are a fixed number of steps). The epoch stays the unit of the LR schedule, validation, best
     model, ``patience``, checkpoints and a search's ASHA budget; only its length grows. 0: one pass per epoch.
+    The student's section (``training``) defaults to ``STUDENT_MIN_STEPS`` (550), teachers and fine-tuning to 0:
+    E7 measured the floor on students (docs/decisions.md, 74).
 
     ``cache_mb`` (students): an annotation set whose decoded training columns take at most this many MiB is decoded
     and re-fused once and held in Ray's object store, and every epoch reshuffles it through a buffer of up to
@@ -396,7 +402,8 @@ class RunConfig:
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher_training: TrainingConfig = field(default_factory=TrainingConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    # The student's floor of 550 optimisation steps: small transferal sets (docs/decisions.md, 74; E7).
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(min_steps=STUDENT_MIN_STEPS))
     finetune: TrainingConfig = field(default_factory=lambda: TrainingConfig(epochs=10, lr=5e-4))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -285,6 +285,11 @@ def passes_per_epoch(training: TrainingConfig, rows: int | None) -> int:
     return max(1, math.ceil(training.min_steps / (training.epochs * steps_per_pass(training, rows))))
 
 
+
+def total_steps(training: TrainingConfig, rows: int) -> int:
+    """The optimisation steps of a whole run on ``rows`` training rows: epochs x passes x steps of a pass."""
+    return training.epochs * passes_per_epoch(training, rows) * steps_per_pass(training, rows)
+
 # Rows a worker's shuffle buffer may hold when its dataset is held in memory (materialised): about this many bytes.
 SHUFFLE_BYTES = 256 * 2**20
 

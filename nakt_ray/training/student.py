@@ -180,6 +180,7 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     """
     from nakt_ray.models.model_file import model_spec
     from nakt_ray.runtime.cluster import init_ray
+    from nakt_ray.training.loop import total_steps
     from nakt_ray.training.small_data import check_transferal_size
     from nakt_ray.training.student_data import annotation_dataset, decoded_row_bytes
     from nakt_ray.training.volume_data import annotation_patch_dataset, patch_options, validation_dataset
@@ -205,7 +206,8 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
         needs_re_fusion = False  # the fused target is not what the student learns from
     label = run_name or f"student-{cfg.student.name}"
     cases = check_usable(src)  # before Ray starts and before an MLflow run opens: nothing is left behind
-    check_transferal_size(cases, str(src), cfg.spatial_dims)
+    rows = cases * (cfg.training.patches_per_case if cfg.spatial_dims == 3 else 1)
+    check_transferal_size(cases, str(src), cfg.spatial_dims, steps=total_steps(cfg.training, rows))
     state = _start_or_resume(cfg.student_checkpoint, resume, label)  # fails fast, before Ray starts
     init_ray(cfg.ray)
     tc = cfg.training
@@ -233,7 +235,7 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
                              tags=tags, params={"student.cases": cases, "student.target": target}, resume=resume,
                              alias=cfg.tracking.alias if register else None, init_state=init_state, state=state,
                              run_tags=run_tags, callbacks=callbacks, per_teacher=per_teacher,
-                             rows=cases * (tc.patches_per_case if cfg.spatial_dims == 3 else 1))
+                             rows=rows)
 
 
 def resolved_target(target: str, manifest: dict[str, Any]) -> str:

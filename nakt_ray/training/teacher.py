@@ -24,7 +24,7 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
 
     from nakt_ray import tracking
     from nakt_ray.runtime.cluster import init_ray
-    from nakt_ray.training.loop import fit
+    from nakt_ray.training.loop import fit, total_steps
     from nakt_ray.training.small_data import check_labeled_size
     from nakt_ray.training.student import check_val_metrics
     from nakt_ray.training.volume_data import labeled_training_set, validation_dataset
@@ -38,7 +38,8 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
         check_val_metrics(tc, "teacher_training")
     init_ray(cfg.ray)
     train_ds, failed, n = labeled_training_set(cfg, teacher.train_data, tc, dims)
-    check_labeled_size(n - len(failed), str(teacher.train_data), dims)
+    rows = (n - len(failed)) * (tc.patches_per_case if dims == 3 else 1)
+    check_labeled_size(n - len(failed), str(teacher.train_data), dims, steps=total_steps(tc, max(1, rows)))
     val_ds = validation_dataset(cfg, teacher.val_data, tc.batch_size, dims) if teacher.val_data else None
     lineage = {"train_data": str(Path(teacher.train_data).resolve()), "num_cases": n - len(failed)}
     spec = model_spec(cfg, teacher.name, teacher.arch, teacher.arch_args, "teacher", lineage)
@@ -50,7 +51,7 @@ def train_teacher(cfg: RunConfig, teacher: TeacherConfig) -> Path:
         logger = tracking.RunLogger(tracking.tracking_uri(cfg), run.info.run_id)
         result = fit(spec, train_ds, tc, out_path=out_path, storage=cfg.train_storage,
                      name=f"teacher-{teacher.name}", val_ds=val_ds, logger=logger,
-                     rows=(n - len(failed)) * (tc.patches_per_case if dims == 3 else 1))
+                     rows=rows)
         mlflow.log_metric("train_wall_s", result.wall_s)
         mlflow.log_artifact(str(out_path), artifact_path="teacher")
         if failed:
