@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> dict:
     epochs = dict(teacher=2, student=2) if args.smoke else dict(teacher=args.teacher_epochs,
                                                                 student=args.student_epochs)
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     raw = {
         "run_dir": str(run_dir),
         "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
         "teachers": [{"name": teacher_key(a), "arch": a, "train_data": str(splits["site_a"]),
                       "val_data": str(splits["val"])} for a in archs],
         "teacher_training": {**train_common, "epochs": epochs["teacher"]},
-        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3},
+        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3, **one_pass},
         "tracking": {"experiment": "e1", "registered_model": "e1-student"},
         "ray": {"num_cpus": os.cpu_count()},
     }

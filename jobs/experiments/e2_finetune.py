@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> dict:
                                                                             finetune=args.finetune_epochs)
     test = splits["test"] if not args.smoke else protocol.subset(splits["test"], 12, run_dir / "test_small")
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     raw = {
         "run_dir": str(run_dir),
         "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
                       "val_data": str(splits["val"])}],
         "student": {"name": "student", "arch": args.student_arch},
         "teacher_training": {**train_common, "epochs": epochs["teacher"]},
-        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3},
+        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3, **one_pass},
         "finetune": {**train_common, "epochs": epochs["finetune"], "lr": 5e-4},
         "tracking": {"experiment": "e2", "registered_model": "e2-student"},
         "ray": {"num_cpus": os.cpu_count()},

@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> dict:
                                                                 student=args.student_epochs)
     trials = 2 if args.smoke else args.trials
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     raw = {
         "run_dir": str(run_dir),
         "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
                       "val_data": str(splits["val"])} for arch, site in zip(args.teacher_archs, SITES)],
         "student": {"name": DEFAULT, "arch": args.student_arch},
         "teacher_training": {**train_common, "epochs": epochs["teacher"]},
-        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3},
+        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3, **one_pass},
         "tracking": {"experiment": "e3", "registered_model": "e3-student"},
         "ray": {"num_cpus": os.cpu_count()},
     }

@@ -299,9 +299,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     epochs = {"teacher": 1, "student": 1} if args.smoke else {"teacher": args.teacher_epochs,
                                                               "student": args.student_epochs}
     common = {"batch_size": 8, "lr": 2e-3, "num_workers": 0}
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     base = {"run_dir": str(run_dir), "preprocess": {"size": [args.size, args.size], "mode": "letterbox"},
             # the students and the upper bound: one budget
-            "training": {**common, "epochs": epochs["student"], "lr": 1e-3},
+            "training": {**common, "epochs": epochs["student"], "lr": 1e-3, **one_pass},
             "tracking": {"experiment": NAME, "registered_model": "e4-student"}, "ray": {"num_cpus": os.cpu_count()}}
 
     def site_raw(site: str) -> dict[str, Any]:  # a hospital's own run: its labels, its teacher

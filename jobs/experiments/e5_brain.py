@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> dict:
     common = {"batch_size": 2, "lr": 3e-3, "num_workers": 0, "torch_threads": os.cpu_count()}
     patches = dict(teacher=2, student=2) if args.smoke else dict(teacher=args.teacher_patches,
                                                                  student=args.student_patches)
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     raw = {
         "run_dir": str(run_dir),
         "data": {"labels": list(brain_mr.CLASSES), "transferal": folders["transferal"], "val": folders["val"]},
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         # Teachers keep their last epoch (no validation pass per epoch: it would cost more than their training);
         # students pick their best epoch on val.
         "teacher_training": {**common, "epochs": epochs["teacher"] or 1, "patches_per_case": patches["teacher"]},
-        "training": {**common, "epochs": epochs["student"], "patches_per_case": patches["student"]},
+        "training": {**common, "epochs": epochs["student"], "patches_per_case": patches["student"], **one_pass},
         "tracking": {"experiment": NAME, "registered_model": "e5-student"},
         "ray": {"num_cpus": os.cpu_count()},
     }

@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
             _nnunet.write_folder(Path(splits[k]), folder, size, list(args.labels))
     train_common = {"batch_size": 8, "num_workers": 0, "lr": 2e-3}
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     base = {
         "run_dir": str(run_dir),
         "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]),
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
         "preprocess": {"size": list(size)},
         "student": {"name": STUDENT, "arch": args.student_arch},
         "teacher_training": {**train_common, "epochs": epochs["teacher"]},
-        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3},
+        "training": {**train_common, "epochs": epochs["student"], "lr": 1e-3, **one_pass},
         "tracking": {"experiment": "e8", "registered_model": "e8-student"},
         "ray": {"num_cpus": os.cpu_count()},
     }

@@ -318,6 +318,8 @@ def run(args: argparse.Namespace) -> dict:
     names = [name for name, _, _ in everyone]
     poor = [k for k, (_, _, kind) in enumerate(everyone) if kind != "pool"]
     train = {"batch_size": 8, "num_workers": 0}
+    # the smoke checks the path: one pass an epoch, not the student's default floor of 550 steps
+    one_pass = {"min_steps": 0} if args.smoke else {}
     raw = {"run_dir": str(run_dir),
            "data": {"labels": list(args.labels), "transferal": str(splits["transferal"]), "val": str(splits["val"]),
                     "test": str(splits["test"])},
@@ -328,7 +330,7 @@ def run(args: argparse.Namespace) -> dict:
            "student": {"name": "student", "arch": args.student_arch},
            "teacher_training": {**train, "lr": 2e-3, "epochs": args.teacher_epochs,
                                 "min_steps": args.teacher_min_steps},
-           "training": {**train, "lr": 1e-3, "epochs": args.student_epochs},
+           "training": {**train, "lr": 1e-3, "epochs": args.student_epochs, **one_pass},
            "tracking": {"uri": f"sqlite:///{run_dir.resolve() / 'mlflow.db'}", "experiment": NAME,
                         "registered_model": "e9-student"},
            "ray": {"num_cpus": os.cpu_count()}}
