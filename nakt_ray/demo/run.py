@@ -26,7 +26,7 @@ from nakt_ray.runtime.console import say
 # Wall time of the whole demo on 2 otherwise idle cores, measured 2026-12-06 (process start to exit): `nakt demo`
 # 228 s, `nakt demo --smoke` 37 s. A machine busy with other work takes longer: 577 s and 85 s at a load of 6-9
 # and ~2. README.md quotes the same figures and `nakt demo --help` shows them (tests/test_cli.py checks that).
-DEMO_TIME = {False: "about 4 min on 2 idle CPU cores", True: "about 40 s on 2 idle CPU cores"}
+DEMO_TIME = {False: "about 6 min on 2 idle CPU cores", True: "about 40 s on 2 idle CPU cores"}
 MARKER = ".nakt-demo"  # "this folder is a demo's run directory": a rerun may replace its contents
 
 TEACHERS = (  # (name, architecture, site): different families on different sites
