@@ -6,7 +6,8 @@ tests/test_jobs_cluster.py, in a process of its own (the test session's Ray inst
 The cluster (``ray.cluster_utils.Cluster``, every node on this machine) is shaped like the KubeRay one: a CPU-only
 head (the driver's node) and two "GPU workers" (1 CPU, 1 GPU each: GPU as a scheduling resource only; torch stays
 on the CPU). Teachers ask for a GPU fraction, so their actors can only live on the workers, and Ray Data spreads
-them there. When the first Parquet file appears, a worker node that hosts teacher actors is killed (all its
+them there. Each actor's batches after its first wait for the removal (``RecordingTeacher``). When the first Parquet
+file appears, a worker node that hosts teacher actors is killed (all its
 processes, as a lost machine). Every teacher actor records where it (re)starts; RESULT_JSON gets the summary, the
 written case ids, those records and the removed node.
 """
@@ -38,19 +39,28 @@ def record(entry: dict) -> None:
 
 
 class RecordingTeacher(TeacherPredictor):
-    """A teacher actor that records the node it starts on, and takes 0.2 s more per batch (so the run is still
-    going when the node is removed). Once the node is gone, batches wait (up to 120 s) until as many actors have
-    started again as the node hosted: otherwise the surviving actor of a two-actor pool could finish the run
-    before Ray has noticed the lost node and restarted its actors, and the restart would go unobserved (seen in
-    CI on a loaded machine)."""
+    """A teacher actor that records the node it starts on, and holds the run still around the node's removal:
+
+    - an actor's first batch goes through, so the first case can reach a Parquet file (the removal's trigger);
+    - every later batch waits (up to 120 s) for the node to be removed, and then until as many actors have started
+      again as the node hosted.
+
+    So most of the run is still to do when the node goes, and no surviving actor can finish it before Ray has
+    noticed the lost node and restarted its actors (which would leave the restart unobserved). CI saw both: a
+    survivor that finished the run meanwhile, and one whose batches had all started before the node went."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._calls = 0
         record({"teacher": self.name, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "t": time.time()})
 
     def __call__(self, batch):
-        time.sleep(0.2)
+        self._calls += 1
+        if self._calls > 1:
+            deadline = time.time() + 120
+            while time.time() < deadline and not os.path.exists(REMOVAL):
+                time.sleep(0.1)
         if os.path.exists(REMOVAL):
             with open(REMOVAL) as f:
                 removal = json.load(f)
