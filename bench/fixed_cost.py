@@ -20,7 +20,10 @@ nakt and torch is reported apart: the plain loop pays it too):
 Settings (``--settings``), run side by side, alternating job by job: ``lean``, the default, where the annotation
 actors, and the driver of a process that only annotates (``nakt annotate``), import MONAI without its optional
 integrations (``nakt_ray/runtime/lean_imports.py``); ``full``, MONAI imported in full everywhere
-(``NAKT_LEAN_MONAI=0``, and a driver that goes on to train or evaluate). The ratio lean / full is printed.
+(``NAKT_LEAN_MONAI=0``, and a driver that goes on to train or evaluate); ``preload``, ``preload_monai`` (Ray's worker
+preload, rejected); ``kept``, lean with the teachers kept loaded between jobs (``annotate.keep_teachers_s``: the
+first job on the running cluster starts the hosts, the next find them; its median over the jobs after the first is
+printed apart). Ratios are printed against the first setting.
 
 Per run it records ``annotate``'s phases (probing the teachers in the driver, the streamed execution, the
 accounting) and, from ``ray.timeline()``, every task and actor call of the run with its start (seconds after
@@ -69,7 +72,7 @@ def timeline_spans(t_begin: float, t_end: float) -> list[dict]:
     return sorted(spans, key=lambda s: s["start_s"])
 
 
-def job(cfg_json: str, out: str, lean_driver: bool) -> None:
+def job(cfg_json: str, out: str, lean_driver: bool, keep_teachers_s: float = 0.0) -> None:
     """One one-batch annotation run in this process (``ray.address`` of the config: a running cluster, or None: start
     a local instance)."""
     t_imp = time.perf_counter()
@@ -78,7 +81,9 @@ def job(cfg_json: str, out: str, lean_driver: bool) -> None:
     from nakt_ray.runtime.cluster import init_ray
     imports = time.perf_counter() - t_imp
 
-    cfg = config.from_dict(json.loads(cfg_json))
+    raw = json.loads(cfg_json)
+    raw["annotate"]["keep_teachers_s"] = keep_teachers_s
+    cfg = config.from_dict(raw)
     t_wall0, t0 = time.time(), time.perf_counter()
     if lean_driver:  # as `nakt annotate` does (cli.cmd_annotate): this process only annotates
         from nakt_ray.annotation.pools import lean_monai
@@ -103,6 +108,9 @@ SETTINGS: dict[str, tuple[list[str], dict[str, str], dict[str, str]]] = {
     # before it accepts work, so an actor placed on an idle worker finds them imported.
     "preload": ([], {}, {"RAY_preload_python_modules": "torch"}),
     "preload_monai": ([], {}, {"RAY_preload_python_modules": "torch,monai"}),
+    # lean, with the teachers kept loaded between jobs (annotate.keep_teachers_s; decision 75): the first job on a
+    # running cluster starts the hosts, the next ones find them
+    "kept": (["--keep-teachers-s", "600"], {}, {}),
 }
 
 
@@ -136,17 +144,19 @@ def main() -> None:
                    help="lean: MONAI imported lean in the actors and the driver (as `nakt annotate` does); full: "
                         "imported in full everywhere (NAKT_LEAN_MONAI=0); preload, preload_monai: lean, on a Ray "
                         "instance whose workers import torch (and MONAI) before they take work "
-                        "(RAY_preload_python_modules). Ratios are printed against the first.")
+                        "(RAY_preload_python_modules); kept: lean, with the teachers kept loaded between jobs "
+                        "(annotate.keep_teachers_s). Ratios are printed against the first.")
     p.add_argument("--pause", type=float, default=2.0,
                    help="seconds between jobs on the running clusters (a cluster between jobs, as in use)")
     p.add_argument("--full-monai-driver", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--keep-teachers-s", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--job-out", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("NAKT_PROGRESS", "0")
     if args.job:
-        return job(args.job, args.job_out, not args.full_monai_driver)
+        return job(args.job, args.job_out, not args.full_monai_driver, args.keep_teachers_s)
     if not args.images.is_dir():
         raise SystemExit(f"image folder {args.images} not found; pass --images")
 
@@ -208,19 +218,24 @@ def main() -> None:
                 if current.exists() and current.read_text().strip().endswith(f":{port}"):
                     current.unlink()
         median = {s: sorted(r["fixed_s"] for r in rs)[len(rs) // 2] for s, rs in jobs.items()}
+        # every job but a setting's first (for kept, the jobs that found the teachers loaded)
+        later = {s: sorted(r["fixed_s"] for r in rs[1:])[(len(rs) - 1) // 2] for s, rs in jobs.items() if len(rs) > 1}
         result = {"host": platform.node(), "cpus": args.cpus, "size": args.size, "batch": args.batch,
                   "teachers": [a for _, a in TEACHERS], "plain_loop": plain, "settings": args.settings,
                   "fresh_instance": fresh, "running_cluster_jobs": jobs,
                   "fixed_s_fresh_instance": {s: r["fixed_s"] for s, r in fresh.items()},
-                  "fixed_s_running_cluster_median": median}
+                  "fixed_s_running_cluster_median": median,
+                  "fixed_s_running_cluster_median_after_first": later}
         print(f"plain loop {plain['images_per_s']:.1f} images/s. Fixed cost (s):")
         for s in args.settings:
             print(f"  {s:6s} fresh instance {fresh[s]['fixed_s']:6.2f}; running cluster median {median[s]:6.2f} ("
-                  + ", ".join(f"{r['fixed_s']:.2f}" for r in jobs[s]) + ")")
+                  + ", ".join(f"{r['fixed_s']:.2f}" for r in jobs[s]) + ")"
+                  + (f"; after the first job {later[s]:6.2f}" if s in later else ""))
         x = args.settings[0]
         for y in args.settings[1:]:  # measured side by side: each setting against the first
             print(f"  {y} / {x}: fresh {fresh[y]['fixed_s'] / fresh[x]['fixed_s']:.2f}, running cluster "
-                  f"{median[y] / median[x]:.2f}")
+                  f"{median[y] / median[x]:.2f}"
+                  + (f", after the first job {later[y] / later[x]:.2f}" if x in later and y in later else ""))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")

@@ -321,6 +321,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hosts(args: argparse.Namespace) -> int:
+    import ray
+
+    from nakt_ray.annotation.hosts import list_hosts, stop_hosts
+
+    if not args.ray_address:
+        raise ValueError("--ray-address is required: kept teachers live on a running cluster ('auto' joins the one "
+                         "`ray start` left on this machine)")
+    _quiet(Path(args.log_dir))
+    ray.init(address=args.ray_address, logging_level="WARNING", include_dashboard=False)
+    hosts = list_hosts()
+    if args.stop:
+        stopped = stop_hosts()
+        say(json.dumps({"stopped": stopped, "hosts": hosts}, indent=2))
+    else:
+        say(json.dumps({"hosts": hosts}, indent=2))
+    return 0
+
+
 def _sub(sub: argparse._SubParsersAction, name: str, summary: str, about: str, examples: str,
          ray: bool = True) -> argparse.ArgumentParser:
     """A subcommand with its one-line ``summary``, a description and examples (shown by ``nakt NAME --help``)."""
@@ -473,6 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_predict)
 
     from nakt_ray.demo.run import DEMO_TIME, MARKER
+    p = _sub(sub, "hosts", "list (or stop) the teachers kept loaded on a running cluster",
+             "Runs with annotate.keep_teachers_s > 0 leave their teachers loaded in detached Ray actors until no run\n"
+             "has used them for that long. This lists each host (teachers, node, calls, idle seconds) and with\n"
+             "--stop ends them all at once, freeing their CPUs and GPUs.",
+             "nakt hosts --ray-address auto\nnakt hosts --ray-address auto --stop")
+    p.add_argument("--ray-address", help="the running cluster ('auto': the one `ray start` left on this machine)")
+    p.add_argument("--stop", action="store_true", help="end every kept teacher host now")
+    p.add_argument("--log-dir", default="runs/logs", help="where Ray's own output goes (default: runs/logs)")
+    p.set_defaults(fn=cmd_hosts)
+
     from nakt_ray.demo.run3d import DEMO3D_TIME
 
     p = _sub(sub, "demo", f"the whole flow on synthetic data ({DEMO_TIME[False]})",

@@ -207,7 +207,7 @@ def test_every_subcommand_help_has_a_description_an_example_and_every_option_a_h
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {"train-teacher", "annotate", "fuse", "train-student", "finetune", "tune",
-                                "evaluate", "export", "predict", "demo"}
+                                "evaluate", "export", "predict", "demo", "hosts"}
     for name, parser in sub.choices.items():
         text = parser.format_help()
         assert parser.description and len(parser.description.splitlines()) >= 2, name

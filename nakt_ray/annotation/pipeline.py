@@ -316,7 +316,8 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
             ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
                                 compute=light, fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
             ds = add_teacher_pools(ds, teachers, records, pre.in_channels, uri, predictor_cls,
-                                   cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors)
+                                   cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
+                                   keep_teachers_s=cfg.annotate.keep_teachers_s, run_id=uuid.uuid4().hex)
             ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
                                 compute=light, fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights,
                                                               coverage=ann.coverage(manifest)))

@@ -25,7 +25,7 @@ from nakt_ray.annotation import volume_store as vs
 from nakt_ray.annotation.parquet import quantize
 from nakt_ray.annotation.pools import PREDICT_STAGE, TEACHER_INPUT, TeacherPredictor
 from nakt_ray.data.volume_preprocess import VolumeTransform
-from nakt_ray.errors import DataError, TeacherOutputError, error
+from nakt_ray.errors import ConfigError, DataError, TeacherOutputError, error, expected
 from nakt_ray.fusion.labels import fold_channels
 
 if TYPE_CHECKING:
@@ -179,6 +179,10 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
     from nakt_ray.data.volumes import MAX_VOXELS
     from nakt_ray.runtime.cluster import LIGHT_CPU
 
+    if cfg.annotate.keep_teachers_s:  # a volume teacher writes into the run's own stores (out_dir, at construction)
+        raise error(ConfigError, "config key 'annotate.keep_teachers_s'",
+                    f"{expected(cfg.annotate.keep_teachers_s, '0 for a 3D run')}: teachers kept between runs "
+                    "annotate 2D runs only, for now (docs/decisions.md, 75)")
     items = [{"case_id": c.case_id, "image_path": c.image_path, "mask_path": c.mask_path or "",
               "original_id": c.original_id or ""} for c in todo]
     light = light_task_pool()

@@ -257,6 +257,11 @@ class StudentConfig:
         _check_arch(f"{p}arch", self.arch, f"{p}arch_args", self.arch_args)
 
 
+# The shortest annotate.keep_teachers_s: a kept teacher host must outlive the seconds between a run creating it and
+# the run's first batch reaching it.
+MIN_KEEP_TEACHERS_S = 30.0
+
+
 @dataclass(frozen=True)
 class AnnotateConfig:
     """The annotation run. ``output`` defaults to ``<run_dir>/annotations``; it may be an object-store URI
@@ -269,7 +274,13 @@ class AnnotateConfig:
     ``batch_size``), ``shared_actors`` of them (default: one per GPU, else one per 4 CPUs, at least one), the
     cluster's CPUs split between them as torch threads; ``auto`` (the default) is ``per_teacher`` on a cluster
     with GPUs and ``shared`` on one without: on CPUs, pools of their own only time-share the same cores, and every
-    batch crosses the object store once per teacher (decision 39)."""
+    batch crosses the object store once per teacher (decision 39).
+
+    ``keep_teachers_s``: 0 (the default) starts the teachers' actors with the run and ends them with it. Above 0
+    (at least 30), the teachers stay loaded on the cluster, in the same layout and resources, until no run has
+    used them for that many seconds: the next run with the same teachers skips their start (~4.5 s of a small
+    job on 2 cores; decision 75). Meant for a running cluster (``ray.address``), where they hold their CPUs and
+    GPUs while they wait; ``nakt hosts --stop`` frees them at once. 2D runs only, for now."""
 
     output: str | None = None
     prob_dtype: Literal["uint8", "float16"] = "uint8"
@@ -277,8 +288,13 @@ class AnnotateConfig:
     rows_per_file: int = 256
     pools: Literal["auto", "per_teacher", "shared"] = "auto"
     shared_actors: int | None = None
+    keep_teachers_s: float = 0.0
 
     def _validate(self, p: str) -> None:
+        if self.keep_teachers_s and self.keep_teachers_s < MIN_KEEP_TEACHERS_S:
+            raise error(ConfigError, f"config key '{p}keep_teachers_s'",
+                        expected(self.keep_teachers_s, f"0 (the teachers go with the run) or at least "
+                                                       f"{MIN_KEEP_TEACHERS_S:g} seconds"))
         if self.shared_actors is not None and self.shared_actors < 1:
             raise error(ConfigError, f"config key '{p}shared_actors'",
                         expected(self.shared_actors, "an integer >= 1, or null (one per GPU, else per 4 CPUs)"))

@@ -1,0 +1,220 @@
+"""Teachers kept loaded on a running cluster between runs (``annotate.keep_teachers_s``; docs/decisions.md, 75).
+
+A run normally starts its teachers itself, in Ray Data actor pools (:mod:`nakt_ray.annotation.pools`) that end
+with it: each actor starts a worker process, imports torch and MONAI and loads its teachers. On a running 2-core
+cluster that is ~4.5 s of a one-batch job's 6.9 s (docs/benchmarks.md, 2026-12-07), paid again by every job.
+
+With ``keep_teachers_s > 0`` the teachers live instead in named, detached actors, :class:`TeacherHost`, one
+:class:`~nakt_ray.annotation.pools.EnsemblePredictor` each, laid out as the pools would be (``shared``: hosts of
+every teacher; ``per_teacher``: hosts of one teacher each, with its threads and GPUs; each asks Ray for a token
+CPU share, ``HOST_CPU``, so that hosts waiting between runs block no other job). A host's name is a digest of
+everything that decides what it computes (:func:`host_names`: the teachers' sources and the files' size and
+time, their options and label maps, threads, resources, the predictor class), so the next run with the same
+teachers finds them loaded and a changed teacher gets a host of its own. The pipeline reaches the hosts from its
+light tasks (:func:`predict_on_hosts`, fused by Ray Data with decoding and fusion into one task), and a host that no
+run has called for ``keep_teachers_s`` seconds ends itself, giving its CPUs and GPUs back. ``nakt hosts`` lists
+them and stops them at once.
+
+On a local instance that a run starts itself, the hosts end with that instance: they pay off on a running cluster
+(``ray.address``), where jobs come and go.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nakt_ray.errors import ConfigError, error, expected
+
+# The Ray namespace of every host: one place to list and stop them, whatever namespace the jobs run in.
+NAMESPACE = "nakt-teachers"
+PREFIX = "teachers-"
+# The CPU share a host asks Ray for, whatever torch threads it runs: a host waits most of its life, and one that
+# held whole CPUs between runs kept other jobs' actors (and training workers) from starting on a small cluster
+# (measured: on 2 CPUs a job with its own pool waited 600 s, until the host's idle release). Ray's CPUs are a
+# scheduling figure, not a thread limit; GPUs are held as asked (a kept GPU host keeps its GPU).
+HOST_CPU = 0.1
+# A host checks this often whether it has been idle too long (at most; a quarter of keep_teachers_s when shorter).
+WATCH_PERIOD_S = 5.0
+
+
+class TeacherHost:
+    """A detached actor that hosts teachers for every run that asks for them (an ``EnsemblePredictor``).
+
+    ``predict(batch, run_id)`` adds each teacher's ``prob__<name>`` column as the pool actors do. The failure
+    count that stops a run whose teacher fails on every case (``pools.FAILED_BATCHES_TO_STOP``) restarts with each
+    ``run_id``: one run's failures do not stop the next. After ``keep_s`` seconds with no call the actor kills
+    itself (no restart)."""
+
+    def __init__(self, teachers: list[dict[str, Any]], batch_sizes: list[int], num_threads: int,
+                 predictor_cls: type, keep_s: float, identity: dict[str, Any]):
+        from nakt_ray.annotation.pools import EnsemblePredictor
+
+        self.ensemble = EnsemblePredictor(teachers, batch_sizes, num_threads, predictor_cls)
+        self.identity = identity
+        self.keep_s = keep_s
+        self.started = time.time()
+        self.last = time.monotonic()
+        self.busy = False
+        self.calls = 0
+        self.runs: list[str] = []
+        threading.Thread(target=self._release_when_idle, daemon=True, name="nakt-host-idle").start()
+
+    def predict(self, batch: dict[str, np.ndarray], run_id: str) -> dict[str, np.ndarray]:
+        self.busy, self.last = True, time.monotonic()
+        try:
+            if not self.runs or self.runs[-1] != run_id:
+                self.runs.append(run_id)
+                for predictor in self.ensemble.predictors:
+                    predictor.failed_streak = [0, 0]
+            return self.ensemble(batch)
+        finally:
+            self.busy, self.last, self.calls = False, time.monotonic(), self.calls + 1
+
+    def touch(self) -> None:
+        """Restart the idle clock (a run that is about to send batches)."""
+        self.last = time.monotonic()
+
+    def info(self) -> dict[str, Any]:
+        """Where it runs, what it hosts and how much it served (the idle clock goes on)."""
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "started": self.started,
+                "calls": self.calls, "runs": len(self.runs), "keep_s": self.keep_s,
+                "idle_s": round(time.monotonic() - self.last, 1),
+                "teachers": [p.name for p in self.ensemble.predictors], **self.identity}
+
+    def _release_when_idle(self) -> None:
+        import ray
+
+        period = min(WATCH_PERIOD_S, self.keep_s / 4)
+        while True:
+            time.sleep(period)
+            if not self.busy and time.monotonic() - self.last > self.keep_s:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+
+def check_keep_s(keep_s: float, where: str = "config key 'annotate.keep_teachers_s'") -> None:
+    from nakt_ray.config.schema import MIN_KEEP_TEACHERS_S
+
+    if keep_s and keep_s < MIN_KEEP_TEACHERS_S:
+        raise error(ConfigError, where, expected(keep_s, f"0 (the teachers go with the run) or at least "
+                                                         f"{MIN_KEEP_TEACHERS_S:g} seconds"))
+
+
+def _source_stamp(source: str) -> list[Any]:
+    """A local model file's size and modification time (a replaced file gets a new host); a URI as it is."""
+    path = Path(source)
+    try:
+        st = path.stat()
+    except OSError:
+        return [source]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def host_names(units: list[dict[str, Any]], count: int) -> list[str]:
+    """The names of a unit's ``count`` hosts: a digest of what decides what they compute (``units``: the host's
+    constructor arguments and resources, with each teacher's source stamped by its file's size and time)."""
+    from nakt_ray import __version__
+
+    def plain(value: Any) -> Any:
+        if hasattr(value, "__dataclass_fields__"):
+            return asdict(value)
+        if isinstance(value, type):
+            return f"{value.__module__}.{value.__qualname__}"
+        return str(value)
+
+    stamped = json.loads(json.dumps(units, default=plain))  # a copy: the stamps stay out of the hosts' arguments
+    for unit in stamped:
+        for teacher in unit.get("teachers", []):
+            teacher["source_stamp"] = _source_stamp(teacher["checkpoint"])
+    text = json.dumps({"nakt": __version__, "units": stamped}, sort_keys=True, default=str)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return [f"{PREFIX}{digest}-{i}" for i in range(count)]
+
+
+def start_hosts(unit: dict[str, Any], count: int, *, num_cpus: float, num_gpus: float, keep_s: float,
+                restarts: int) -> list[str]:
+    """Create (or find, by name) the ``count`` hosts of ``unit`` (``TeacherHost`` arguments but the identity),
+    without waiting for them to load: a new host loads its teachers while the run starts. Each asks for
+    ``num_gpus`` and at most ``HOST_CPU`` CPUs. Returns their names."""
+    import ray
+
+    num_cpus = min(num_cpus, HOST_CPU)
+    identity = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    names = host_names([{**unit, **identity}], count)
+    host_cls = ray.remote(TeacherHost)
+    for name in names:
+        handle = host_cls.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                                  num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=restarts,
+                                  max_task_retries=-1).remote(**unit, keep_s=keep_s, identity={"name": name})
+        handle.touch.remote()  # the idle clock of a host found loaded restarts now, not at its first batch
+    return names
+
+
+_handles: dict[str, Any] = {}
+_turn = itertools.count()
+
+
+def _handle(name: str) -> Any:
+    import ray
+
+    if name not in _handles:
+        _handles[name] = ray.get_actor(name, namespace=NAMESPACE)
+    return _handles[name]
+
+
+def predict_on_hosts(batch: dict[str, np.ndarray], *, hosts: list[list[str]], run_id: str) -> dict[str, np.ndarray]:
+    """Ray Data task UDF: the batch through each unit's hosts in turn (one host of a unit per batch, taken in
+    turn), as the actor pools would run it."""
+    import ray
+
+    for names in hosts:
+        name = names[next(_turn) % len(names)]
+        try:
+            batch = ray.get(_handle(name).predict.remote(batch, run_id))
+        except ray.exceptions.ActorDiedError:
+            _handles.pop(name, None)  # restarts used up, or stopped (`nakt hosts --stop`): the error says which
+            raise
+    return batch
+
+
+def list_hosts() -> list[dict[str, Any]]:
+    """Every running host on the connected cluster, with its ``info``."""
+    import ray
+    from ray.util import list_named_actors
+
+    names = sorted(a["name"] for a in list_named_actors(all_namespaces=True)
+                   if a.get("namespace") == NAMESPACE and a["name"].startswith(PREFIX))
+    out = []
+    for name in names:
+        try:
+            out.append(ray.get(ray.get_actor(name, namespace=NAMESPACE).info.remote(), timeout=60))
+        except (ValueError, ray.exceptions.RayError) as err:  # went meanwhile, or not answering
+            out.append({"name": name, "error": f"{type(err).__name__}: {str(err).splitlines()[0]}"})
+    return out
+
+
+def stop_hosts() -> list[str]:
+    """Kill every host on the connected cluster now (no restart); returns their names."""
+    import ray
+    from ray.util import list_named_actors
+
+    stopped = []
+    for actor in list_named_actors(all_namespaces=True):
+        if actor.get("namespace") == NAMESPACE and actor["name"].startswith(PREFIX):
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE), no_restart=True)
+                stopped.append(actor["name"])
+            except ValueError:  # went meanwhile
+                pass
+    return sorted(stopped)
