@@ -157,7 +157,8 @@ def image_folder(src: Path, dst: Path, limit: int | None, repeat: int) -> Path:
 
 
 def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], size: int, batch: int, actors: int,
-               decode_batch: int | None = None, pools: str = "auto", shared_actors: int | None = None):
+               decode_batch: int | None = None, pools: str = "auto", shared_actors: int | None = None,
+               keep_teachers_s: float = 0.0):
     from nakt_ray import config
 
     return config.from_dict({
@@ -165,7 +166,8 @@ def run_config(run_dir: Path, images: Path, teachers: list[tuple[str, str]], siz
         "data": {"labels": ["background", "head"], "transferal": str(images)},
         "preprocess": {"size": [size, size]},
         "teachers": [{"name": n, "checkpoint": p, "batch_size": batch, "actors": actors} for n, p in teachers],
-        "annotate": {"decode_batch_size": decode_batch or batch, "pools": pools, "shared_actors": shared_actors},
+        "annotate": {"decode_batch_size": decode_batch or batch, "pools": pools, "shared_actors": shared_actors,
+                     "keep_teachers_s": keep_teachers_s},
     })
 
 
@@ -243,6 +245,9 @@ def main() -> None:
     p.add_argument("--no-fixed-cost", action="store_true",
                    help="skip the pipeline run on one batch that measures its fixed cost")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the input; 0: skip")
+    p.add_argument("--keep-teachers-s", type=float, default=0.0,
+                   help="annotate.keep_teachers_s of every pipeline run: the teachers in hosts reached from fused "
+                        "tasks (decision 75; on the fresh instance each run starts, so no host outlives its run)")
     p.add_argument("--out", type=Path, default=Path("bench/results/annotate.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -255,7 +260,7 @@ def main() -> None:
         teachers = make_teachers(work / "teachers", args.size)
         one = image_folder(args.images, work / "images_1x", args.limit, 1)
         cfg = run_config(work / "ray_1x", one, teachers, args.size, args.batch, args.actors, args.decode_batch,
-                         args.pools, args.shared_actors)
+                         args.pools, args.shared_actors, args.keep_teachers_s)
 
         with PeakMemory() as mem_plain:
             plain = plain_loop(cfg, work / "plain_out")
@@ -276,7 +281,7 @@ def main() -> None:
             # steady state matched the plain loop exactly.
             few = image_folder(args.images, work / "images_one_batch", args.batch, 1)
             fixed = pipeline(run_config(work / "ray_one_batch", few, teachers, args.size, args.batch, args.actors,
-                                        args.decode_batch, args.pools, args.shared_actors))
+                                        args.decode_batch, args.pools, args.shared_actors, args.keep_teachers_s))
             fixed["fixed_s"] = fixed["wall_s"] - fixed["images"] / plain["images_per_s"]
             result["ray_pipeline_one_batch"] = fixed
             result["ratio_ceiling"] = plain["wall_s"] / (plain["wall_s"] + fixed["fixed_s"])
@@ -293,10 +298,13 @@ def main() -> None:
             many = image_folder(args.images, work / f"images_{args.repeat}x", args.limit, args.repeat)
             with PeakMemory() as mem_many:
                 ray_nx = pipeline(run_config(work / f"ray_{args.repeat}x", many, teachers, args.size, args.batch,
-                                             args.actors, args.decode_batch, args.pools, args.shared_actors))
+                                             args.actors, args.decode_batch, args.pools, args.shared_actors,
+                                             args.keep_teachers_s))
             ray_nx.update(usage(mem_many))
             result[f"ray_pipeline_{args.repeat}x"] = ray_nx
             result["memory_ratio_nx_over_1x"] = ray_nx["peak_memory_mb"] / ray_1x["peak_memory_mb"]
+            # the pipeline on the larger input against the plain loop's (steady) rate on the 1x input
+            result["ratio_nx_pipeline_over_plain"] = ray_nx["images_per_s"] / plain["images_per_s"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -320,7 +328,9 @@ def main() -> None:
               f"{result['ratio_ceiling']:.3f} ({result['ratio_ceiling_running_cluster']:.3f} on a running cluster)")
     if args.repeat:
         nx = result[f"ray_pipeline_{args.repeat}x"]
-        print(f"  pipeline at {args.repeat}x input: {nx['images_per_s']:.2f} images/s, "
+        print(f"  pipeline at {args.repeat}x input ({nx['images']} images): {nx['images_per_s']:.2f} images/s "
+              f"({nx['images_per_s_excluding_ray_init']:.2f} without Ray start-up; ratio / plain "
+              f"{result['ratio_nx_pipeline_over_plain']:.3f}, CPU {nx['cpu_s']:.0f} s), "
               f"peak {nx['peak_memory_mb']:.0f} MB "
               f"-> memory {args.repeat}x / 1x = {result['memory_ratio_nx_over_1x']:.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
