@@ -280,3 +280,30 @@ def test_an_interrupted_volume_run_resumes_to_the_same_set(annotated_volumes, vo
         if after["status"][i] == "ok":
             np.testing.assert_array_equal(np.asarray(vs.open_case(copy, after["store"][i])["soft_label"][...]),
                                           np.asarray(vs.open_case(out, gone["store"][j])["soft_label"][...]))
+
+
+def test_kept_teachers_annotate_volumes_into_each_runs_own_stores(annotated_volumes, volume_run, tmp_path):
+    """annotate.keep_teachers_s on a volume run: the hosts are built without the run's store folder and get it with
+    each batch, so a second run into another folder meets the same hosts and writes the same maps there."""
+    from nakt_ray.annotation.hosts import list_hosts, stop_hosts
+
+    cfg, _, out, summary = annotated_volumes
+    _, _, raw = volume_run
+    kept = config.from_dict({**raw, "annotate": {"keep_teachers_s": 60}})
+    try:
+        first = annotate(kept, output=str(tmp_path / "k1"))
+        hosts = {h["name"]: h["pid"] for h in list_hosts()}
+        second = annotate(kept, output=str(tmp_path / "k2"))
+        assert {h["name"]: h["pid"] for h in list_hosts()} == hosts and len(hosts) == 1  # the shared layout, kept
+    finally:
+        stop_hosts()
+    for run, folder in ((first, tmp_path / "k1"), (second, tmp_path / "k2")):
+        assert (run["annotated"], run["failed"]) == (summary["annotated"], summary["failed"])
+        table, pools = ann.read_table(folder).to_pydict(), ann.read_table(out).to_pydict()
+        for case, store in zip(table["case_id"], table["store"]):
+            if not store:
+                continue
+            theirs = pools["store"][pools["case_id"].index(case)]
+            for key in [vs.teacher_key(t) for t in ("thr3d", "thr2d", "net")] + ["hard_label"]:
+                np.testing.assert_array_equal(np.asarray(vs.open_case(folder, store)[key][...]),
+                                              np.asarray(vs.open_case(out, theirs)[key][...]))

@@ -49,10 +49,11 @@ WATCH_PERIOD_S = 5.0
 class TeacherHost:
     """A detached actor that hosts teachers for every run that asks for them (an ``EnsemblePredictor``).
 
-    ``predict(batch, run_id)`` adds each teacher's ``prob__<name>`` column as the pool actors do. The failure
-    count that stops a run whose teacher fails on every case (``pools.FAILED_BATCHES_TO_STOP``) restarts with each
-    ``run_id``: one run's failures do not stop the next. After ``keep_s`` seconds with no call the actor kills
-    itself (no restart)."""
+    ``predict(batch, run_id, run_kwargs)`` adds each teacher's ``prob__<name>`` column as the pool actors do;
+    ``run_kwargs`` are the predictor's per-run attributes (``RUN_KWARGS`` of its class: a volume predictor's
+    ``out_dir``), set on every predictor before the batch. The failure count that stops a run whose teacher fails
+    on every case (``pools.FAILED_BATCHES_TO_STOP``) restarts with each ``run_id``: one run's failures do not stop
+    the next. After ``keep_s`` seconds with no call the actor kills itself (no restart)."""
 
     def __init__(self, teachers: list[dict[str, Any]], batch_sizes: list[int], num_threads: int,
                  predictor_cls: type, keep_s: float, identity: dict[str, Any]):
@@ -68,13 +69,17 @@ class TeacherHost:
         self.runs: list[str] = []
         threading.Thread(target=self._release_when_idle, daemon=True, name="nakt-host-idle").start()
 
-    def predict(self, batch: dict[str, np.ndarray], run_id: str) -> dict[str, np.ndarray]:
+    def predict(self, batch: dict[str, np.ndarray], run_id: str,
+                run_kwargs: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         self.busy, self.last = True, time.monotonic()
         try:
             if not self.runs or self.runs[-1] != run_id:
                 self.runs.append(run_id)
                 for predictor in self.ensemble.predictors:
                     predictor.failed_streak = [0, 0]
+            for predictor in self.ensemble.predictors:  # the run's own places (a volume run's stores)
+                for key, value in (run_kwargs or {}).items():
+                    setattr(predictor, key, value)
             return self.ensemble(batch)
         finally:
             self.busy, self.last, self.calls = False, time.monotonic(), self.calls + 1
@@ -173,7 +178,8 @@ def _handle(name: str) -> Any:
     return _handles[name]
 
 
-def predict_on_hosts(batch: dict[str, np.ndarray], *, hosts: list[list[str]], run_id: str) -> dict[str, np.ndarray]:
+def predict_on_hosts(batch: dict[str, np.ndarray], *, hosts: list[list[str]], run_id: str,
+                     run_kwargs: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
     """Ray Data task UDF: the batch through each unit's hosts in turn (one host of a unit per batch, taken in
     turn), as the actor pools would run it."""
     import ray
@@ -181,7 +187,7 @@ def predict_on_hosts(batch: dict[str, np.ndarray], *, hosts: list[list[str]], ru
     for names in hosts:
         name = names[next(_turn) % len(names)]
         try:
-            batch = ray.get(_handle(name).predict.remote(batch, run_id))
+            batch = ray.get(_handle(name).predict.remote(batch, run_id, run_kwargs))
         except ray.exceptions.ActorDiedError:
             _handles.pop(name, None)  # restarts used up, or stopped (`nakt hosts --stop`): the error says which
             raise

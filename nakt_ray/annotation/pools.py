@@ -155,6 +155,10 @@ class TeacherPredictor:
     every case failed, the actor raises ``TeacherOutputError`` and the run stops.
     """
 
+    # Constructor arguments that belong to a run, not to the teacher: a kept host (annotation/hosts.py) is built
+    # without them and gets them with each batch.
+    RUN_KWARGS: tuple[str, ...] = ()
+
     def __init__(self, checkpoint: str, name: str, in_channels: int, num_threads: int = 1,
                  options: InferenceOptions | None = None, tracking_uri: str | None = None,
                  prob_dtype: str = "uint8", trust_pickle: bool = False, spatial_dims: int = 2,
@@ -391,11 +395,15 @@ def _add_teacher_hosts(ds: Any, teachers: list[TeacherRef], teacher_kwargs: Any,
 
     check_keep_s(keep_s)
     kwargs_of = teacher_kwargs
+    run_keys = getattr(predictor_cls, "RUN_KWARGS", ())
+    run_kwargs: dict[str, Any] = {}
 
-    def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:  # a run's tracking URI concerns MLflow teachers alone: a
-        kw = kwargs_of(t)                                   # file teacher's host serves runs of any tracking store
+    def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
+        kw = kwargs_of(t)
         if not str(t.checkpoint).startswith(("models:/", "runs:/")):
-            kw["tracking_uri"] = None
+            kw["tracking_uri"] = None  # concerns MLflow teachers alone: a file's host serves runs of any store
+        for key in run_keys:  # the run's own places go with each batch; the host is built without them
+            run_kwargs[key] = kw.pop(key)
         return kw
 
     resources = ray.cluster_resources()
@@ -415,7 +423,7 @@ def _add_teacher_hosts(ds: Any, teachers: list[TeacherRef], teacher_kwargs: Any,
             num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
             hosts.append(start_hosts(unit, t.actors, num_cpus=t.num_cpus * scale, num_gpus=num_gpus, **common))
     return ds.map_batches(predict_on_hosts, num_cpus=LIGHT_CPU, compute=light_task_pool(),
-                          fn_kwargs=dict(hosts=hosts, run_id=run_id))
+                          fn_kwargs=dict(hosts=hosts, run_id=run_id, run_kwargs=run_kwargs))
 
 
 def check_teachers(teachers: list[TeacherRef], labels: list[str] | tuple[str, ...], in_channels: int,

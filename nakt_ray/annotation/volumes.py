@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from nakt_ray.annotation import volume_store as vs
 from nakt_ray.annotation.parquet import quantize
 from nakt_ray.annotation.pools import PREDICT_STAGE, TEACHER_INPUT, TeacherPredictor
 from nakt_ray.data.volume_preprocess import VolumeTransform
-from nakt_ray.errors import ConfigError, DataError, TeacherOutputError, error, expected
+from nakt_ray.errors import DataError, TeacherOutputError, error
 from nakt_ray.fusion.labels import fold_channels
 
 if TYPE_CHECKING:
@@ -83,7 +84,9 @@ class VolumeTeacherPredictor(TeacherPredictor):
     and the stop rule of :class:`~nakt_ray.annotation.pools.TeacherPredictor` applies per batch of cases.
     """
 
-    def __init__(self, *, out_dir: str, **kwargs: Any):
+    RUN_KWARGS = ("out_dir",)  # a kept host serves runs with stores of their own
+
+    def __init__(self, *, out_dir: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.out_dir = out_dir
         self.key = vs.teacher_key(self.name)
@@ -179,10 +182,6 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
     from nakt_ray.data.volumes import MAX_VOXELS
     from nakt_ray.runtime.cluster import LIGHT_CPU
 
-    if cfg.annotate.keep_teachers_s:  # a volume teacher writes into the run's own stores (out_dir, at construction)
-        raise error(ConfigError, "config key 'annotate.keep_teachers_s'",
-                    f"{expected(cfg.annotate.keep_teachers_s, '0 for a 3D run')}: teachers kept between runs "
-                    "annotate 2D runs only, for now (docs/decisions.md, 75)")
     items = [{"case_id": c.case_id, "image_path": c.image_path, "mask_path": c.mask_path or "",
               "original_id": c.original_id or ""} for c in todo]
     light = light_task_pool()
@@ -195,7 +194,8 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
     teachers = [dataclasses.replace(t, batch_size=1) for t in teachers]
     ds = add_teacher_pools(ds, teachers, records, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
                            cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
-                           predictor_kwargs={"out_dir": out_dir, "spatial_dims": 3})
+                           predictor_kwargs={"out_dir": out_dir, "spatial_dims": 3},
+                           keep_teachers_s=cfg.annotate.keep_teachers_s, run_id=uuid.uuid4().hex)
     weights = cfg.fusion.effective_weights()
     return ds.map_batches(fuse_cases, batch_size=1, num_cpus=LIGHT_CPU, compute=light,
                           fn_kwargs=dict(out_dir=out_dir, teachers=[t.name for t in teachers], rule=cfg.fusion.rule,

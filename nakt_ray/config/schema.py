@@ -280,7 +280,7 @@ class AnnotateConfig:
     (at least 30), the teachers stay loaded on the cluster, in the same layout and resources, until no run has
     used them for that many seconds: the next run with the same teachers skips their start (~4.5 s of a small
     job on 2 cores; decision 75). Meant for a running cluster (``ray.address``), where they hold their CPUs and
-    GPUs while they wait; ``nakt hosts --stop`` frees them at once. 2D runs only, for now."""
+    GPUs while they wait; ``nakt hosts --stop`` frees them at once."""
 
     output: str | None = None
     prob_dtype: Literal["uint8", "float16"] = "uint8"
