@@ -17,7 +17,10 @@ another in this process with every core for torch; the pipeline runs ``annotate`
 Printed and written as JSON (``--out``): volumes/s of each path and the ratio pipeline / plain; peak memory (PSS of
 the process tree, Ray's processes included) of the plain loop, of the pipeline at 1x and at ``--repeat`` x the
 volumes (symbolic links), and their ratio (does the pipeline stream?); bytes stored per volume (the stores on disk)
-against the raw uint8 maps (teachers + soft label + hard label, uncompressed) and against float32 maps.
+against the raw uint8 maps (teachers + soft label + hard label, uncompressed) and against float32 maps. With
+``--running-cluster``, the pipeline also runs as jobs joining a ``ray start --head`` cluster: with the run's own
+actor pools, and with the teachers kept between runs (``annotate.keep_teachers_s``) twice, the second finding them
+loaded.
 """
 from __future__ import annotations
 
@@ -90,7 +93,8 @@ def volume_section(patch: int, spacing: float) -> dict:
             "patch_size": [patch] * 3}
 
 
-def run_config(run_dir: Path, volumes: Path, teachers: list[tuple[str, str]], patch: int, spacing: float):
+def run_config(run_dir: Path, volumes: Path, teachers: list[tuple[str, str]], patch: int, spacing: float,
+               address: str | None = None, keep_teachers_s: float = 0.0):
     from nakt_ray import config
 
     return config.from_dict({
@@ -99,7 +103,39 @@ def run_config(run_dir: Path, volumes: Path, teachers: list[tuple[str, str]], pa
         "volume": volume_section(patch, spacing),
         "teachers": [{"name": n, "checkpoint": p, "sliding_window": True, "overlap": 0.25} for n, p in teachers],
         "student": {"arch": "unet", "arch_args": {"spatial_dims": 3}},
+        "annotate": {"keep_teachers_s": keep_teachers_s},
+        "ray": {"address": address},
     })
+
+
+def running_cluster(work: Path, one: Path, teachers: list[tuple[str, str]], args: argparse.Namespace) -> dict:
+    """The pipeline as jobs on a running cluster (``ray start --head``, this process joining it as a driver for
+    each run): with the run's own actor pools, then with the teachers kept (decision 75) twice: the first run
+    starts the hosts, the second finds them loaded."""
+    import subprocess
+
+    from remote_teacher import free_port
+
+    port = free_port()
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", "--port", str(port), "--num-cpus",
+                             str(os.cpu_count()), "--num-gpus", "0", "--include-dashboard", "false",
+                             "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    out = {}
+    try:
+        time.sleep(10)  # the head's GCS, raylet and first idle workers
+        for name, keep in (("pools", 0.0), ("kept_first", 600.0), ("kept", 600.0)):
+            cfg = run_config(work / f"run_cluster_{name}", one, teachers, args.patch, args.spacing, address, keep)
+            out[name] = pipeline(cfg, work / f"ray_out_cluster_{name}")
+            print(f"  running cluster, {name}: {out[name]['wall_s']:.1f} s", flush=True)
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
+    return out
 
 
 def plain_loop(cfg, out_dir: Path) -> dict:
@@ -184,6 +220,9 @@ def main() -> None:
                         "120,160,160 for volumes of a scanner's size, resampled to --spacing by the pipeline")
     p.add_argument("--patch", type=int, default=48, help="the teachers' sliding window (a cube)")
     p.add_argument("--repeat", type=int, default=4, help="pipeline memory run at this multiple of the volumes; 0: skip")
+    p.add_argument("--running-cluster", action="store_true",
+                   help="also run the pipeline as jobs on a running cluster (`ray start --head`): with its own "
+                        "pools, and with the teachers kept between runs (annotate.keep_teachers_s), twice")
     p.add_argument("--out", type=Path, default=Path("bench/results/annotate_volumes.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -216,6 +255,11 @@ def main() -> None:
             "raw_float32_map_bytes_per_volume": raw_f32 / args.volumes,
             "stored_over_raw_uint8": stored / raw_u8,
         }
+        if args.running_cluster:
+            cluster = running_cluster(work, one, teachers, args)
+            result["running_cluster"] = cluster
+            result["ratio_running_cluster_over_plain"] = {k: r["volumes_per_s"] / plain["volumes_per_s"]
+                                                          for k, r in cluster.items()}
         if args.repeat:
             many = repeated(one, work / f"volumes_{args.repeat}x", args.repeat)
             with PeakMemory() as mem_many:
@@ -235,6 +279,10 @@ def main() -> None:
     print(f"  nakt Ray pipeline : {ray_1x['volumes_per_s']:.3f} volumes/s  peak {ray_1x['peak_memory_mb']:6.0f} MB  "
           f"({ray_1x['volumes_per_s_excluding_ray_init']:.3f} without Ray start-up)  ratio / plain "
           f"{result['ratio_pipeline_over_plain']:.3f}")
+    if args.running_cluster:
+        for k, r in result["running_cluster"].items():
+            print(f"  on a running cluster, {k:10s}: {r['volumes_per_s']:.3f} volumes/s  ratio / plain "
+                  f"{result['ratio_running_cluster_over_plain'][k]:.3f}")
     if args.repeat:
         nx = result[f"ray_pipeline_{args.repeat}x"]
         print(f"  pipeline at {args.repeat}x volumes: {nx['volumes_per_s']:.3f} volumes/s, peak "
