@@ -282,6 +282,7 @@ def test_an_interrupted_volume_run_resumes_to_the_same_set(annotated_volumes, vo
                                           np.asarray(vs.open_case(out, gone["store"][j])["soft_label"][...]))
 
 
+@pytest.mark.fault  # two more volume runs (~25 s): the second tier, to keep `make test` under 10 min
 def test_kept_teachers_annotate_volumes_into_each_runs_own_stores(annotated_volumes, volume_run, tmp_path):
     """annotate.keep_teachers_s on a volume run: the hosts are built without the run's store folder and get it with
     each batch, so a second run into another folder meets the same hosts and writes the same maps there."""

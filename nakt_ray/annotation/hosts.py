@@ -194,6 +194,65 @@ def predict_on_hosts(batch: dict[str, np.ndarray], *, hosts: list[list[str]], ru
     return batch
 
 
+def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]], in_channels: int,
+                      tracking_uri: str | None = None, predictor_cls: type | None = None, prob_dtype: str = "uint8",
+                      pools: str = "per_teacher", shared_actors: int | None = None,
+                      predictor_kwargs: dict[str, Any] | None = None, keep_teachers_s: float = 0.0,
+                      run_id: str = "") -> Any:
+    """The teachers' stage of an annotation run: :func:`~nakt_ray.annotation.pools.add_teacher_pools` (same
+    arguments) when ``keep_teachers_s`` is 0; else the same units (all teachers, or one each) and threads in hosts
+    that outlive the run, found loaded when they exist, reached from one light-task stage that Ray Data fuses with
+    decoding and fusion. ``run_id`` names the run to the hosts (their failure count restarts with each run)."""
+    import ray
+
+    from nakt_ray.annotation.pools import (
+        ACTOR_RESTARTS,
+        TeacherPredictor,
+        add_teacher_pools,
+        light_task_pool,
+        pool_cpu_scale,
+        pool_layout,
+        predictor_arguments,
+        shared_pool_size,
+    )
+    from nakt_ray.runtime.cluster import LIGHT_CPU
+
+    predictor_cls = predictor_cls or TeacherPredictor
+    if not keep_teachers_s:
+        return add_teacher_pools(ds, teachers, records, in_channels, tracking_uri, predictor_cls, prob_dtype, pools,
+                                 shared_actors, predictor_kwargs)
+    check_keep_s(keep_teachers_s)
+    run_keys = getattr(predictor_cls, "RUN_KWARGS", ())
+    run_kwargs: dict[str, Any] = {}
+
+    def teacher_kwargs(t: Any) -> dict[str, Any]:
+        kw = predictor_arguments(t, records, in_channels, tracking_uri, prob_dtype, predictor_kwargs)
+        if not str(t.checkpoint).startswith(("models:/", "runs:/")):
+            kw["tracking_uri"] = None  # concerns MLflow teachers alone: a file's host serves runs of any store
+        for key in run_keys:  # the run's own places go with each batch; the host is built without them
+            run_kwargs[key] = kw.pop(key)
+        return kw
+
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0) >= 1
+    common = dict(keep_s=keep_teachers_s, restarts=ACTOR_RESTARTS)
+    if pool_layout(pools) == "shared":
+        size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
+        unit = dict(teachers=[teacher_kwargs(t) for t in teachers], batch_sizes=[t.batch_size for t in teachers],
+                    num_threads=threads, predictor_cls=predictor_cls)
+        hosts = [start_hosts(unit, size, num_cpus=cpus, num_gpus=1.0 if gpus else 0.0, **common)]
+    else:
+        scale = pool_cpu_scale(teachers)
+        hosts = []
+        for t in teachers:
+            unit = dict(teachers=[teacher_kwargs(t)], batch_sizes=[t.batch_size],
+                        num_threads=max(1, int(t.num_cpus)), predictor_cls=predictor_cls)
+            num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
+            hosts.append(start_hosts(unit, t.actors, num_cpus=t.num_cpus * scale, num_gpus=num_gpus, **common))
+    return ds.map_batches(predict_on_hosts, num_cpus=LIGHT_CPU, compute=light_task_pool(),
+                          fn_kwargs=dict(hosts=hosts, run_id=run_id, run_kwargs=run_kwargs))
+
+
 def list_hosts() -> list[dict[str, Any]]:
     """Every running host on the connected cluster, with its ``info``."""
     import ray

@@ -3,7 +3,8 @@
     cases -> decode + preprocess (CPU tasks) -> teacher pool(s) (``pools.add_teacher_pools``) -> fuse (tasks) -> Parquet
 
 The teachers' pools (one per teacher, or one shared pool whose actors host every teacher) are built by
-:mod:`nakt_ray.annotation.pools`, which evaluation uses too. A case that fails anywhere keeps its row with
+:mod:`nakt_ray.annotation.pools`, which evaluation uses too; with ``annotate.keep_teachers_s`` the same layout runs
+in hosts kept loaded between runs (:mod:`nakt_ray.annotation.hosts`). A case that fails anywhere keeps its row with
 ``status = "error"`` and the reason, so the written set accounts for every input case exactly once (checked before
 the summary is written). An interrupted run can be resumed into the same output (:func:`resume_state`).
 """
@@ -23,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nakt_ray.annotation import parquet as ann
+from nakt_ray.annotation.hosts import add_teacher_stage
 from nakt_ray.annotation.pools import (
     PREDICT_STAGE,
     TeacherPredictor,
-    add_teacher_pools,
     check_teachers,
     light_task_pool,
     pool_layout,
@@ -315,7 +316,7 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
             light = light_task_pool()
             ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
                                 compute=light, fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
-            ds = add_teacher_pools(ds, teachers, records, pre.in_channels, uri, predictor_cls,
+            ds = add_teacher_stage(ds, teachers, records, pre.in_channels, uri, predictor_cls,
                                    cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
                                    keep_teachers_s=cfg.annotate.keep_teachers_s, run_id=uuid.uuid4().hex)
             ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,

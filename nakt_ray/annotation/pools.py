@@ -319,8 +319,7 @@ def pool_layout(pools: str) -> str:
 def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[str, Any]], in_channels: int,
                       tracking_uri: str | None = None, predictor_cls: type = TeacherPredictor,
                       prob_dtype: str = "uint8", pools: str = "per_teacher",
-                      shared_actors: int | None = None, predictor_kwargs: dict[str, Any] | None = None,
-                      keep_teachers_s: float = 0.0, run_id: str = "") -> Any:
+                      shared_actors: int | None = None, predictor_kwargs: dict[str, Any] | None = None) -> Any:
     """Append the teachers' actor pools to ``ds`` (the ``image``/``error`` columns of ``decode_batch``):
     one pool per teacher, or with ``pools="shared"`` one pool of :class:`EnsemblePredictor` actors
     (``shared_actors`` of them; see ``config.AnnotateConfig``). Either way every teacher's column is added.
@@ -329,26 +328,16 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[st
     per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection, or the volume
     predictor of ``annotation/volumes.py``); ``predictor_kwargs`` are passed to each one on top.
 
-    With ``keep_teachers_s > 0`` the same layout runs in detached hosts that outlive the run (found loaded when
-    they already exist; :mod:`nakt_ray.annotation.hosts`), reached from light tasks; ``run_id`` names the run to
-    them.
+    Teachers kept loaded between runs take the same arguments: :func:`nakt_ray.annotation.hosts.add_teacher_stage`.
     """
     from ray.data import ActorPoolStrategy
 
     from nakt_ray.runtime.cluster import cluster_has_gpus
 
-    maps = {r["name"]: r for r in records}
-
     def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
-        return dict(checkpoint=str(t.checkpoint), name=t.name, in_channels=in_channels, options=t.options,
-                    tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle,
-                    classes=list(maps[t.name]["classes"]), cells=list(maps[t.name]["cells"]),
-                    **(predictor_kwargs or {}))
+        return predictor_arguments(t, records, in_channels, tracking_uri, prob_dtype, predictor_kwargs)
 
     gpus = cluster_has_gpus()
-    if keep_teachers_s:
-        return _add_teacher_hosts(ds, teachers, teacher_kwargs, predictor_cls, pools, shared_actors,
-                                  keep_teachers_s, run_id)
     if pool_layout(pools) == "shared":
         # Every actor hosts all teachers (one per GPU, or one per few CPUs with that many torch threads), so the
         # cores are shared by whole batches instead of being time-shared by one process per teacher.
@@ -384,46 +373,14 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[st
     return ds
 
 
-def _add_teacher_hosts(ds: Any, teachers: list[TeacherRef], teacher_kwargs: Any, predictor_cls: type, pools: str,
-                       shared_actors: int | None, keep_s: float, run_id: str) -> Any:
-    """:func:`add_teacher_pools` with the teachers in hosts that outlive the run: the same units (all teachers, or
-    one each) and resources as the pools, one light-task stage that Ray Data fuses with decoding and fusion."""
-    import ray
-
-    from nakt_ray.annotation.hosts import check_keep_s, predict_on_hosts, start_hosts
-    from nakt_ray.runtime.cluster import LIGHT_CPU
-
-    check_keep_s(keep_s)
-    kwargs_of = teacher_kwargs
-    run_keys = getattr(predictor_cls, "RUN_KWARGS", ())
-    run_kwargs: dict[str, Any] = {}
-
-    def teacher_kwargs(t: TeacherRef) -> dict[str, Any]:
-        kw = kwargs_of(t)
-        if not str(t.checkpoint).startswith(("models:/", "runs:/")):
-            kw["tracking_uri"] = None  # concerns MLflow teachers alone: a file's host serves runs of any store
-        for key in run_keys:  # the run's own places go with each batch; the host is built without them
-            run_kwargs[key] = kw.pop(key)
-        return kw
-
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0) >= 1
-    common = dict(keep_s=keep_s, restarts=ACTOR_RESTARTS)
-    if pool_layout(pools) == "shared":
-        size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
-        unit = dict(teachers=[teacher_kwargs(t) for t in teachers], batch_sizes=[t.batch_size for t in teachers],
-                    num_threads=threads, predictor_cls=predictor_cls)
-        hosts = [start_hosts(unit, size, num_cpus=cpus, num_gpus=1.0 if gpus else 0.0, **common)]
-    else:
-        scale = pool_cpu_scale(teachers)
-        hosts = []
-        for t in teachers:
-            unit = dict(teachers=[teacher_kwargs(t)], batch_sizes=[t.batch_size],
-                        num_threads=max(1, int(t.num_cpus)), predictor_cls=predictor_cls)
-            num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
-            hosts.append(start_hosts(unit, t.actors, num_cpus=t.num_cpus * scale, num_gpus=num_gpus, **common))
-    return ds.map_batches(predict_on_hosts, num_cpus=LIGHT_CPU, compute=light_task_pool(),
-                          fn_kwargs=dict(hosts=hosts, run_id=run_id, run_kwargs=run_kwargs))
+def predictor_arguments(t: TeacherRef, records: list[dict[str, Any]], in_channels: int, tracking_uri: str | None,
+                        prob_dtype: str, predictor_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The keyword arguments of teacher ``t``'s predictor (:class:`TeacherPredictor` or a subclass), with its label
+    map from ``records`` (:func:`check_teachers`) and ``predictor_kwargs`` on top."""
+    m = next(r for r in records if r["name"] == t.name)
+    return dict(checkpoint=str(t.checkpoint), name=t.name, in_channels=in_channels, options=t.options,
+                tracking_uri=tracking_uri, prob_dtype=prob_dtype, trust_pickle=t.trust_pickle,
+                classes=list(m["classes"]), cells=list(m["cells"]), **(predictor_kwargs or {}))
 
 
 def check_teachers(teachers: list[TeacherRef], labels: list[str] | tuple[str, ...], in_channels: int,

@@ -178,7 +178,8 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
     """The Ray Dataset that annotates ``todo`` into ``out_dir``: prepare (tasks) -> teacher pools -> fuse (tasks)."""
     import ray
 
-    from nakt_ray.annotation.pools import add_teacher_pools, light_task_pool
+    from nakt_ray.annotation.hosts import add_teacher_stage
+    from nakt_ray.annotation.pools import light_task_pool
     from nakt_ray.data.volumes import MAX_VOXELS
     from nakt_ray.runtime.cluster import LIGHT_CPU
 
@@ -192,7 +193,7 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
         predictor_cls = VolumeTeacherPredictor
     # One case per batch: a volume is a whole batch's work, and the teachers' maps of one case are all a worker holds.
     teachers = [dataclasses.replace(t, batch_size=1) for t in teachers]
-    ds = add_teacher_pools(ds, teachers, records, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
+    ds = add_teacher_stage(ds, teachers, records, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
                            cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
                            predictor_kwargs={"out_dir": out_dir, "spatial_dims": 3},
                            keep_teachers_s=cfg.annotate.keep_teachers_s, run_id=uuid.uuid4().hex)
