@@ -148,6 +148,49 @@ def test_annotate_job_submitted_to_a_ray_start_cluster(tmp_path):
     assert printed["mlflow_run_id"] and printed["output"] == str(out)
 
 
+@pytest.mark.fault  # a `ray start` cluster, two submitted jobs and three `nakt hosts` processes (~2 min)
+@pytest.mark.timeout(600)
+def test_teachers_kept_between_submitted_jobs_then_listed_and_stopped(tmp_path):
+    """annotate.keep_teachers_s on a running cluster, as a user runs it: the second job meets the host the first
+    started (same process; it served both runs), `nakt hosts` lists it and `--stop` ends it."""
+    from nakt_ray.annotation import parquet as ann
+
+    src = transferal(tmp_path, 8, corrupt=2)
+    raw = tiny_raw_config(tmp_path, teachers=[
+        {"name": "t1", "checkpoint": str(make_scripted_teacher(tmp_path / "t1.ts", "t1", seed=1)), "batch_size": 4},
+        {"name": "t2", "checkpoint": str(make_scripted_teacher(tmp_path / "t2.ts", "t2", seed=2)), "batch_size": 4}])
+    raw["data"]["transferal"] = str(src)
+    raw["annotate"] = {"decode_batch_size": 4, "pools": "shared", "keep_teachers_s": 120}
+    cfg = write_config(tmp_path, raw)
+    nakt = [sys.executable, "-m", "nakt_ray.cli", "hosts", "--log-dir", str(tmp_path / "logs")]
+
+    def hosts(head: dict, *extra: str) -> dict:
+        proc = subprocess.run([*nakt, "--ray-address", head["address"], *extra], env=head["env"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return load_job("common").last_json(proc.stdout)
+
+    with ray_head() as head:
+        outputs = [tmp_path / "ann1", tmp_path / "ann2"]
+        for out in outputs:
+            job = submit_job(head, f"{sys.executable} {ROOT / 'jobs' / 'annotate.py'} --config {cfg} "
+                                   f"--set annotate.output={out}", {"RAY_AUTH_MODE": "disabled", "NAKT_PROGRESS": "0"})
+            assert job["status"] == "SUCCEEDED", job["message"] + "\n" + job["logs"][-4000:]
+            listed = hosts(head)["hosts"]
+            assert len(listed) == 1 and listed[0]["teachers"] == ["t1", "t2"], listed
+            if out == outputs[0]:
+                first = listed[0]
+        (kept,) = listed
+        assert (kept["name"], kept["pid"]) == (first["name"], first["pid"])  # the second job met the same process
+        assert (first["runs"], kept["runs"]) == (1, 2) and kept["calls"] > first["calls"]
+        stopped = hosts(head, "--stop")
+        assert stopped["stopped"] == [kept["name"]]
+        assert hosts(head)["hosts"] == []
+    rows = [sorted(ann.read_table(out, columns=["case_id", "status", "soft_label"]).to_pydict()["soft_label"])
+            for out in outputs]
+    assert rows[0] == rows[1] and len(rows[0]) == 8
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. A simulated multi-node cluster that loses a worker node while annotating.
 
