@@ -518,10 +518,7 @@ def test_a_teacher_nan_for_some_cases_called_directly_in_the_shared_layout(tmp_p
 
 
 def test_a_teacher_nan_for_every_case_stops_the_run(ray_session, tmp_path, synthetic_dirs):
-    import subprocess
-    import sys
 
-    from nakt_ray.annotation.pipeline import LOCK
 
     few = _nan_run(tmp_path / "few", synthetic_dirs, threshold=0.5, pools="shared", batch_size=4)
     for image in sorted(Path(few.data.transferal, "images").iterdir())[2:]:
@@ -530,6 +527,14 @@ def test_a_teacher_nan_for_every_case_stops_the_run(ray_session, tmp_path, synth
                                                  r"'nan': 2 \(of 2\); reasons in .*errors.json"):
         annotate(few)  # the run ends, then refuses the set
     assert len(json.loads((tmp_path / "few" / "ann" / "errors.json").read_text())) == 2
+
+
+@pytest.mark.fault  # a `nakt annotate` process of 28 batches (~20 s): the second tier, to keep `make test` in 10 min
+def test_a_teacher_nan_for_every_case_stops_the_run_early_from_its_actor(tmp_path, synthetic_dirs):
+    import subprocess
+    import sys
+
+    from nakt_ray.annotation.pipeline import LOCK
 
     # Stopped early by the actor, seen as a user sees it. In a process of its own: Ray Data keeps a failed
     # dataset's actors (and their CPUs) while its exception is referenced, which pytest's log capture does.
