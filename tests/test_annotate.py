@@ -518,8 +518,6 @@ def test_a_teacher_nan_for_some_cases_called_directly_in_the_shared_layout(tmp_p
 
 
 def test_a_teacher_nan_for_every_case_stops_the_run(ray_session, tmp_path, synthetic_dirs):
-
-
     few = _nan_run(tmp_path / "few", synthetic_dirs, threshold=0.5, pools="shared", batch_size=4)
     for image in sorted(Path(few.data.transferal, "images").iterdir())[2:]:
         image.unlink()  # two cases, so at most two batches: too few for the actor's rule
