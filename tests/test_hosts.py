@@ -71,7 +71,7 @@ def test_an_idle_host_ends_itself(annotated):
     unit = dict(teachers=[dict(checkpoint=str(cfg.teacher_checkpoint(t)), name=t.name, in_channels=1)],
                 batch_sizes=[2], num_threads=1, predictor_cls=TeacherPredictor)
     try:
-        (name,) = start_hosts(unit, 1, num_cpus=0.05, num_gpus=0.0, keep_s=2.0, restarts=0)
+        (name,) = start_hosts(unit, 1, num_gpus=0.0, keep_s=2.0, restarts=0)
         assert [h["name"] for h in list_hosts()] == [name]  # waits for it to load
         deadline = time.time() + 60
         while list_hosts() and time.time() < deadline:

@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from nakt_ray.errors import ConfigError, error, expected
-
 # The Ray namespace of every host: one place to list and stop them, whatever namespace the jobs run in.
 NAMESPACE = "nakt-teachers"
 PREFIX = "teachers-"
@@ -108,14 +106,6 @@ class TeacherHost:
                 return
 
 
-def check_keep_s(keep_s: float, where: str = "config key 'annotate.keep_teachers_s'") -> None:
-    from nakt_ray.config.schema import MIN_KEEP_TEACHERS_S
-
-    if keep_s and keep_s < MIN_KEEP_TEACHERS_S:
-        raise error(ConfigError, where, expected(keep_s, f"0 (the teachers go with the run) or at least "
-                                                         f"{MIN_KEEP_TEACHERS_S:g} seconds"))
-
-
 def _source_stamp(source: str) -> list[Any]:
     """A local model file's size and modification time (a replaced file gets a new host); a URI as it is."""
     path = Path(source)
@@ -126,8 +116,8 @@ def _source_stamp(source: str) -> list[Any]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def host_names(units: list[dict[str, Any]], count: int) -> list[str]:
-    """The names of a unit's ``count`` hosts: a digest of what decides what they compute (``units``: the host's
+def host_names(unit: dict[str, Any], count: int) -> list[str]:
+    """The names of a unit's ``count`` hosts: a digest of what decides what they compute (``unit``: the host's
     constructor arguments and resources, with each teacher's source stamped by its file's size and time)."""
     from nakt_ray import __version__
 
@@ -138,29 +128,25 @@ def host_names(units: list[dict[str, Any]], count: int) -> list[str]:
             return f"{value.__module__}.{value.__qualname__}"
         return str(value)
 
-    stamped = json.loads(json.dumps(units, default=plain))  # a copy: the stamps stay out of the hosts' arguments
-    for unit in stamped:
-        for teacher in unit.get("teachers", []):
-            teacher["source_stamp"] = _source_stamp(teacher["checkpoint"])
-    text = json.dumps({"nakt": __version__, "units": stamped}, sort_keys=True, default=str)
+    stamped = json.loads(json.dumps(unit, default=plain))  # a copy: the stamps stay out of the hosts' arguments
+    for teacher in stamped["teachers"]:
+        teacher["source_stamp"] = _source_stamp(teacher["checkpoint"])
+    text = json.dumps({"nakt": __version__, "unit": stamped}, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     return [f"{PREFIX}{digest}-{i}" for i in range(count)]
 
 
-def start_hosts(unit: dict[str, Any], count: int, *, num_cpus: float, num_gpus: float, keep_s: float,
-                restarts: int) -> list[str]:
+def start_hosts(unit: dict[str, Any], count: int, *, num_gpus: float, keep_s: float, restarts: int) -> list[str]:
     """Create (or find, by name) the ``count`` hosts of ``unit`` (``TeacherHost`` arguments but the identity),
     without waiting for them to load: a new host loads its teachers while the run starts. Each asks for
-    ``num_gpus`` and at most ``HOST_CPU`` CPUs. Returns their names."""
+    ``num_gpus`` and ``HOST_CPU`` CPUs. Returns their names."""
     import ray
 
-    num_cpus = min(num_cpus, HOST_CPU)
-    identity = {"num_cpus": num_cpus, "num_gpus": num_gpus}
-    names = host_names([{**unit, **identity}], count)
+    names = host_names({**unit, "num_cpus": HOST_CPU, "num_gpus": num_gpus}, count)
     host_cls = ray.remote(TeacherHost)
     for name in names:
         handle = host_cls.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                                  num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=restarts,
+                                  num_cpus=HOST_CPU, num_gpus=num_gpus, max_restarts=restarts,
                                   max_task_retries=-1).remote(**unit, keep_s=keep_s, identity={"name": name})
         handle.touch.remote()  # the idle clock of a host found loaded restarts now, not at its first batch
     return names
@@ -210,7 +196,6 @@ def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]
         TeacherPredictor,
         add_teacher_pools,
         light_task_pool,
-        pool_cpu_scale,
         pool_layout,
         predictor_arguments,
         shared_pool_size,
@@ -221,7 +206,6 @@ def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]
     if not keep_teachers_s:
         return add_teacher_pools(ds, teachers, records, in_channels, tracking_uri, predictor_cls, prob_dtype, pools,
                                  shared_actors, predictor_kwargs)
-    check_keep_s(keep_teachers_s)
     run_keys = getattr(predictor_cls, "RUN_KWARGS", ())
     run_kwargs: dict[str, Any] = {}
 
@@ -237,18 +221,17 @@ def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]
     gpus = resources.get("GPU", 0) >= 1
     common = dict(keep_s=keep_teachers_s, restarts=ACTOR_RESTARTS)
     if pool_layout(pools) == "shared":
-        size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
+        size, threads, _ = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
         unit = dict(teachers=[teacher_kwargs(t) for t in teachers], batch_sizes=[t.batch_size for t in teachers],
                     num_threads=threads, predictor_cls=predictor_cls)
-        hosts = [start_hosts(unit, size, num_cpus=cpus, num_gpus=1.0 if gpus else 0.0, **common)]
+        hosts = [start_hosts(unit, size, num_gpus=1.0 if gpus else 0.0, **common)]
     else:
-        scale = pool_cpu_scale(teachers)
         hosts = []
         for t in teachers:
             unit = dict(teachers=[teacher_kwargs(t)], batch_sizes=[t.batch_size],
                         num_threads=max(1, int(t.num_cpus)), predictor_cls=predictor_cls)
             num_gpus = t.num_gpus if t.num_gpus is not None else (1.0 if gpus else 0.0)
-            hosts.append(start_hosts(unit, t.actors, num_cpus=t.num_cpus * scale, num_gpus=num_gpus, **common))
+            hosts.append(start_hosts(unit, t.actors, num_gpus=num_gpus, **common))
     return ds.map_batches(predict_on_hosts, num_cpus=LIGHT_CPU, compute=light_task_pool(),
                           fn_kwargs=dict(hosts=hosts, run_id=run_id, run_kwargs=run_kwargs))
 
