@@ -236,8 +236,9 @@ def main() -> None:
     p.add_argument("--decode-batch", type=int, default=16,
                    help="rows per decode and fusion task of the pipeline (the plain loop works in --batch)")
     p.add_argument("--actors", type=int, default=1, help="actors per teacher pool (per_teacher layout)")
-    p.add_argument("--pools", default="auto", choices=["auto", "per_teacher", "shared"],
-                   help="annotate.pools of the pipeline runs (auto: shared without GPUs, per_teacher with)")
+    p.add_argument("--pools", default="auto", choices=["auto", "per_teacher", "shared", "inline"],
+                   help="annotate.pools of the pipeline runs (auto: per_teacher with GPUs; without, inline from "
+                        "256 images, else shared)")
     p.add_argument("--shared-actors", type=int, default=None,
                    help="annotate.shared_actors (default: one per 4 CPUs, each with that many torch threads)")
     p.add_argument("--no-per-teacher", action="store_true",

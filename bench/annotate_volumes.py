@@ -94,7 +94,7 @@ def volume_section(patch: int, spacing: float) -> dict:
 
 
 def run_config(run_dir: Path, volumes: Path, teachers: list[tuple[str, str]], patch: int, spacing: float,
-               address: str | None = None, keep_teachers_s: float = 0.0):
+               address: str | None = None, keep_teachers_s: float = 0.0, shared_actors: int | None = None):
     from nakt_ray import config
 
     return config.from_dict({
@@ -103,7 +103,7 @@ def run_config(run_dir: Path, volumes: Path, teachers: list[tuple[str, str]], pa
         "volume": volume_section(patch, spacing),
         "teachers": [{"name": n, "checkpoint": p, "sliding_window": True, "overlap": 0.25} for n, p in teachers],
         "student": {"arch": "unet", "arch_args": {"spatial_dims": 3}},
-        "annotate": {"keep_teachers_s": keep_teachers_s},
+        "annotate": {"keep_teachers_s": keep_teachers_s, "shared_actors": shared_actors},
         "ray": {"address": address},
     })
 
@@ -126,7 +126,8 @@ def running_cluster(work: Path, one: Path, teachers: list[tuple[str, str]], args
     try:
         time.sleep(10)  # the head's GCS, raylet and first idle workers
         for name, keep in (("pools", 0.0), ("kept_first", 600.0), ("kept", 600.0)):
-            cfg = run_config(work / f"run_cluster_{name}", one, teachers, args.patch, args.spacing, address, keep)
+            cfg = run_config(work / f"run_cluster_{name}", one, teachers, args.patch, args.spacing, address, keep,
+                             args.shared_actors)
             out[name] = pipeline(cfg, work / f"ray_out_cluster_{name}")
             print(f"  running cluster, {name}: {out[name]['wall_s']:.1f} s", flush=True)
     finally:
@@ -223,6 +224,9 @@ def main() -> None:
     p.add_argument("--running-cluster", action="store_true",
                    help="also run the pipeline as jobs on a running cluster (`ray start --head`): with its own "
                         "pools, and with the teachers kept between runs (annotate.keep_teachers_s), twice")
+    p.add_argument("--shared-actors", type=int, default=None,
+                   help="annotate.shared_actors of the pipeline runs (default: one per 4 CPUs, with that many torch "
+                        "threads)")
     p.add_argument("--out", type=Path, default=Path("bench/results/annotate_volumes.json"))
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -235,7 +239,7 @@ def main() -> None:
         one = make_volumes(work / "volumes_1x", args.volumes, shape, args.input_spacing or args.spacing)
         t_make = time.perf_counter() - t0
         teachers = make_teachers(work / "teachers", args.patch, args.spacing)
-        cfg = run_config(work / "run", one, teachers, args.patch, args.spacing)
+        cfg = run_config(work / "run", one, teachers, args.patch, args.spacing, shared_actors=args.shared_actors)
         with PeakMemory() as mem_plain:
             plain = plain_loop(cfg, work / "plain_out")
         plain.update(usage(mem_plain))
@@ -247,7 +251,7 @@ def main() -> None:
         result = {
             "host": platform.node(), "cpus": os.cpu_count(), "volumes": args.volumes, "shape_dhw": list(shape),
             "spacing_mm": args.spacing, "input_spacing_mm": args.input_spacing or args.spacing,
-            "patch": args.patch, "teachers": [a for _, a, _ in TEACHERS],
+            "patch": args.patch, "shared_actors": args.shared_actors, "teachers": [a for _, a, _ in TEACHERS],
             "classes": len(LABELS), "make_volumes_s": round(t_make, 1), "plain_loop": plain, "ray_pipeline": ray_1x,
             "ratio_pipeline_over_plain": ray_1x["volumes_per_s"] / plain["volumes_per_s"],
             "stored_bytes_per_volume": stored / args.volumes,
@@ -263,7 +267,8 @@ def main() -> None:
         if args.repeat:
             many = repeated(one, work / f"volumes_{args.repeat}x", args.repeat)
             with PeakMemory() as mem_many:
-                ray_nx = pipeline(run_config(work / "run_nx", many, teachers, args.patch, args.spacing),
+                ray_nx = pipeline(run_config(work / "run_nx", many, teachers, args.patch, args.spacing,
+                                             shared_actors=args.shared_actors),
                                   work / f"ray_out_{args.repeat}x")
             ray_nx.update(usage(mem_many))
             result[f"ray_pipeline_{args.repeat}x"] = ray_nx

@@ -16,8 +16,9 @@ an interrupted grid goes on with ``--reuse``; a point that failed is recorded wi
 ``--reuse``.
 
 The grid is every T in ``--teachers`` x every N in ``--cases`` x every pool layout in ``--layouts``
-(``annotate.pools``: ``shared``, one pool of actors that each host all teachers; ``per_teacher``, one actor pool per
-teacher), with the plain single-process loop of ``bench/annotate.py`` beside it for N <= ``--plain-max-cases``.
+(``annotate.pools``: ``inline``, one actor per CPU that decodes, runs all teachers and fuses; ``shared``, one pool
+of actors that each host all teachers between decode and fuse tasks; ``per_teacher``, one actor pool per teacher),
+with the plain single-process loop of ``bench/annotate.py`` beside it for N <= ``--plain-max-cases``.
 The T teachers are the first T of a fixed cycle of small 2D zoo architectures (unet, segresnet, attention_unet,
 basic_unet, at a quarter to a half of their default widths; random weights: throughput does not depend on them), so
 the 3-teacher set is part of the 6-teacher one. The N cases are the HC18 images (``../shared/data/hc18/images``, 600)
@@ -280,8 +281,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teachers", type=int, nargs="+", default=[1, 3, 6, 12], help="numbers of teachers T")
     p.add_argument("--cases", type=int, nargs="+", default=[600, 2400, 9600], help="numbers of cases N")
-    p.add_argument("--layouts", nargs="+", default=["shared", "per_teacher"], choices=["shared", "per_teacher"],
-                   help="annotate.pools of the pipeline runs")
+    p.add_argument("--layouts", nargs="+", default=["inline", "shared", "per_teacher"],
+                   choices=["inline", "shared", "per_teacher"], help="annotate.pools of the pipeline runs")
     p.add_argument("--size", type=int, default=64, help="teachers' input size (square; a multiple of 16, >= 32)")
     p.add_argument("--batch", type=int, default=8, help="batch size of every teacher (and of the plain loop)")
     p.add_argument("--decode-batch", type=int, default=16, help="rows per decode and fusion task of the pipeline")

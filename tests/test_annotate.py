@@ -14,7 +14,15 @@ from conftest import corrupt_copy, make_teacher, tiny_raw_config
 from nakt_ray import config
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation.pipeline import annotate, fuse_batch
-from nakt_ray.annotation.pools import EnsemblePredictor, TeacherPredictor, pool_layout, shared_pool_size
+from nakt_ray.annotation.pools import (
+    INLINE_ACTOR_THREADS,
+    INLINE_MIN_CASES,
+    INLINE_MIN_VOLUMES,
+    EnsemblePredictor,
+    TeacherPredictor,
+    pool_layout,
+    shared_pool_size,
+)
 from nakt_ray.data.datasets import decode_batch
 from nakt_ray.data.readers import list_cases
 from nakt_ray.errors import ConfigError, TeacherLoadError, TeacherOutputError
@@ -87,19 +95,36 @@ def test_shared_pool_size(cpus, gpus, requested, expected):
     assert shared_pool_size(cpus, gpus, requested) == expected
 
 
+@pytest.mark.parametrize("cpus, gpus, requested, expected", [
+    (2, 0, None, (2, 1, 0.5)),      # the inline layout on 2 cores: two single-thread actors
+    (16, 0, None, (16, 1, 0.5)),
+    (16, 0, 4, (4, 4, 2.0)),
+    (16, 2, None, (2, 8, 4.0)),     # one per GPU, as the shared layout
+])
+def test_inline_pool_size(cpus, gpus, requested, expected):
+    assert shared_pool_size(cpus, gpus, requested, INLINE_ACTOR_THREADS) == expected
+
+
 def test_pool_layout_auto_is_shared_without_gpus(ray_session):
     assert pool_layout("auto") == "shared"  # the test cluster has no GPUs
     assert pool_layout("per_teacher") == "per_teacher"
+    # an image run large enough to pay for a second actor's start decodes and fuses in its actors
+    assert pool_layout("auto", cases=INLINE_MIN_CASES - 1) == "shared"
+    assert pool_layout("auto", cases=INLINE_MIN_CASES) == "inline"
+    assert pool_layout("inline") == "inline"
+    assert pool_layout("auto", cases=INLINE_MIN_VOLUMES - 1, volumes=True) == "shared"
+    assert pool_layout("auto", cases=INLINE_MIN_VOLUMES, volumes=True) == "inline"
     with pytest.raises(ValueError, match="annotate.pools 'both'"):
         pool_layout("both")
 
 
-def test_shared_pool_gives_the_per_teacher_result(annotated, tmp_path):
-    cfg, summary, _ = annotated
-    shared = config.from_dict({**cfg.to_dict(), "annotate": {**cfg.to_dict()["annotate"], "pools": "shared",
-                                                             "shared_actors": 2}})
+@pytest.mark.parametrize("layout, actors", [("shared", 2), ("inline", None)])
+def test_shared_and_inline_pools_give_the_per_teacher_result(annotated, tmp_path, layout, actors):
+    cfg, summary, _ = annotated  # per_teacher pools; six cases, one of them a corrupt file
+    shared = config.from_dict({**cfg.to_dict(), "annotate": {**cfg.to_dict()["annotate"], "pools": layout,
+                                                             "shared_actors": actors}})
     out = annotate(shared, output=str(tmp_path / "shared"))
-    assert out["pools"] == "shared" and summary["pools"] == "per_teacher"
+    assert out["pools"] == layout and summary["pools"] == "per_teacher"
     assert (out["annotated"], out["failed"]) == (summary["annotated"], summary["failed"])
     cols = ["case_id", "status", "error", "prob__t1", "prob__t2", "soft_label", "hard_label"]
 
@@ -346,7 +371,10 @@ def test_annotate_with_teachers_from_all_four_sources(ray_session, tmp_path, syn
     assert min(table["agreement"]) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("pools", ["per_teacher", "shared"])
+# per_teacher in the main tier; the layouts whose actors host every teacher (and, inline, decode and fuse too) in
+# the fault tier (~12 s each)
+@pytest.mark.parametrize("pools", ["per_teacher", pytest.param("shared", marks=pytest.mark.fault),
+                                   pytest.param("inline", marks=pytest.mark.fault)])
 def test_a_teacher_actor_that_dies_is_restarted_and_its_batch_retried(annotated, tmp_path, pools):
     import os
     import sys

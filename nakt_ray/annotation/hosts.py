@@ -220,7 +220,7 @@ def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0) >= 1
     common = dict(keep_s=keep_teachers_s, restarts=ACTOR_RESTARTS)
-    if pool_layout(pools) == "shared":
+    if pool_layout(pools) in ("shared", "inline"):  # inline: the hosts are reached from decoding tasks
         size, threads, _ = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
         unit = dict(teachers=[teacher_kwargs(t) for t in teachers], batch_sizes=[t.batch_size for t in teachers],
                     num_threads=threads, predictor_cls=predictor_cls)

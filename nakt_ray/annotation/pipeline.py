@@ -1,12 +1,14 @@
 """Annotation: stream a transferal set through the teachers' Ray Data actor pools, fuse, write Parquet.
 
     cases -> decode + preprocess (CPU tasks) -> teacher pool(s) (``pools.add_teacher_pools``) -> fuse (tasks) -> Parquet
+    cases -> one pool whose actors decode, run every teacher and fuse (``inline``: :func:`add_inline_pool`) -> Parquet
 
 The teachers' pools (one per teacher, or one shared pool whose actors host every teacher) are built by
-:mod:`nakt_ray.annotation.pools`, which evaluation uses too; with ``annotate.keep_teachers_s`` the same layout runs
-in hosts kept loaded between runs (:mod:`nakt_ray.annotation.hosts`). A case that fails anywhere keeps its row with
-``status = "error"`` and the reason, so the written set accounts for every input case exactly once (checked before
-the summary is written). An interrupted run can be resumed into the same output (:func:`resume_state`).
+:mod:`nakt_ray.annotation.pools`, which evaluation uses too; with ``annotate.keep_teachers_s`` the same layout runs in
+hosts kept loaded between runs (:mod:`nakt_ray.annotation.hosts`). The ``inline`` layout (the default for large image
+runs on CPUs, decision 76) keeps each batch in one process from decoding to fused rows. A case that fails anywhere keeps
+its row with ``status = "error"`` and the reason, so the written set accounts for every input case exactly once (checked
+before the summary is written). An interrupted run can be resumed into the same output (:func:`resume_state`).
 """
 from __future__ import annotations
 
@@ -26,11 +28,16 @@ import numpy as np
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation.hosts import add_teacher_stage
 from nakt_ray.annotation.pools import (
+    ACTOR_RESTARTS,
+    INLINE_ACTOR_THREADS,
     PREDICT_STAGE,
+    EnsemblePredictor,
     TeacherPredictor,
     check_teachers,
     light_task_pool,
     pool_layout,
+    predictor_arguments,
+    shared_pool_size,
     teacher_ref,
 )
 from nakt_ray.errors import ConfigError, DataError, TeacherOutputError, error
@@ -61,6 +68,51 @@ def fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], rule: str,
     for key in ("image", *(ann.prob_column(t) for t in teachers)):
         out[key][~ok] = b""  # failed cases carry no arrays
     return out
+
+
+class CaseAnnotator:
+    """Ray Data actor UDF of the ``inline`` layout: decodes a batch of cases (``datasets.decode_batch``), runs every
+    teacher on it (an :class:`~nakt_ray.annotation.pools.EnsemblePredictor`) and fuses it (:func:`fuse_batch`), so
+    the batch never leaves the process between case paths and Parquet-ready rows. A case that fails to decode, or
+    that a teacher fails on, is an error row as in the other layouts."""
+
+    def __init__(self, ensemble: dict[str, Any], decode: dict[str, Any], fuse: dict[str, Any]):
+        from nakt_ray.data.datasets import decode_batch
+
+        self.ensemble = EnsemblePredictor(**ensemble)
+        self.decode_batch = decode_batch
+        self.decode, self.fuse = decode, fuse
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return fuse_batch(self.ensemble(self.decode_batch(batch, **self.decode)), **self.fuse)
+
+
+def add_inline_pool(ds: Any, cfg: RunConfig, teachers: list[Any], records: list[dict[str, Any]],
+                    tracking_uri: str | None, predictor_cls: type, fuse: dict[str, Any]) -> Any:
+    """Append the ``inline`` layout's pool to ``ds`` (case references, ``datasets.cases_dataset``): actors that each
+    host every teacher, as the shared layout's, but one per CPU with one torch thread (``INLINE_ACTOR_THREADS``;
+    one per GPU with GPUs) unless ``annotate.shared_actors``, and that decode and fuse their batches themselves."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    resources = ray.cluster_resources()
+    size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0),
+                                           cfg.annotate.shared_actors, INLINE_ACTOR_THREADS)
+    kwargs = [predictor_arguments(t, records, cfg.preprocess.in_channels, tracking_uri, cfg.annotate.prob_dtype)
+              for t in teachers]
+    ensemble = dict(teachers=kwargs, batch_sizes=[t.batch_size for t in teachers], num_threads=threads,
+                    predictor_cls=predictor_cls)
+    return ds.map_batches(
+        CaseAnnotator,
+        fn_constructor_kwargs=dict(ensemble=ensemble, fuse=fuse,
+                                   decode=dict(preprocess=cfg.preprocess, num_classes=cfg.data.num_classes)),
+        compute=ActorPoolStrategy(size=size),
+        batch_size=cfg.annotate.decode_batch_size,
+        num_cpus=cpus,
+        num_gpus=1.0 if resources.get("GPU", 0) >= 1 else 0.0,
+        max_restarts=ACTOR_RESTARTS,
+        max_task_retries=-1,
+    )
 
 
 def resume_state(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[set[str], list[str]]:
@@ -302,26 +354,42 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
     t0 = time.perf_counter()
 
     # 1. Decode and preprocess in CPU tasks; 2. the teachers' actor pool(s); 3. fuse in tasks; 4. write Parquet.
+    # (The inline layout does 1-3 in its actors.) Volumes and kept teachers run it as the shared layout.
     names = [t.name for t in teachers]
-    layout = pool_layout(cfg.annotate.pools)
+    keep = cfg.annotate.keep_teachers_s
+    layout = pool_layout(cfg.annotate.pools, len(todo), volumes)
+    shared_actors = cfg.annotate.shared_actors
+    if layout == "inline" and (volumes or keep):
+        # Decoding cannot join the actors here (a volume's preparation writes its store; kept hosts are reached from
+        # the decoding tasks): the shared layout with the inline layout's actors, one single-thread actor per CPU.
+        import ray
+
+        layout = "shared"
+        if shared_actors is None:
+            resources = ray.cluster_resources()
+            shared_actors = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), None,
+                                             INLINE_ACTOR_THREADS)[0]
     if todo:
         if volumes:
             from nakt_ray.annotation.volumes import volume_dataset
 
             ds = volume_dataset(cfg, todo, str(storage.absolute(out_dir)), teachers, records, uri, predictor_cls,
-                                layout)
+                                layout, shared_actors)
             schema = ann.arrow_schema_volumes(manifest)
         else:
+            fuse = dict(teachers=names, rule=cfg.fusion.rule, weights=weights, coverage=ann.coverage(manifest))
             ds = cases_dataset(todo, rows_per_block=cfg.annotate.decode_batch_size)
-            light = light_task_pool()
-            ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
-                                compute=light, fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
-            ds = add_teacher_stage(ds, teachers, records, pre.in_channels, uri, predictor_cls,
-                                   cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
-                                   keep_teachers_s=cfg.annotate.keep_teachers_s, run_id=uuid.uuid4().hex)
-            ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
-                                compute=light, fn_kwargs=dict(teachers=names, rule=cfg.fusion.rule, weights=weights,
-                                                              coverage=ann.coverage(manifest)))
+            if layout == "inline":
+                ds = add_inline_pool(ds, cfg, teachers, records, uri, predictor_cls, fuse)
+            else:
+                light = light_task_pool()
+                ds = ds.map_batches(decode_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
+                                    compute=light, fn_kwargs=dict(preprocess=pre, num_classes=cfg.data.num_classes))
+                ds = add_teacher_stage(ds, teachers, records, pre.in_channels, uri, predictor_cls,
+                                       cfg.annotate.prob_dtype, layout, shared_actors, keep_teachers_s=keep,
+                                       run_id=uuid.uuid4().hex)
+                ds = ds.map_batches(fuse_batch, batch_size=cfg.annotate.decode_batch_size, num_cpus=LIGHT_CPU,
+                                    compute=light, fn_kwargs=fuse)
             schema = ann.arrow_schema(names, manifest)
         stop = None
         try:

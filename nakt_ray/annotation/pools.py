@@ -50,6 +50,18 @@ TASK_CPU_RESERVE = 0.5
 TASK_CPU_SHARE = 0.5
 # Torch threads per actor of the shared layout on CPU: one actor per this many CPUs (at least one actor).
 SHARED_ACTOR_THREADS = 4
+# Torch threads per actor of the inline layout on CPU (actors that decode and fuse too): one actor per CPU. Two
+# single-thread processes keep 2 cores busier than one with two threads, whose intra-op barriers wait whenever
+# another process takes a core (measured, 2,400 HC18 images: decision 76).
+INLINE_ACTOR_THREADS = 1
+# ``annotate.pools: auto`` picks the inline layout on a CPU cluster for an image run of at least this many cases:
+# below it, the second actor's start (~2 s of a one-batch run on 2 cores) costs more than it saves (break-even
+# ~150 cases of 3 small teachers at 128x128; decision 76).
+INLINE_MIN_CASES = 256
+# The same for a volume run: one single-thread actor per CPU from this many volumes (the inline layout's actors;
+# preparation and fusion stay tasks, as they write the case's store). Measured at 40 volumes of 120x160x160: 0.84-0.92
+# of the plain loop against 0.75 with one two-thread actor (decision 76); the 3D demo's 16 small volumes keep one.
+INLINE_MIN_VOLUMES = 24
 # A teacher actor that dies (OOM, a crashed GPU, a killed process, a lost node) is restarted this many times;
 # beyond that the run fails loudly instead of looping on a batch that kills every actor. The batch itself is
 # retried without a count of its own (max_task_retries=-1), so the restart bound is the only one: a bounded retry
@@ -63,7 +75,7 @@ ACTOR_RESTARTS = 3
 FAILED_BATCHES_TO_STOP = 3
 # The stage named in the ``error`` column (and errors.json) for a case a teacher failed on.
 PREDICT_STAGE = "predict"
-POOL_LAYOUTS = ("auto", "per_teacher", "shared")
+POOL_LAYOUTS = ("auto", "per_teacher", "shared", "inline")
 
 
 @dataclass(frozen=True)
@@ -282,12 +294,13 @@ def pool_cpu_scale(teachers: list[TeacherRef]) -> float:
     return min(1.0, room / wanted)
 
 
-def shared_pool_size(cpus: float, gpus: float, requested: int | None = None) -> tuple[int, int, float]:
+def shared_pool_size(cpus: float, gpus: float, requested: int | None = None,
+                     threads_per_actor: int = SHARED_ACTOR_THREADS) -> tuple[int, int, float]:
     """Actors, torch threads per actor and Ray CPUs per actor of the shared layout on a cluster with ``cpus`` CPUs
-    and ``gpus`` GPUs: one actor per GPU, else one per ``SHARED_ACTOR_THREADS`` CPUs (one with 2 threads on a
-    2-core machine: one process starts instead of one per teacher, ~5 s of CPU each for torch and MONAI), unless
-    ``requested``."""
-    actors = requested or (int(gpus) if gpus >= 1 else max(1, int(cpus) // SHARED_ACTOR_THREADS))
+    and ``gpus`` GPUs: one actor per GPU, else one per ``threads_per_actor`` CPUs (``SHARED_ACTOR_THREADS``: one
+    with 2 threads on a 2-core machine, so one process starts instead of one per teacher, ~5 s of CPU each for
+    torch and MONAI; ``INLINE_ACTOR_THREADS`` for the inline layout), unless ``requested``."""
+    actors = requested or (int(gpus) if gpus >= 1 else max(1, int(cpus) // threads_per_actor))
     threads = max(1, int(cpus) // actors)
     return actors, threads, max(0.05, cpus * (1 - TASK_CPU_SHARE) / actors)
 
@@ -305,15 +318,22 @@ def light_task_pool() -> Any:
     return TaskPoolStrategy(size=max(1, int(ray.cluster_resources().get("CPU", 1))))
 
 
-def pool_layout(pools: str) -> str:
-    """``annotate.pools`` resolved on the connected cluster: ``auto`` is ``per_teacher`` with GPUs, else ``shared``."""
+def pool_layout(pools: str, cases: int | None = None, volumes: bool = False) -> str:
+    """``annotate.pools`` resolved on the connected cluster: ``auto`` is ``per_teacher`` with GPUs; without, it is
+    ``inline`` for an annotation run of at least ``INLINE_MIN_CASES`` images or ``INLINE_MIN_VOLUMES`` volumes
+    (``cases``, ``volumes``) and ``shared`` otherwise. Evaluation passes no ``cases`` and runs an explicit
+    ``inline`` as ``shared`` (:func:`add_teacher_pools`); volume runs and kept teachers run it as ``shared`` with
+    the inline layout's actors (``pipeline._annotate``)."""
     from nakt_ray.runtime.cluster import cluster_has_gpus
 
     if pools not in POOL_LAYOUTS:
-        raise error(ConfigError, f"annotate.pools {pools!r}", "expected auto, per_teacher or shared")
+        raise error(ConfigError, f"annotate.pools {pools!r}", "expected auto, per_teacher, shared or inline")
     if pools != "auto":
         return pools
-    return "per_teacher" if cluster_has_gpus() else "shared"
+    if cluster_has_gpus():
+        return "per_teacher"
+    least = INLINE_MIN_VOLUMES if volumes else INLINE_MIN_CASES
+    return "inline" if cases is not None and cases >= least else "shared"
 
 
 def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[str, Any]], in_channels: int,
@@ -323,6 +343,8 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[st
     """Append the teachers' actor pools to ``ds`` (the ``image``/``error`` columns of ``decode_batch``):
     one pool per teacher, or with ``pools="shared"`` one pool of :class:`EnsemblePredictor` actors
     (``shared_actors`` of them; see ``config.AnnotateConfig``). Either way every teacher's column is added.
+    ``inline`` is run as ``shared`` here: decoding and fusion inside the actors is the annotation pipeline's
+    (``pipeline.add_inline_pool``), for images.
 
     ``records`` are :func:`check_teachers`'s: each teacher's label map goes to its actors. ``predictor_cls`` is the
     per-teacher class (:class:`TeacherPredictor` or a subclass, e.g. for fault injection, or the volume
@@ -338,7 +360,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[st
         return predictor_arguments(t, records, in_channels, tracking_uri, prob_dtype, predictor_kwargs)
 
     gpus = cluster_has_gpus()
-    if pool_layout(pools) == "shared":
+    if pool_layout(pools) in ("shared", "inline"):
         # Every actor hosts all teachers (one per GPU, or one per few CPUs with that many torch threads), so the
         # cores are shared by whole batches instead of being time-shared by one process per teacher.
         import ray

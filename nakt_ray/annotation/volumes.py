@@ -174,8 +174,9 @@ def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teach
 
 
 def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: list[Any], records: list[dict[str, Any]],
-                   tracking_uri: str | None, predictor_cls: type, layout: str) -> Any:
-    """The Ray Dataset that annotates ``todo`` into ``out_dir``: prepare (tasks) -> teacher pools -> fuse (tasks)."""
+                   tracking_uri: str | None, predictor_cls: type, layout: str, shared_actors: int | None) -> Any:
+    """The Ray Dataset that annotates ``todo`` into ``out_dir``: prepare (tasks) -> teacher pools -> fuse (tasks);
+    ``layout`` and ``shared_actors`` as the run resolved them (``pipeline._annotate``)."""
     import ray
 
     from nakt_ray.annotation.hosts import add_teacher_stage
@@ -194,7 +195,7 @@ def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: lis
     # One case per batch: a volume is a whole batch's work, and the teachers' maps of one case are all a worker holds.
     teachers = [dataclasses.replace(t, batch_size=1) for t in teachers]
     ds = add_teacher_stage(ds, teachers, records, VOLUME_IN_CHANNELS, tracking_uri, predictor_cls,
-                           cfg.annotate.prob_dtype, layout, cfg.annotate.shared_actors,
+                           cfg.annotate.prob_dtype, layout, shared_actors,
                            predictor_kwargs={"out_dir": out_dir, "spatial_dims": 3},
                            keep_teachers_s=cfg.annotate.keep_teachers_s, run_id=uuid.uuid4().hex)
     weights = cfg.fusion.effective_weights()
