@@ -351,10 +351,12 @@ def main() -> None:
             save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result["grid_wall_s"] = time.perf_counter() - t_start
+    result["grid_wall_s"] = time.perf_counter() - t_start  # this invocation's (a --reuse run adds to a grid)
     save()
     print_report(result)
-    plot(result, args.plot, list(args.layouts))
+    # every pipeline layout of the grid, including those of earlier --reuse runs
+    plot(result, args.plot, [lay for lay in ("inline", "shared", "per_teacher")
+                             if any(r["layout"] == lay for r in runs)] or list(args.layouts))
     print(f"\ngrid: {len(todo)} runs in {result['grid_wall_s']:.0f} s; written: {args.out}, {args.plot}")
 
 
