@@ -1,19 +1,17 @@
 """Benchmark: how the cost of annotation grows with the number of teachers T and the number of cases N.
 
     .venv/bin/python bench/annotation_scaling.py --quick              # T 1 3, N 48 96, 32x32: 8-11 min here
-    .venv/bin/python bench/annotation_scaling.py                      # T 1 3 6 12, N 600 2400 9600, 64x64: hours
+    .venv/bin/python bench/annotation_scaling.py                      # T 1 3 6 12, N 600 2400 9600, 64x64: ~2 h
     .venv/bin/python bench/annotation_scaling.py --reuse              # resume: skip the grid points already in --out
     .venv/bin/python bench/annotation_scaling.py --teachers 1 12 --cases 600 --layouts shared --plain-max-cases 0
 
-Cost on 2 CPU cores shared with a study (2026-12-07): ``--quick`` 7.6 and 10.6 min in two runs (12 runs each; each
-pipeline run 30-110 s, nearly all of it fixed cost: Ray's start, actors importing torch and MONAI). The full grid,
-extrapolated from it: ~8-10 h there (~12,600 cases per path and T; at 64x64 ~30 ms a case for decoding and writing
-plus ~30 ms per teacher, so ~0.8 s per case summed over T = 1, 3, 6, 12: ~3 h per pipeline layout at the plain
-loop's rate, more for one pool per teacher, ~0.7 h for the plain loop up to 2,400 cases, ~0.4 h of fixed costs),
-perhaps half that on a quiet machine. Peak memory: ~2 GB for the shared pool, ~1.7 GB + ~0.45 GB per teacher for one
-pool per teacher (so ~7 GB at T = 12, extrapolated). Every finished grid point is written to ``--out`` at once, so
-an interrupted grid goes on with ``--reuse``; a point that failed is recorded with its error and run again by
-``--reuse``.
+Cost on 2 quiet CPU cores (2026-12-07, night): the grid at 64x64 with the inline and shared layouts up to 9,600
+cases, one pool per teacher and the plain loop up to 2,400 took ~70 min in five invocations (40 points) (the points
+from ~6 s to ~450 s; the slowest, shared at T = 12 and N = 9,600). ``--quick``: 8-11 min, nearly all fixed cost.
+Peak memory: ~2.2-2.6 GB for the inline and shared layouts at any N and T; one pool per teacher ~2.4 GB + ~0.33 GB
+per teacher (6.5 GB at T = 12). Every finished grid point is written to ``--out`` at once, so an interrupted grid
+goes on with ``--reuse`` (which also adds points: other ``--layouts`` or ``--cases`` into the same file); a point
+that failed is recorded with its error and run again by ``--reuse``. Results: ``docs/benchmarks.md``.
 
 The grid is every T in ``--teachers`` x every N in ``--cases`` x every pool layout in ``--layouts``
 (``annotate.pools``: ``inline``, one actor per CPU that decodes, runs all teachers and fuses; ``shared``, one pool
