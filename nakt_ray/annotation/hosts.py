@@ -195,10 +195,10 @@ def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]
         ACTOR_RESTARTS,
         TeacherPredictor,
         add_teacher_pools,
+        cluster_pool_size,
         light_task_pool,
         pool_layout,
         predictor_arguments,
-        shared_pool_size,
     )
     from nakt_ray.runtime.cluster import LIGHT_CPU
 
@@ -221,7 +221,7 @@ def add_teacher_stage(ds: Any, teachers: list[Any], records: list[dict[str, Any]
     gpus = resources.get("GPU", 0) >= 1
     common = dict(keep_s=keep_teachers_s, restarts=ACTOR_RESTARTS)
     if pool_layout(pools) in ("shared", "inline"):  # inline: the hosts are reached from decoding tasks
-        size, threads, _ = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
+        size, threads, _ = cluster_pool_size(shared_actors)
         unit = dict(teachers=[teacher_kwargs(t) for t in teachers], batch_sizes=[t.batch_size for t in teachers],
                     num_threads=threads, predictor_cls=predictor_cls)
         hosts = [start_hosts(unit, size, num_gpus=1.0 if gpus else 0.0, **common)]

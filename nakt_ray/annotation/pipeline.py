@@ -34,10 +34,10 @@ from nakt_ray.annotation.pools import (
     EnsemblePredictor,
     TeacherPredictor,
     check_teachers,
+    cluster_pool_size,
     light_task_pool,
     pool_layout,
     predictor_arguments,
-    shared_pool_size,
     teacher_ref,
 )
 from nakt_ray.errors import ConfigError, DataError, TeacherOutputError, error
@@ -92,12 +92,11 @@ def add_inline_pool(ds: Any, cfg: RunConfig, teachers: list[Any], records: list[
     """Append the ``inline`` layout's pool to ``ds`` (case references, ``datasets.cases_dataset``): actors that each
     host every teacher, as the shared layout's, but one per CPU with one torch thread (``INLINE_ACTOR_THREADS``;
     one per GPU with GPUs) unless ``annotate.shared_actors``, and that decode and fuse their batches themselves."""
-    import ray
     from ray.data import ActorPoolStrategy
 
-    resources = ray.cluster_resources()
-    size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0),
-                                           cfg.annotate.shared_actors, INLINE_ACTOR_THREADS)
+    from nakt_ray.runtime.cluster import cluster_has_gpus
+
+    size, threads, cpus = cluster_pool_size(cfg.annotate.shared_actors, INLINE_ACTOR_THREADS)
     kwargs = [predictor_arguments(t, records, cfg.preprocess.in_channels, tracking_uri, cfg.annotate.prob_dtype)
               for t in teachers]
     ensemble = dict(teachers=kwargs, batch_sizes=[t.batch_size for t in teachers], num_threads=threads,
@@ -109,7 +108,7 @@ def add_inline_pool(ds: Any, cfg: RunConfig, teachers: list[Any], records: list[
         compute=ActorPoolStrategy(size=size),
         batch_size=cfg.annotate.decode_batch_size,
         num_cpus=cpus,
-        num_gpus=1.0 if resources.get("GPU", 0) >= 1 else 0.0,
+        num_gpus=1.0 if cluster_has_gpus() else 0.0,
         max_restarts=ACTOR_RESTARTS,
         max_task_retries=-1,
     )
@@ -362,13 +361,9 @@ def _annotate(cfg: RunConfig, transferal: str | None, out_dir: str, predictor_cl
     if layout == "inline" and (volumes or keep):
         # Decoding cannot join the actors here (a volume's preparation writes its store; kept hosts are reached from
         # the decoding tasks): the shared layout with the inline layout's actors, one single-thread actor per CPU.
-        import ray
-
         layout = "shared"
         if shared_actors is None:
-            resources = ray.cluster_resources()
-            shared_actors = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), None,
-                                             INLINE_ACTOR_THREADS)[0]
+            shared_actors = cluster_pool_size(None, INLINE_ACTOR_THREADS)[0]
     if todo:
         if volumes:
             from nakt_ray.annotation.volumes import volume_dataset

@@ -305,6 +305,15 @@ def shared_pool_size(cpus: float, gpus: float, requested: int | None = None,
     return actors, threads, max(0.05, cpus * (1 - TASK_CPU_SHARE) / actors)
 
 
+def cluster_pool_size(requested: int | None = None,
+                      threads_per_actor: int = SHARED_ACTOR_THREADS) -> tuple[int, int, float]:
+    """:func:`shared_pool_size` on the connected cluster's CPUs and GPUs."""
+    import ray
+
+    resources = ray.cluster_resources()
+    return shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), requested, threads_per_actor)
+
+
 def light_task_pool() -> Any:
     """At most one decode (or fuse) task per cluster CPU at a time (a ``ray.data.TaskPoolStrategy``).
 
@@ -363,10 +372,7 @@ def add_teacher_pools(ds: Any, teachers: list[TeacherRef], records: list[dict[st
     if pool_layout(pools) in ("shared", "inline"):
         # Every actor hosts all teachers (one per GPU, or one per few CPUs with that many torch threads), so the
         # cores are shared by whole batches instead of being time-shared by one process per teacher.
-        import ray
-
-        resources = ray.cluster_resources()
-        size, threads, cpus = shared_pool_size(resources.get("CPU", 1), resources.get("GPU", 0), shared_actors)
+        size, threads, cpus = cluster_pool_size(shared_actors)
         return ds.map_batches(
             EnsemblePredictor,
             fn_constructor_kwargs=dict(teachers=[teacher_kwargs(t) for t in teachers],

@@ -268,17 +268,13 @@ class AnnotateConfig:
     (``s3://bucket/prefix``, ``gs://...``, ``file:///...``; see ``nakt_ray/runtime/storage.py``). ``prob_dtype``: how
     probability maps are stored, uint8 (p x 255, 4x smaller than float32; the default) or float16.
 
-    ``pools`` lays out the teachers' actors: ``per_teacher`` gives each teacher an actor pool of its own, sized
-    by its ``actors``, ``num_cpus`` and ``num_gpus`` (each teacher on its own GPU share); ``shared`` runs one pool
-    whose actors each host every teacher and run them one after another on a batch (each teacher still in its own
-    ``batch_size``), ``shared_actors`` of them (default: one per GPU, else one per 4 CPUs, at least one), the
-    cluster's CPUs split between them as torch threads; ``inline`` is the shared layout with actors that also
-    decode their cases and fuse the teachers' maps (no decode or fuse tasks: a batch stays in one process from its
-    file paths to its rows), ``shared_actors`` of them (default: one per GPU, else one per CPU with one torch
-    thread; image runs only: volume runs and kept teachers run it as ``shared``); ``auto`` (the default) is
-    ``per_teacher`` on a cluster with GPUs and, on one without, ``inline`` for an image run of at least 256 cases
-    and ``shared`` for a smaller one: on CPUs, pools of their own only time-share the same cores, and every batch
-    crosses the object store once per teacher (decisions 39, 76).
+    ``pools`` lays out the teachers' actors: ``per_teacher``, an actor pool per teacher sized by its ``actors``,
+    ``num_cpus`` and ``num_gpus``; ``shared``, one pool whose actors each host every teacher (``shared_actors`` of
+    them; default one per GPU, else one per 4 CPUs, which share the CPUs as torch threads); ``inline``, the shared
+    layout with actors that also decode and fuse (a batch stays in one process), one per GPU, else one per CPU
+    with one thread (volume runs and kept teachers decode in tasks and keep only this sizing); ``auto`` (the
+    default) is ``per_teacher`` with GPUs and, without, ``inline`` from 256 images (24 volumes), else ``shared``
+    (decisions 39, 76).
 
     ``keep_teachers_s``: 0 (the default) starts the teachers' actors with the run and ends them with it. Above 0
     (at least 30), the teachers stay loaded on the cluster, in the same layout and resources, until no run has
@@ -301,8 +297,7 @@ class AnnotateConfig:
                                                        f"{MIN_KEEP_TEACHERS_S:g} seconds"))
         if self.shared_actors is not None and self.shared_actors < 1:
             raise error(ConfigError, f"config key '{p}shared_actors'",
-                        expected(self.shared_actors, "an integer >= 1, or null (one per GPU, else per 4 CPUs; "
-                                                             "inline: per CPU)"))
+                        expected(self.shared_actors, "an integer >= 1, or null (sized by the layout)"))
         if self.decode_batch_size < 1:
             raise error(ConfigError, f"config key '{p}decode_batch_size'",
                         expected(self.decode_batch_size, "an integer >= 1"))
