@@ -174,7 +174,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     weights = _parse_weights(args.weights) if args.weights else None
     _quiet(Path(args.output).resolve().parent / "logs")  # beside the output: re_fuse wants an empty folder
     init_ray(RayConfig(address=args.ray_address))
-    say(json.dumps(re_fuse(args.annotations, args.output, args.rule, weights), indent=2))
+    say(json.dumps(re_fuse(args.annotations, args.output, args.rule, weights, specialist=args.specialist), indent=2))
     return 0
 
 
@@ -387,13 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
              "Ray's output goes to logs/ray.log beside the output folder.",
              "nakt fuse --annotations runs/demo/annotations --output runs/demo/ann-staple --rule staple\n"
              "nakt fuse --annotations runs/demo/annotations --output runs/demo/ann-w --rule weighted_mean "
-             "--weights 2,1,1")
+             "--weights 2,1,1\n"
+             "nakt fuse --annotations runs/e5/annotations --output runs/e5/ann-s --rule weighted_mean --specialist 0.5")
     p.add_argument("--annotations", required=True, help="annotation set folder written by `nakt annotate`")
     p.add_argument("--output", required=True, help="folder for the re-fused set")
     p.add_argument("--rule", required=True,
                    help="mean, weighted_mean, majority_vote, staple or confidence_weighted")
     p.add_argument("--weights", help="comma-separated, one per teacher in the set's order, e.g. 2,1,1; or per-class "
                    "weights: one row per teacher separated by ';', one weight per label, e.g. 1,1,0.2;1,0.5,1")
+    p.add_argument("--specialist", type=float, metavar="TEMPERATURE",
+                   help="weigh teachers per case by how sure each is there against its own certainty over the set "
+                        "(teachers of one contrast or scanner each; docs/fusion.md); --weights become the prior")
     p.add_argument("--ray-address", help="join a running Ray cluster ('auto')")
     p.set_defaults(fn=cmd_fuse)
 

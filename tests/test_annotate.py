@@ -297,6 +297,21 @@ def test_re_fuse_changes_fusion_without_any_teacher(annotated, tmp_path):
             before = ann.dequantize(ann.from_bytes([mean_soft[case]], (2, 32, 32), "uint8")[0])
             moved = max(moved, float(np.abs(got - before).max()))
     assert moved > 0.05
+    # specialist weighting: each case by its own weights, written beside the set (images decode row by row)
+    from nakt_ray.annotation.re_fuse import SPECIALIST_FILE
+    from nakt_ray.fusion.specialist import foreground_confidence
+
+    assert re_fuse(cfg.annotations_dir, tmp_path / "spec", "weighted_mean", specialist=0.5)["ok"] == 5
+    cases = json.loads((tmp_path / "spec" / SPECIALIST_FILE).read_text())["cases"]
+    assert len(cases) == 5 and len({tuple(np.round(v["weights"], 6)) for v in cases.values()}) > 1
+    for case, soft in by_case(tmp_path / "spec", "soft_label").items():
+        if soft:
+            maps = [ann.dequantize(ann.from_bytes([s[case]], (2, 32, 32), "uint8")[0]) for s in (stored_t1, stored_t2)]
+            sums, count = foreground_confidence(maps)
+            np.testing.assert_allclose(cases[case]["confidence"], sums / max(count, 1), atol=1e-5)
+            w = cases[case]["weights"]
+            got = ann.dequantize(ann.from_bytes([soft], (2, 32, 32), "uint8")[0])
+            assert np.abs(got - (w[0] * maps[0] + w[1] * maps[1])).max() <= 2.5 / 255
 
 
 def test_decode_batch_reads_slices_of_a_volume(tmp_path):

@@ -19,7 +19,7 @@ from nakt_ray.data.readers import Case
 from nakt_ray.data.volume_cases import list_volume_cases, read_case_labels, read_case_volume
 from nakt_ray.data.volume_preprocess import VolumeTransform, restore_volume
 from nakt_ray.data.volumes import VolumeGeometry, read_volume, write_volume
-from nakt_ray.errors import DataError
+from nakt_ray.errors import ConfigError, DataError
 from nakt_ray.fusion import fuse, pairwise_dice
 
 TINY_UNET_3D = {"spatial_dims": 3, "channels": [4, 8], "strides": [2], "num_res_units": 0}
@@ -252,6 +252,45 @@ def test_re_fusing_a_set_of_volumes_needs_no_teacher(annotated_volumes, tmp_path
         np.testing.assert_array_equal(np.asarray(new["image"][...]), np.asarray(old["image"][...]))
         assert table["agreement"][i] == pytest.approx(
             ann.read_table(out).to_pydict()["agreement"][i], abs=1e-6)  # agreement is the teachers', not the rule's
+
+
+def test_specialist_re_fusion_weighs_each_case_by_its_own_teachers(annotated_volumes, tmp_path):
+    """`nakt fuse --specialist`: per case, weights from each teacher's confidence against its own over the set,
+    stored beside the set; each case fused by its own weights; a student given the rule reads it as stored."""
+    from nakt_ray.annotation.re_fuse import SPECIALIST_FILE, re_fuse
+    from nakt_ray.fusion.specialist import foreground_confidence, specialist_weights
+    from nakt_ray.training.student import differs_from_stored
+
+    cfg, src, out, _ = annotated_volumes
+    teachers = [t["name"] for t in ann.read_manifest(out)["teachers"]]
+    summary = re_fuse(out, tmp_path / "spec", "weighted_mean", [1.0, 1.0, 0.0], specialist=0.5)
+    assert summary["ok"] == 3 and summary["specialist"] == 0.5
+    manifest = ann.read_manifest(tmp_path / "spec")
+    assert manifest["fusion"]["specialist"] == {"temperature": 0.5, "cases": SPECIALIST_FILE}
+    assert not differs_from_stored(manifest["fusion"], "weighted_mean", [1.0, 1.0, 0.0])
+    assert differs_from_stored(manifest["fusion"], "mean", None)
+    cases = json.loads((tmp_path / "spec" / SPECIALIST_FILE).read_text())["cases"]
+    table = ann.read_table(tmp_path / "spec").to_pydict()
+    ok = [i for i, s in enumerate(table["status"]) if s == "ok"]
+    assert sorted(cases) == sorted(table["case_id"][i] for i in ok)
+    confidence, fused = [], {}
+    for i in ok:  # the confidences as read slab by slab equal those of the whole volume
+        group = vs.open_case(tmp_path / "spec", table["store"][i])
+        maps = [ann.dequantize(np.asarray(group[vs.teacher_key(t)][...]), axis=0) for t in teachers]
+        sums, count = foreground_confidence(maps)
+        confidence.append(sums / count)
+        np.testing.assert_allclose(cases[table["case_id"][i]]["confidence"], confidence[-1], atol=1e-5)
+        fused[table["case_id"][i]] = (maps, np.asarray(group["soft_label"][...]))
+    expected_w = specialist_weights(np.array(confidence), 0.5, [1.0, 1.0, 0.0])
+    for (case, (maps, soft)), w in zip(fused.items(), expected_w):
+        np.testing.assert_allclose(cases[case]["weights"], w, atol=1e-9)
+        assert w[2] == 0.0  # the prior's zero stays zero
+        expected = ann.quantize(sum(wt * m for wt, m in zip(w, maps)))
+        assert np.abs(soft.astype(int) - expected).max() <= 1
+    with pytest.raises(ConfigError, match="specialist weighting"):
+        re_fuse(out, tmp_path / "staple", "staple", specialist=0.5)
+    with pytest.raises(ConfigError, match="specialist temperature"):
+        re_fuse(out, tmp_path / "cold", "weighted_mean", specialist=0.0)
 
 
 def test_an_interrupted_volume_run_resumes_to_the_same_set(annotated_volumes, volume_run, tmp_path):

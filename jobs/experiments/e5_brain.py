@@ -19,8 +19,10 @@ with the three (3D sliding window), maps stored per case (zarr). Students (one a
   student_mean      fused by the mean (the default configuration);
   student_searched  fused by the rule and weights searched on the validation subjects: the three teachers annotate
                     val (maps stored); the weighted mean and the confidence-weighted mean, each with every weight
-                    vector of the simplex grid of step 0.1 (2 x 66), fuse them and are scored by Dice against val's
-                    labels on the preprocessed grid; the best re-fuses the transferal set (``nakt fuse``: no
+                    vector of the simplex grid of step 0.1 (2 x 66) and with specialist weighting at four
+                    temperatures (2 x 4: each case weighs each teacher by its confidence there against its own over
+                    the set, ``fusion.specialist``), fuse them and are scored by Dice against val's labels on the
+                    preprocessed grid; the best re-fuses the transferal set (``nakt fuse [--specialist]``: no
                     teacher runs again) and a student is trained on it.
 Every model is scored on each contrast's test folder (``nakt evaluate``: each volume on its original grid, per-class
 Dice and HD95 in mm with bootstrap CIs over the 3 subjects) against each teacher alone and the teachers' ensemble
@@ -52,21 +54,25 @@ TEACHERS = (  # (name, architecture, arch_args, site, epochs): epochs for about 
      "site_t2", 28),
     ("dynunet_pd", "dynunet", {"filters": [8, 16, 32, 64]}, "site_pd", 30),
 )
-STUDENT = ("unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1})
+STUDENT = ("unet", {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 0})
 
 
 SEARCHED_RULES = ("weighted_mean", "confidence_weighted")
+SPECIALIST_TEMPERATURES = (1.0, 0.5, 0.25, 0.1)
 
 
 def search_fusion(cfg, val_annotations: Path, val_folder: str, step: float = 0.1) -> dict:
-    """Score every fusion rule of :data:`SEARCHED_RULES` with every weight vector of the simplex grid (``step``) by
-    the mean foreground Dice (over classes, then cases) of its fused label on the stored val maps against val's
-    labels (preprocessed grid); the best, the best of each rule, equal weights, and the top five."""
+    """Score every fusion of the search on the stored val maps, by the mean foreground Dice (over classes, then
+    cases) of its fused label against val's labels (preprocessed grid): each rule of :data:`SEARCHED_RULES` with
+    every weight vector of the simplex grid (``step``), and each with specialist weighting (equal priors; the
+    temperatures of :data:`SPECIALIST_TEMPERATURES`; ``fusion.specialist``, its standardisation over the val cases).
+    Returns the best, the best of each rule, equal weights, and the top five."""
     from nakt_ray.annotation import parquet as ann
     from nakt_ray.annotation import volume_store as vs
     from nakt_ray.data.volume_cases import list_volume_cases, read_case_labels
     from nakt_ray.data.volume_preprocess import VolumeTransform
     from nakt_ray.fusion.rules import confidence_weighted, teacher_confidence, weighted_mean
+    from nakt_ray.fusion.specialist import foreground_confidence, specialist_weights
     from nakt_ray.metrics import dice_per_class
 
     names = [t.name for t in cfg.teachers]
@@ -74,36 +80,53 @@ def search_fusion(cfg, val_annotations: Path, val_folder: str, step: float = 0.1
     cases = {c.case_id: c for c in list_volume_cases(val_folder, require_masks=True)}
     n = round(1 / step)
     grid = [np.array(w) / n for w in itertools.product(range(n + 1), repeat=len(names)) if sum(w) == n]
-    candidates = [(rule, w) for rule in SEARCHED_RULES for w in grid]
-    scores = np.zeros(len(candidates))
-    used = 0
+    candidates = [(rule, w, None) for rule in SEARCHED_RULES for w in grid]
+    candidates += [(rule, np.full(len(names), 1 / len(names)), temperature)
+                   for rule in SEARCHED_RULES for temperature in SPECIALIST_TEMPERATURES]
+    stored = []  # (quantised maps, truth) per ok case: the specialist weights need every case's confidence first
     for i, case_id in enumerate(table["case_id"]):
         if table["status"][i] != "ok":
             continue
         group = vs.open_case(val_annotations, table["store"][i])
-        probs = np.stack([ann.dequantize(np.asarray(group[vs.teacher_key(t)][...]), axis=0) for t in names])
+        maps = np.stack([np.asarray(group[vs.teacher_key(t)][...]) for t in names])
         transform = VolumeTransform.from_dict(json.loads(table["geometry"][i]))
-        truth = read_case_labels(cases[case_id], cfg.volume, transform, cfg.data.num_classes)
+        stored.append((maps, read_case_labels(cases[case_id], cfg.volume, transform, cfg.data.num_classes)))
+    confidence = np.stack([(lambda s, c: s / max(c, 1))(*foreground_confidence(ann.dequantize(m, axis=1)))
+                           for m, _ in stored])
+    per_case = {temperature: specialist_weights(confidence, temperature) for temperature in SPECIALIST_TEMPERATURES}
+    scores = np.zeros(len(candidates))
+    for i, (maps, truth) in enumerate(stored):
+        probs = ann.dequantize(maps, axis=1)
         t, c, d, h, w = probs.shape
         flat = probs.reshape(t, c, d * h, w)
-        confidence = teacher_confidence(flat)  # independent of the weights: once per case
-        for k, (rule, weights) in enumerate(candidates):
+        voxel_confidence = teacher_confidence(flat)  # independent of the weights: once per case
+        for k, (rule, weights, temperature) in enumerate(candidates):
+            if temperature is not None:
+                weights = per_case[temperature][i]
             soft = (weighted_mean(flat, weights) if rule == "weighted_mean"
-                    else confidence_weighted(flat, weights, confidence=confidence))
+                    else confidence_weighted(flat, weights, confidence=voxel_confidence))
             scores[k] += dice_per_class(soft.argmax(0).reshape(d, h, w), truth, c, spatial_dims=3)[1:].mean()
-        used += 1
-    scores /= max(used, 1)
+    scores /= max(len(stored), 1)
 
     def entry(k: int) -> dict:
-        return {"rule": candidates[k][0], "weights": [float(x) for x in candidates[k][1]], "val_dice": float(scores[k])}
+        rule, weights, temperature = candidates[k]
+        return {"rule": rule, "weights": [float(x) for x in weights], "specialist": temperature,
+                "val_dice": float(scores[k])}
 
     equal = min(range(len(grid)), key=lambda k: np.abs(grid[k] - 1 / len(names)).sum())
     ranked = sorted(range(len(candidates)), key=lambda k: -scores[k])
-    return {**entry(ranked[0]), "cases": used, "candidates": len(candidates),
+    plain = len(SEARCHED_RULES) * len(grid)
+    specialist_best = {rule: entry(max(range(plain + j * len(SPECIALIST_TEMPERATURES),
+                                             plain + (j + 1) * len(SPECIALIST_TEMPERATURES)), key=lambda k: scores[k]))
+                       for j, rule in enumerate(SEARCHED_RULES)}
+    return {**entry(ranked[0]), "cases": len(stored), "candidates": len(candidates),
             "equal_weights_val_dice": {rule: float(scores[j * len(grid) + equal])
                                        for j, rule in enumerate(SEARCHED_RULES)},
             "best_per_rule": {rule: entry(max(range(j * len(grid), (j + 1) * len(grid)), key=lambda k: scores[k]))
                               for j, rule in enumerate(SEARCHED_RULES)},
+            "best_specialist": specialist_best,
+            "val_confidence": {case: [float(x) for x in row] for case, row in zip(
+                [cid for cid, st in zip(table["case_id"], table["status"]) if st == "ok"], confidence)},
             "top": [entry(k) for k in ranked[:5]]}
 
 
@@ -116,6 +139,7 @@ def annotation_quality(cfg, annotations: Path, truth_masks: Path) -> dict:
     from nakt_ray.data.readers import Case
     from nakt_ray.data.volume_cases import read_case_labels
     from nakt_ray.data.volume_preprocess import VolumeTransform
+    from nakt_ray.fusion.specialist import foreground_confidence
     from nakt_ray.metrics import dice_per_class
 
     names = [t.name for t in cfg.teachers]
@@ -129,11 +153,15 @@ def annotation_quality(cfg, annotations: Path, truth_masks: Path) -> dict:
         case = Case(case_id, table["source"][i], str(truth_masks / Path(table["source"][i]).name))
         truth = read_case_labels(case, cfg.volume, transform, cfg.data.num_classes)
         site = case_id.split("_", 1)[1]
+        maps = {t: np.asarray(group[vs.teacher_key(t)][...]) for t in names}
         labels = {"fused": np.asarray(group["hard_label"][...])}
-        labels.update({t: np.asarray(group[vs.teacher_key(t)][...]).argmax(0) for t in names})
+        labels.update({t: m.argmax(0) for t, m in maps.items()})
         for name, label in labels.items():
             dice = dice_per_class(label, truth, cfg.data.num_classes, spatial_dims=3)[1:].mean()
             scores.setdefault(site, {}).setdefault(name, []).append(float(dice))
+        sums, count = foreground_confidence([ann.dequantize(m, axis=0) for m in maps.values()])
+        for t, value in zip(names, sums / max(count, 1)):
+            scores[site].setdefault(f"confidence {t}", []).append(float(value))
     return {site: {name: float(np.mean(v)) for name, v in by.items()} for site, by in scores.items()}
 
 
@@ -243,21 +271,27 @@ def run(args: argparse.Namespace) -> dict:
     searched_dir = run_dir / "annotations_searched"
     if args.reuse and (searched_dir / "summary.json").exists():
         searched = json.loads((searched_dir / "manifest.json").read_text())["fusion"]
-        if (searched["rule"], searched["weights"]) != (search["rule"], search["weights"]):
+        temperature = (searched.get("specialist") or {}).get("temperature")
+        if (searched["rule"], searched["weights"], temperature) != (search["rule"], search["weights"],
+                                                                   search["specialist"]):
             shutil.rmtree(searched_dir)  # fused by an earlier search's choice: fuse again
     if not (searched_dir / "summary.json").exists():
         shutil.rmtree(searched_dir, ignore_errors=True)
-        re_fuse(ann_dir, searched_dir, search["rule"], search["weights"])
+        re_fuse(ann_dir, searched_dir, search["rule"], search["weights"], specialist=search["specialist"])
     record("search_s", t)
     truth = Path(folders["transferal"]).parent / "transferal_truth" / "masks"
     quality = {"mean": annotation_quality(cfg, ann_dir, truth),
                "searched": annotation_quality(cfg, searched_dir, truth)}
+    if args.search_only:  # calibration: the fusion search and what it gives the students, nothing distilled
+        return {"search": search, "annotation_quality": quality, "timings_s": timings}
 
     students = {}
     fusions = {"student_mean": (ann_dir, {"rule": "mean"}),
                # the re-fused set stores this fusion already, so training reads its soft labels as they are
                "student_searched": (searched_dir, {"rule": search["rule"], "weights": search["weights"]})}
     for name, (annotation_set, fusion) in fusions.items():
+        if name not in args.students:
+            continue
         scfg = config.from_dict({**raw, "fusion": fusion,
                                  "student": {**raw["student"], "name": name, "annotations": str(annotation_set)}})
         t = time.perf_counter()
@@ -289,9 +323,14 @@ def write_results(result: dict, out: Path) -> None:
              f"patches per case per epoch {result['patches_per_case']}."]
     if distilled:
         search = result["search"]
-        lines[-1] += (f" Student {result['student_arch']}. Searched fusion: {search['rule']} with weights "
-                      f"{search['weights']} (val Dice of the fused label {search['val_dice']:.3f}; equal weights: "
-                      + ", ".join(f"{r} {v:.3f}" for r, v in search["equal_weights_val_dice"].items()) + ").")
+        chosen = f"{search['rule']} with weights {[round(w, 3) for w in search['weights']]}"
+        if search.get("specialist"):
+            chosen += f", specialist weighting at temperature {search['specialist']}"
+        lines[-1] += (f" Student {result['student_arch']}. Searched fusion: {chosen} (val Dice of the fused label "
+                      f"{search['val_dice']:.3f}; equal weights: "
+                      + ", ".join(f"{r} {v:.3f}" for r, v in search["equal_weights_val_dice"].items())
+                      + "; best without specialist weighting: "
+                      + ", ".join(f"{r} {v['val_dice']:.3f}" for r, v in search["best_per_rule"].items()) + ").")
     lines[-1] += (f" Cost: {sum(result['timings_s'].values()) / 60:.1f} min, the sum of the steps below (a step that "
                   f"--reuse skipped counts the time it took when it ran; this invocation {result['wall_s'] / 60:.1f} "
                   "min).")
@@ -304,9 +343,12 @@ def write_results(result: dict, out: Path) -> None:
                   "| label | " + " | ".join(sites) + " |", "|---|" + "---|" * len(sites)]
         rows = [(f"fused, {fusion}", quality[fusion], "fused") for fusion in quality]
         rows += [(f"teacher {t}", quality["mean"], t) for t in teachers]
+        rows += [(f"confidence of {t}", quality["mean"], f"confidence {t}") for t in teachers
+                 if f"confidence {t}" in quality["mean"][sites[0]]]
         for label, by_site, key in rows:
             lines.append(f"| {label} | " + " | ".join(f"{by_site[s][key]:.3f}" for s in sites) + " |")
-        lines.append("")
+        lines += ["", "(confidence: each teacher's mean voxel confidence, 1 - H / log C, over the voxels any teacher "
+                  "labels foreground; what specialist weighting standardises per teacher)", ""]
     for site, models in result["reports"].items():
         lines += [f"## Test contrast {site} ({models[teachers[0]]['n']} subjects)", "",
                   "| model | Dice (mean of classes) [95% CI] | HD95 mm [95% CI] |", "|---|---|---|"]
@@ -337,13 +379,17 @@ def main() -> None:
     p.add_argument("--data-dir", default=None, help="the brain-MR data (default <run-dir>/data, made if absent)")
     p.add_argument("--patch", type=int, default=48)
     p.add_argument("--teacher-epochs", type=int, default=0, help="0: each teacher its own (about 6 min each)")
-    p.add_argument("--student-epochs", type=int, default=20)
+    p.add_argument("--student-epochs", type=int, default=30)
     p.add_argument("--teacher-patches", type=int, default=20, help="patches per case per epoch (3 cases a site)")
-    p.add_argument("--student-patches", type=int, default=8, help="patches per case per epoch (24 volumes)")
+    p.add_argument("--student-patches", type=int, default=16, help="patches per case per epoch (24 volumes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--teachers-only", action="store_true",
                    help="train the teachers and score them and their ensemble on every contrast; no students")
+    p.add_argument("--students", default="student_mean,student_searched", type=lambda v: v.split(","),
+                   help="which students to train (comma-separated; a calibration run may train one)")
+    p.add_argument("--search-only", action="store_true",
+                   help="stop after the fusion search and the annotations' quality (printed); no students")
     p.add_argument("--reuse", action="store_true", help="keep the data, teachers and annotation sets of --run-dir")
     args = p.parse_args()
     suffix = "-smoke" if args.smoke else ""
@@ -360,6 +406,9 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run(args)
     result["wall_s"] = time.perf_counter() - t0
+    if args.search_only:
+        print(json.dumps(result, indent=1))
+        return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{NAME}.json").write_text(json.dumps(result, indent=2))
     write_results(result, Path(args.out))

@@ -177,14 +177,34 @@ def fused_columns(probs_q: list[np.ndarray], ok: np.ndarray, rule: str, weights:
 
 
 def re_fuse_batch(batch: dict[str, np.ndarray], *, teachers: list[str], shapes: list[tuple[int, ...]], rule: str,
-                  weights: list[float] | None, prob_dtype: str = "uint8",
-                  coverage: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  weights: list[float] | None, prob_dtype: str = "uint8", coverage: np.ndarray | None = None,
+                  case_weights: dict[str, list[float]] | None = None) -> dict[str, np.ndarray]:
     """Stored annotation rows -> the same rows with the fused columns recomputed by another rule / weights from
     the stored per-teacher maps (``prob__<t>``, of shapes ``shapes`` (:func:`teacher_shapes`) and
-    ``prob_dtype``; ``coverage`` as :func:`coverage`)."""
+    ``prob_dtype``; ``coverage`` as :func:`coverage`). ``case_weights``: per case id, its own weights (the
+    specialist weighting, ``fusion.specialist``), in place of ``weights``."""
     ok = np.asarray(batch["status"]) == "ok"
     probs_q = [from_bytes(batch[prob_column(t)], shape, prob_dtype) for t, shape in zip(teachers, shapes)]
-    return {**batch, **fused_columns(probs_q, ok, rule, weights, coverage)}
+    if case_weights is None:
+        return {**batch, **fused_columns(probs_q, ok, rule, weights, coverage)}
+    rows = [fused_columns([q[i:i + 1] for q in probs_q], ok[i:i + 1], rule,
+                          case_weights.get(str(batch["case_id"][i]), weights), coverage) for i in range(len(ok))]
+    return {**batch, **{k: np.concatenate([r[k] for r in rows]) for k in rows[0]}} if rows else dict(batch)
+
+
+def confidence_batch(batch: dict[str, np.ndarray], *, teachers: list[str], shapes: list[tuple[int, ...]],
+                     prob_dtype: str = "uint8") -> dict[str, np.ndarray]:
+    """Stored annotation rows -> ``case_id`` and ``confidence`` (``[T]`` per row: each teacher's mean foreground
+    confidence, ``fusion.specialist.foreground_confidence``; NaN for error rows)."""
+    from nakt_ray.fusion.specialist import foreground_confidence
+
+    ok = np.asarray(batch["status"]) == "ok"
+    probs = [dequantize(from_bytes(batch[prob_column(t)], shape, prob_dtype)) for t, shape in zip(teachers, shapes)]
+    out = np.full((len(ok), len(teachers)), np.nan)
+    for i in np.flatnonzero(ok):
+        sums, count = foreground_confidence([p[i] for p in probs])
+        out[i] = sums / max(count, 1)
+    return {"case_id": np.asarray(batch["case_id"]), "confidence": out}
 
 
 def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> str:

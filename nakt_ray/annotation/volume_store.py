@@ -111,7 +111,8 @@ def read_box(array: Any, start: Sequence[int], size: Sequence[int]) -> np.ndarra
     return np.asarray(array[(Ellipsis, *box)])
 
 
-def _slabs(depth: int) -> Iterator[tuple[int, int]]:
+def slabs(depth: int) -> Iterator[tuple[int, int]]:
+    """``(z0, z1)`` of the slabs of ``CHUNK`` slices that a case of ``depth`` slices is read and fused by."""
     for z0 in range(0, depth, CHUNK):
         yield z0, min(depth, z0 + CHUNK)
 
@@ -144,7 +145,7 @@ def fuse_case(group: Any, teachers: list[str], rule: str, weights: list[float] |
     entropy_sum = 0.0
     rng = np.random.default_rng(seed)
     locations: list[list[np.ndarray]] = [[] for _ in range(n_classes)]
-    for z0, z1 in _slabs(depth):
+    for z0, z1 in slabs(depth):
         probs = [dequantize(np.asarray(m[:, z0:z1]), axis=0) for m in maps]  # T x [C_t, s, H, W]
         c = n_classes
         s, h, w = probs[0].shape[1:]

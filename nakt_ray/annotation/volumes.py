@@ -23,7 +23,7 @@ import torch
 
 from nakt_ray.annotation import parquet as ann
 from nakt_ray.annotation import volume_store as vs
-from nakt_ray.annotation.parquet import quantize
+from nakt_ray.annotation.parquet import dequantize, quantize
 from nakt_ray.annotation.pools import PREDICT_STAGE, TEACHER_INPUT, TeacherPredictor
 from nakt_ray.data.volume_preprocess import VolumeTransform
 from nakt_ray.errors import DataError, TeacherOutputError, error
@@ -159,18 +159,41 @@ def fuse_cases(batch: dict[str, np.ndarray], *, out_dir: str, teachers: list[str
 
 
 def re_fuse_volume_cases(batch: dict[str, Any], *, src: str, out_dir: str, teachers: list[str], rule: str,
-                         weights: list[float] | None, coverage: np.ndarray | None = None) -> dict[str, Any]:
+                         weights: list[float] | None, coverage: np.ndarray | None = None,
+                         case_weights: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """Rows of a set of volumes -> the same rows in ``out_dir``: each ok case's store copied there and fused again
-    by ``rule`` / ``weights`` (its ``agreement`` and ``entropy`` recomputed); error rows pass through."""
+    by ``rule`` / ``weights`` (its ``agreement`` and ``entropy`` recomputed); error rows pass through.
+    ``case_weights``: per case id, its own weights (``fusion.specialist``), in place of ``weights``."""
     out = {k: np.asarray(v).copy() for k, v in batch.items()}
     for i, status in enumerate(batch["status"]):
         if status != "ok":
             continue
         name = str(batch["store"][i])
         shutil.copytree(Path(src) / vs.STORES / name, Path(out_dir) / vs.STORES / name, dirs_exist_ok=True)
-        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, weights, coverage=coverage)
+        own = weights if case_weights is None else case_weights.get(str(batch["case_id"][i]), weights)
+        figures = vs.fuse_case(vs.open_case(out_dir, name, mode="r+"), teachers, rule, own, coverage=coverage)
         out["agreement"][i], out["entropy"][i] = figures["agreement"], figures["entropy"]
     return out
+
+
+def volume_confidence_cases(batch: dict[str, Any], *, src: str, teachers: list[str]) -> dict[str, Any]:
+    """Rows of a set of volumes -> ``case_id`` and ``confidence`` (``[T]``: each teacher's mean foreground
+    confidence, ``fusion.specialist.foreground_confidence``), read slab by slab from the case's store; NaN for error
+    rows."""
+    from nakt_ray.fusion.specialist import foreground_confidence
+
+    out = np.full((len(batch["status"]), len(teachers)), np.nan)
+    for i, status in enumerate(batch["status"]):
+        if status != "ok":
+            continue
+        group = vs.open_case(src, str(batch["store"][i]))
+        maps = [group[vs.teacher_key(t)] for t in teachers]
+        sums, count = np.zeros(len(teachers)), 0
+        for z0, z1 in vs.slabs(maps[0].shape[1]):
+            s, n = foreground_confidence([dequantize(np.asarray(m[:, z0:z1]), axis=0) for m in maps])
+            sums, count = sums + s, count + n
+        out[i] = sums / max(count, 1)
+    return {"case_id": np.asarray(batch["case_id"]), "confidence": out}
 
 
 def volume_dataset(cfg: RunConfig, todo: list[Case], out_dir: str, teachers: list[Any], records: list[dict[str, Any]],

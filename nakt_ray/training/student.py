@@ -157,6 +157,13 @@ def register_student(model_path: str | Path, spec: Any, registered_name: str, al
     return log_and_register_model(model, spec, registered_name, alias, tags)
 
 
+def differs_from_stored(stored: dict[str, Any], rule: str, weights: Any) -> bool:
+    """Whether a student must re-fuse the set's maps by ``rule``/``weights`` rather than read its stored soft labels.
+    A set fused by that rule and those weights is read as stored; so is one re-fused with specialist weighting on
+    them as the prior (``nakt fuse --specialist``: its per-case weights are in the set, not in the config)."""
+    return {"rule": stored.get("rule"), "weights": stored.get("weights")} != {"rule": rule, "weights": weights}
+
+
 def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bool = False, *,
                   register: bool = True, stage: str = "train-student", run_name: str | None = None,
                   run_tags: dict[str, str] | None = None, callbacks: list[Any] | None = None,
@@ -196,7 +203,7 @@ def train_student(cfg: RunConfig, annotations_dir: str | None = None, resume: bo
     if weights is not None and len(weights) != len(manifest["teachers"]):
         raise ValueError(f"fusion weights have {len(weights)} rows but annotation set {str(src)!r} holds "
                          f"{len(manifest['teachers'])} teachers")
-    needs_re_fusion = manifest["fusion"] != {"rule": rule, "weights": weights}
+    needs_re_fusion = differs_from_stored(manifest["fusion"], rule, weights)
     per_teacher = None
     target = resolved_target(cfg.fusion.target, manifest)
     if target == "teachers":  # each teacher's map, through the partial-label loss (loop.train_step)
