@@ -28,7 +28,9 @@ def _rows(folder):
     return sorted(zip(*(t[c] for c in COLUMNS)))
 
 
-def _kept(cfg, keep_s: float = 60.0):
+def _kept(cfg, keep_s: float = 600.0):
+    # Long enough that no host ends itself mid-test on a loaded machine (the runs between two uses of a host took
+    # ~80 s with other work on the cores, and a 60 s keep let one go); the test stops them all itself.
     raw = cfg.to_dict()
     return config.from_dict({**raw, "annotate": {**raw["annotate"], "keep_teachers_s": keep_s}})
 
