@@ -113,7 +113,6 @@ def re_fuse(annotations_dir: str | Path, output: str | Path, rule: str,
     return summary
 
 
-
 def _specialist_case_weights(src: Path, manifest: dict[str, Any], teachers: list[str], temperature: float,
                              prior: list[float], volumes: bool, batch_size: int,
                              out_dir: Path) -> dict[str, list[float]]:
