@@ -109,6 +109,7 @@ def test_annotate_cli_on_a_folder_with_a_corrupt_file(smoke, tmp_path):
 
 
 @pytest.mark.hc18
+@pytest.mark.fault  # a whole real-data run (33 s): in the system tier, to keep `make test` near 10 minutes
 @pytest.mark.skipif(not (HC18 / "images").is_dir(), reason=f"HC18 data not found at {HC18}")
 def test_annotate_hc18_with_demo_teachers_one_row_per_image(smoke, tmp_path):
     import pyarrow.parquet as pq
