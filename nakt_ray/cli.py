@@ -387,17 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
              "Ray's output goes to logs/ray.log beside the output folder.",
              "nakt fuse --annotations runs/demo/annotations --output runs/demo/ann-staple --rule staple\n"
              "nakt fuse --annotations runs/demo/annotations --output runs/demo/ann-w --rule weighted_mean "
-             "--weights 2,1,1\n"
-             "nakt fuse --annotations runs/e5/annotations --output runs/e5/ann-s --rule weighted_mean --specialist 0.5")
+             "--weights 2,1,1 [--specialist 0.1]")
     p.add_argument("--annotations", required=True, help="annotation set folder written by `nakt annotate`")
     p.add_argument("--output", required=True, help="folder for the re-fused set")
     p.add_argument("--rule", required=True,
                    help="mean, weighted_mean, majority_vote, staple or confidence_weighted")
     p.add_argument("--weights", help="comma-separated, one per teacher in the set's order, e.g. 2,1,1; or per-class "
                    "weights: one row per teacher separated by ';', one weight per label, e.g. 1,1,0.2;1,0.5,1")
-    p.add_argument("--specialist", type=float, metavar="TEMPERATURE",
-                   help="weigh teachers per case by how sure each is there against its own certainty over the set "
-                        "(teachers of one contrast or scanner each; docs/fusion.md); --weights become the prior")
+    p.add_argument("--specialist", type=float, metavar="TEMPERATURE", help="weigh teachers per case by their "
+                   "confidence against their own over the set (docs/fusion.md); --weights become the prior")
     p.add_argument("--ray-address", help="join a running Ray cluster ('auto')")
     p.set_defaults(fn=cmd_fuse)
 
