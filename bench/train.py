@@ -167,6 +167,7 @@ def plain_loop(args, annotations: Path) -> dict:
     import torch
 
     from nakt_ray.data.augment import Augmenter
+    from nakt_ray.losses import LOG_PARTS_EVERY
     from nakt_ray.training.loop import train_step
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -183,8 +184,8 @@ def plain_loop(args, annotations: Path) -> dict:
     for _ in range(args.epochs):
         e0 = time.perf_counter()
         model.train()
-        for batch in loader:
-            train_step(model, opt, batch, tc, augmenter)
+        for step, batch in enumerate(loader):
+            train_step(model, opt, batch, tc, augmenter, log_parts=step % LOG_PARTS_EVERY == 0)  # as fit's loop
         epochs.append(time.perf_counter() - e0)
     return summarise(epochs, time.perf_counter() - t0, len(data), args)
 

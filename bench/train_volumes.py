@@ -191,6 +191,7 @@ def _pop_random(buffer: list, rng: np.random.Generator) -> Any:
 def plain_loop(args, annotations: Path) -> dict:
     """(b): the same steps in this process, a one-worker DataLoader drawing the same patches."""
     from nakt_ray.data.augment3d import VolumeAugmenter
+    from nakt_ray.losses import LOG_PARTS_EVERY
     from nakt_ray.training.loop import train_step
 
     cpus = os.cpu_count() or 1
@@ -209,14 +210,15 @@ def plain_loop(args, annotations: Path) -> dict:
     for _ in range(args.epochs):
         e0, wait = time.perf_counter(), 0.0
         model.train()
-        batches = iter(loader)
+        batches, steps = iter(loader), 0
         while True:
             tw = time.perf_counter()
             batch = next(batches, None)
             wait += time.perf_counter() - tw
             if batch is None:
                 break
-            train_step(model, opt, batch, tc, augmenter)
+            train_step(model, opt, batch, tc, augmenter, log_parts=steps % LOG_PARTS_EVERY == 0)  # as fit's loop
+            steps += 1
         sched.step()
         epochs.append(time.perf_counter() - e0)
         waits.append(round(wait, 2))

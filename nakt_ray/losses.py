@@ -19,7 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kl_distillation", "partial_label_loss", "segmentation_loss", "soft_cross_entropy", "soft_dice_loss"]
+__all__ = ["LOG_PARTS_EVERY", "kl_distillation", "partial_label_loss", "segmentation_loss", "soft_cross_entropy",
+           "soft_dice_loss"]
+
+
+LOG_PARTS_EVERY = 8  # the training loop computes the loss parts of weight 0, to log them, every 8th step
 
 
 def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -75,7 +79,12 @@ def soft_dice_loss(
         scalar tensor in [0, 1].
     """
     _check_pair(logits, target)
-    prob = torch.softmax(logits, dim=1)
+    return _dice_of(torch.softmax(logits, dim=1), target, include_background, eps)
+
+
+def _dice_of(prob: torch.Tensor, target: torch.Tensor, include_background: bool = False,
+             eps: float = 1e-5) -> torch.Tensor:
+    """:func:`soft_dice_loss` from the softmax ``prob`` (checked shapes)."""
     target = target.to(prob.dtype)
     if not include_background:
         prob, target = prob[:, 1:], target[:, 1:]
@@ -103,7 +112,12 @@ def soft_cross_entropy(
     """
     _check_pair(logits, target)
     _check_pixel_weight(pixel_weight, logits)
-    log_prob = F.log_softmax(logits, dim=1)
+    return _cross_entropy_of(F.log_softmax(logits, dim=1), target, pixel_weight)
+
+
+def _cross_entropy_of(log_prob: torch.Tensor, target: torch.Tensor,
+                      pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`soft_cross_entropy` from the log-softmax ``log_prob`` (checked shapes)."""
     per_pixel = -(target.to(log_prob.dtype) * log_prob).sum(dim=1)  # [B, H, W]
     return _pixel_mean(per_pixel, pixel_weight)
 
@@ -137,7 +151,12 @@ def kl_distillation(
     _check_pixel_weight(pixel_weight, logits)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature!r}")
-    log_student = F.log_softmax(logits / temperature, dim=1)
+    return _kl_of(F.log_softmax(logits / temperature, dim=1), target, temperature, pixel_weight)
+
+
+def _kl_of(log_student: torch.Tensor, target: torch.Tensor, temperature: float,
+           pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`kl_distillation` from the student's tempered log-softmax ``log_softmax(logits / T)`` (checked)."""
     # log(0) = -inf gives an exact 0 after the softmax; a pixel whose target is all zeros (not a distribution)
     # would give NaN, which nan_to_num turns into "no target" (zero loss at that pixel).
     # The target is a constant here (detached): gradients through log(0) would be NaN.
@@ -157,13 +176,19 @@ def segmentation_loss(
     temperature: float = 1.0,
     pixel_weight: torch.Tensor | None = None,
     hard_weight: float = 0.0,
+    log_parts: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Weighted sum of soft Dice, soft cross-entropy, KL distillation and hard-label Dice + CE, every part returned.
 
     ``loss = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard``, where ``hard`` is Dice
     plus cross-entropy against the one-hot arg-max of ``target`` (the fused hard label). All parts are computed
-    and returned even when their weight is 0, so they can be logged. ``pixel_weight`` applies to the per-pixel
-    terms (ce and kl); Dice is a region overlap and ignores it. Dice excludes the background class.
+    and returned even when their weight is 0, so they can be logged; a part of weight 0 is computed without
+    gradient (it is not in ``loss``), and not at all with ``log_parts`` False (the training loop logs them from
+    one step in :data:`LOG_PARTS_EVERY`: the KL alone costs about a quarter of a 3D student's step).
+    ``pixel_weight`` applies to the per-pixel terms (ce and kl); Dice is a region overlap and ignores it. Dice
+    excludes the background class. One log-softmax serves every part (two when the KL temperature is not 1), so
+    each part has the value of its own function (:func:`soft_dice_loss`, :func:`soft_cross_entropy`,
+    :func:`kl_distillation`).
 
     Args:
         logits: ``[B, C, H, W]`` raw student outputs.
@@ -171,22 +196,55 @@ def segmentation_loss(
         dice_weight, ce_weight, kl_weight, hard_weight: non-negative weights of the parts.
         temperature: T > 0 for the KL part (see :func:`kl_distillation`).
         pixel_weight: optional ``[B, H, W]`` non-negative per-pixel weights.
+        log_parts: also compute the parts of weight 0.
 
     Returns:
         ``{"loss": total, "dice": ..., "ce": ..., "kl": ..., "hard": ...}``, each a scalar tensor (``loss``
-        carries the gradient; the parts are not detached).
+        carries the gradient; the parts are not detached); without ``log_parts``, only the weighted parts.
     """
-    for name, value in (("dice_weight", dice_weight), ("ce_weight", ce_weight), ("kl_weight", kl_weight),
-                        ("hard_weight", hard_weight)):
+    weights = {"dice": dice_weight, "ce": ce_weight, "kl": kl_weight, "hard": hard_weight}
+    for name, value in weights.items():
         if not value >= 0:
-            raise ValueError(f"{name} must be >= 0; got {value!r}")
-    dice = soft_dice_loss(logits, target)
-    ce = soft_cross_entropy(logits, target, pixel_weight=pixel_weight)
-    kl = kl_distillation(logits, target, temperature, pixel_weight=pixel_weight)
-    hard_target = F.one_hot(target.argmax(1), target.shape[1]).movedim(-1, 1).to(logits.dtype)
-    hard = soft_dice_loss(logits, hard_target) + soft_cross_entropy(logits, hard_target, pixel_weight=pixel_weight)
-    total = dice_weight * dice + ce_weight * ce + kl_weight * kl + hard_weight * hard
-    return {"loss": total, "dice": dice, "ce": ce, "kl": kl, "hard": hard}
+            raise ValueError(f"{name}_weight must be >= 0; got {value!r}")
+    _check_pair(logits, target)
+    _check_pixel_weight(pixel_weight, logits)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature!r}")
+    target = target.to(logits.dtype)
+    weighted = [name for name, value in weights.items() if value > 0] or list(weights)
+    parts = _loss_parts(logits, target, weighted, temperature, pixel_weight)
+    rest = [name for name in weights if name not in parts] if log_parts else []
+    if rest:  # logged only: no gradient to keep or compute
+        with torch.no_grad():
+            parts.update(_loss_parts(logits.detach(), target, rest, temperature, pixel_weight))
+    total = sum(weights[name] * parts[name] for name in weighted)
+    return {"loss": total, **{name: parts[name] for name in weights if name in parts}}
+
+
+def _one_hot_argmax(target: torch.Tensor) -> torch.Tensor:
+    """The one-hot arg-max over the class axis 1 (the first class on ties), contiguous, in ``target``'s dtype: from
+    ``max``'s indices (``argmax`` over axis 1 is ~5x slower on the CPU), scattered (``one_hot(...).movedim`` is a
+    strided view, slow to read)."""
+    return torch.zeros_like(target).scatter_(1, target.max(1, keepdim=True).indices, 1.0)
+
+
+def _loss_parts(logits: torch.Tensor, target: torch.Tensor, names: list[str], temperature: float,
+                pixel_weight: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The parts ``names`` of :func:`segmentation_loss` (checked arguments), sharing one log-softmax."""
+    log_prob = F.log_softmax(logits, dim=1)
+    prob = log_prob.exp()
+    parts = {}
+    if "dice" in names:
+        parts["dice"] = _dice_of(prob, target)
+    if "ce" in names:
+        parts["ce"] = _cross_entropy_of(log_prob, target, pixel_weight)
+    if "kl" in names:
+        log_student = log_prob if temperature == 1 else F.log_softmax(logits / temperature, dim=1)
+        parts["kl"] = _kl_of(log_student, target, temperature, pixel_weight)
+    if "hard" in names:
+        hard = _one_hot_argmax(target)
+        parts["hard"] = _dice_of(prob, hard) + _cross_entropy_of(log_prob, hard, pixel_weight)
+    return parts
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -357,7 +415,7 @@ def partial_label_loss(
         a_view = a.view(1, -1, *([1] * (logits.ndim - 2)))
         kl = _pixel_mean((a_view * (torch.xlogy(q, q) - q * log_m_t)).sum(dim=1), pixel_weight) * temperature**2
         # 3. Hard: Dice + CE against the teacher's own arg-max.
-        hard_y = F.one_hot(y.argmax(1), y.shape[1]).movedim(-1, 1).to(y.dtype)
+        hard_y = _one_hot_argmax(y)
         hard_dice, hard_ce = _cell_dice_ce(log_m, hard_y, a, pixel_weight)
         hard = hard_dice + hard_ce
         for name, value in (("dice", dice), ("ce", ce), ("kl", kl), ("hard", hard)):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nakt_ray.losses import (
     kl_distillation,
@@ -105,16 +106,40 @@ def test_kl_handles_exact_zeros_in_target() -> None:
     assert torch.isfinite(logits.grad).all()
 
 
-def test_gradient_flows_through_every_part() -> None:
+def test_gradient_flows_through_every_weighted_part_and_none_through_a_logged_one() -> None:
     target = random_soft(3)
     logits = torch.randn(2, 3, 4, 5, requires_grad=True)
-    parts = segmentation_loss(logits, target, dice_weight=1.0, ce_weight=1.0, kl_weight=0.5, temperature=2.0)
+    parts = segmentation_loss(logits, target, dice_weight=1.0, ce_weight=1.0, kl_weight=0.5, temperature=2.0,
+                              hard_weight=0.5)
     parts["loss"].backward(retain_graph=True)
     assert logits.grad is not None
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     for name in ("dice", "ce", "kl", "hard"):
         (grad,) = torch.autograd.grad(parts[name], logits, retain_graph=True)
         assert grad.abs().sum() > 0, name
+    # a part of weight 0 is logged, not trained: its value without a graph, the same value as when it is weighted
+    logged = segmentation_loss(logits, target, kl_weight=0.0, temperature=2.0)
+    assert not logged["kl"].requires_grad and not logged["hard"].requires_grad and logged["loss"].requires_grad
+    assert logged["kl"].item() == pytest.approx(parts["kl"].item(), rel=1e-6)
+    assert logged["hard"].item() == pytest.approx(parts["hard"].item(), rel=1e-6)
+    # without log_parts they are not computed at all; the total is the same
+    lean = segmentation_loss(logits, target, kl_weight=0.0, temperature=2.0, log_parts=False)
+    assert set(lean) == {"loss", "dice", "ce"}
+    assert lean["loss"].item() == pytest.approx(logged["loss"].item(), rel=1e-6)
+
+
+def test_hard_part_takes_the_first_class_of_a_tie_as_argmax_does() -> None:
+    """The hard label comes from max's indices (faster than argmax over the class axis): on ties, as in quantised
+    targets, it must name the same class as argmax."""
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, :, 0, 0] = torch.tensor([0.5, 0.5, 0.0])
+    target[0, :, 0, 1] = torch.tensor([0.0, 0.5, 0.5])
+    target[0, :, 1, :] = torch.tensor([0.2, 0.4, 0.4])[:, None]
+    logits = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(3))
+    expected = F.one_hot(target.argmax(1), 3).movedim(-1, 1).float()
+    hard = segmentation_loss(logits, target)["hard"]
+    want = soft_dice_loss(logits, expected) + soft_cross_entropy(logits, expected)
+    assert hard.item() == pytest.approx(want.item(), rel=1e-6)
 
 
 def test_segmentation_loss_parts_and_total() -> None:

@@ -24,6 +24,7 @@ import torch
 
 from nakt_ray.config import TrainingConfig, build
 from nakt_ray.data.augment import Augmenter
+from nakt_ray.losses import LOG_PARTS_EVERY
 from nakt_ray.models.model_file import ModelSpec, cpu_state_dict, save_model
 from nakt_ray.tracking import RunLogger
 
@@ -41,7 +42,7 @@ def _targets(y: torch.Tensor) -> torch.Tensor:
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                tc: TrainingConfig, augmenter: Augmenter | None = None, amp_dtype: torch.dtype | None = None,
                scaler: torch.amp.GradScaler | None = None,
-               per_teacher: dict[str, Any] | None = None) -> dict[str, float]:
+               per_teacher: dict[str, Any] | None = None, log_parts: bool = True) -> dict[str, float]:
     """One optimisation step on a batch (``image``, ``target``, optional ``weight``; on the model's device).
 
     With ``per_teacher`` (``{"coverage": [T][K+1] bools, "weights": [T] or None}``) the batch also holds
@@ -49,7 +50,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[s
     :func:`~nakt_ray.losses.partial_label_loss` over them instead of the loss against ``target``.
 
     Shared by the Ray Train loop and the plain-PyTorch benchmark, so both do exactly the same work.
-    Returns the loss parts as floats.
+    Returns the loss parts as floats (without ``log_parts``, those of weight 0 are left out: not computed).
     """
     from nakt_ray.losses import partial_label_loss, segmentation_loss
 
@@ -75,7 +76,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: dict[s
     else:
         parts = segmentation_loss(logits.float(), y, dice_weight=tc.dice_weight, ce_weight=tc.ce_weight,
                                   kl_weight=tc.kl_weight, temperature=tc.temperature, pixel_weight=w,
-                                  hard_weight=tc.hard_weight)
+                                  hard_weight=tc.hard_weight, log_parts=log_parts)
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(parts["loss"]).backward()
@@ -184,7 +185,7 @@ def train_loop(config: dict[str, Any]) -> None:
         #    so a rerun with the same seed sees the same order (one pass an epoch: the seeds of before min_steps).
         #    data_wait_s is the time this worker waited for its input: the share of the epoch the step did not use.
         model.train()
-        t0, sums, steps, samples, wait = time.perf_counter(), {}, 0, 0, 0.0
+        t0, sums, counts, steps, samples, wait = time.perf_counter(), {}, {}, 0, 0, 0.0
         batches = (batch for p in range(passes) for batch in train_shard.iter_torch_batches(
             batch_size=tc.batch_size, device=device, local_shuffle_buffer_size=config["shuffle_rows"],
             local_shuffle_seed=tc.seed + 1000 * (epoch * passes + p) + rank))
@@ -194,13 +195,14 @@ def train_loop(config: dict[str, Any]) -> None:
             wait += time.perf_counter() - tw
             if batch is None:
                 break
-            for k, v in train_step(model, opt, batch, tc, augmenter, amp_dtype, scaler,
-                                   config.get("per_teacher")).items():
-                sums[k] = sums.get(k, 0.0) + v
+            # the loss parts of weight 0 are logged from one step in LOG_PARTS_EVERY (their cost, losses.py)
+            for k, v in train_step(model, opt, batch, tc, augmenter, amp_dtype, scaler, config.get("per_teacher"),
+                                   log_parts=steps % LOG_PARTS_EVERY == 0).items():
+                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
             steps, samples = steps + 1, samples + batch["image"].shape[0]
         sched.step()
         epoch_s = time.perf_counter() - t0
-        metrics: dict[str, float] = {train_metric(k): v / max(steps, 1) for k, v in sums.items()}
+        metrics: dict[str, float] = {train_metric(k): v / counts[k] for k, v in sums.items()}
         metrics.update(epoch=epoch, lr=opt.param_groups[0]["lr"], epoch_s=epoch_s, data_wait_s=wait,
                        samples_per_s=samples * world / max(epoch_s, 1e-9), steps=steps, passes=passes)
 

@@ -49,7 +49,8 @@ def validate_volumes(model: torch.nn.Module, batches: Iterable[dict[str, Any]], 
     with torch.no_grad():
         for batch in batches:
             x = torch.from_numpy(np.array(batch["image"], dtype=np.float32)).to(device)  # a writable copy
-            pred = predict_volume(model, x, patch_size, sw_batch_size, amp_dtype).argmax(1).cpu().numpy()
+            # max's indices: argmax over the class axis is ~5x slower on the CPU (the same class, first on ties)
+            pred = predict_volume(model, x, patch_size, sw_batch_size, amp_dtype).max(1).indices.cpu().numpy()
             label = np.asarray(batch["label"])
             # The metrics score the last two axes of each map: a volume [D, H, W] as one map [D * H, W] is scored
             # over all its voxels at once.
