@@ -142,6 +142,21 @@ def test_patches_of_a_volume_set_are_new_every_epoch_and_reproducible(ray_sessio
     assert fg > 0.3
 
 
+def test_a_patch_task_hands_its_cases_on_one_by_one(ray_session, volume_set, monkeypatch):
+    """A task reads several cases (CASES_PER_BLOCK), but its patches leave it in blocks of about one case's
+    patches (PATCH_BLOCK_BYTES), so the trainer's first batch of an epoch does not wait for a whole task."""
+    from nakt_ray.training import volume_data
+
+    kwargs = dict(patch_size=(16, 16, 16), patches_per_case=3, seed=1)
+    assert volume_data.annotation_patch_dataset(str(volume_set), **kwargs).materialize().num_blocks() == 2  # 2 tasks
+    case_bytes = 3 * 16**3 * (2 + 2)  # 3 patches: float16 image, uint8 target of 2 classes
+    monkeypatch.setattr(volume_data, "PATCH_BLOCK_BYTES", case_bytes)
+    ds = volume_data.annotation_patch_dataset(str(volume_set), **kwargs)
+    assert ds.context.target_max_block_size == case_bytes
+    blocks = ds.materialize()
+    assert blocks.num_blocks() == 5 and blocks.count() == 5 * 3  # one block per case
+
+
 def test_agreement_weights_and_re_fusion_per_patch(ray_session, volume_set):
     from nakt_ray.annotation import parquet as ann
     from nakt_ray.training.volume_data import annotation_patch_dataset

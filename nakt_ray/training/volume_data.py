@@ -14,6 +14,11 @@ own), opening each case's store once and reading only its patches' boxes (``trai
 several cases, because a Ray task costs ~0.25 s of scheduling on 2 cores: one case per task made the input of an
 epoch of 96 patches of 48^3 cost 7.3 s against 1.6 s for the same draws in one process, 1.3-1.6 s with 12 cases a
 block (docs/benchmarks.md, "Student training on patches (3D)").
+A task's output leaves it in blocks of :data:`PATCH_BLOCK_BYTES` (about one case's patches: 16 patches of 48^3
+with 8 classes are 18 MB), not Ray Data's default of 128 MiB: with that, the first batch of an epoch waited for a
+whole task's cases, and E5's student waited 6.5 s of every 21 s epoch for its input; with 18 MiB blocks the first
+batch of an epoch came 3-7x sooner and an epoch of its patches, iterated at 70 ms a step, took 26-28 s against
+38-55 s (both measured beside another training job; ``docs/decisions.md``, 79).
 A resumed run starts its executions again from 0, so it draws the patches of the first run's first epochs again
 (the 2D file shuffle does the same).
 """
@@ -55,6 +60,7 @@ PATCHES_PER_CASE = 4  # per case and epoch: the default of training.patches_per_
 DRAW = "draw"  # the random column: one number per case and epoch
 PATCH_TASK_CPU = 0.25  # a patch task reads and decodes chunks: light, and must not starve the trainer
 CASES_PER_BLOCK = 8  # cases of an annotation set read by one patch task (module docstring); at least 2 blocks
+PATCH_BLOCK_BYTES = 16 * 2**20  # output blocks of a patch task: about one case's patches (module docstring)
 
 
 def _case_rng(seed: int, draw: float) -> np.random.Generator:
@@ -186,7 +192,9 @@ def _patches(cases: Any, seed: int, fn: Any, fn_kwargs: dict[str, Any]):
 
     cases = cases.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     cases = cases.with_column(DRAW, random(seed=seed, reseed_after_execution=True))
-    return cases.map_batches(fn, batch_size=1, num_cpus=PATCH_TASK_CPU, fn_kwargs=fn_kwargs)
+    patches = cases.map_batches(fn, batch_size=1, num_cpus=PATCH_TASK_CPU, fn_kwargs=fn_kwargs)
+    patches.context.target_max_block_size = PATCH_BLOCK_BYTES  # a case's patches leave its task as they are drawn
+    return patches
 
 
 def volume_cases(cfg: Any, folder: str) -> list[Any]:
