@@ -64,8 +64,10 @@ SPECIALIST_TEMPERATURES = (1.0, 0.5, 0.25, 0.1)
 
 
 def search_fusion(cfg, val_annotations: Path, val_folder: str, step: float = 0.1) -> dict:
-    """Score every fusion of the search on the stored val maps, by the mean foreground Dice (over classes, then
-    cases) of its fused label against val's labels (preprocessed grid): each rule of :data:`SEARCHED_RULES` with
+    """Score every fusion of the search on the stored val maps, by the mean foreground soft Dice (over the classes
+    present, then cases) of its fused soft label against val's labels (preprocessed grid), what the student learns
+    from; the Dice of its arg-max is kept beside it (a tie there chose a blend of a right and a wrong teacher in the
+    fourth run, docs/results.md): each rule of :data:`SEARCHED_RULES` with
     every weight vector of the simplex grid (``step``), and each with specialist weighting (equal priors; the
     temperatures of :data:`SPECIALIST_TEMPERATURES`; ``fusion.specialist``, its standardisation over the val cases).
     Returns the best, the best of each rule, equal weights, and the top five."""
@@ -96,24 +98,27 @@ def search_fusion(cfg, val_annotations: Path, val_folder: str, step: float = 0.1
     confidence = np.stack([(lambda s, c: s / max(c, 1))(*foreground_confidence(ann.dequantize(m, axis=1)))
                            for m, _ in stored])
     per_case = {temperature: specialist_weights(confidence, temperature) for temperature in SPECIALIST_TEMPERATURES}
-    scores = np.zeros(len(candidates))
+    scores, hard_scores = np.zeros(len(candidates)), np.zeros(len(candidates))
     for i, (maps, truth) in enumerate(stored):
         probs = ann.dequantize(maps, axis=1)
         t, c, d, h, w = probs.shape
         flat = probs.reshape(t, c, d * h, w)
         voxel_confidence = teacher_confidence(flat)  # independent of the weights: once per case
+        masks = [(k, truth.reshape(d * h, w) == k) for k in range(1, c) if (truth == k).any()]
         for k, (rule, weights, temperature) in enumerate(candidates):
             if temperature is not None:
                 weights = per_case[temperature][i]
             soft = (weighted_mean(flat, weights) if rule == "weighted_mean"
                     else confidence_weighted(flat, weights, confidence=voxel_confidence))
-            scores[k] += dice_per_class(soft.argmax(0).reshape(d, h, w), truth, c, spatial_dims=3)[1:].mean()
+            hard_scores[k] += dice_per_class(soft.argmax(0).reshape(d, h, w), truth, c, spatial_dims=3)[1:].mean()
+            scores[k] += np.mean([2 * soft[j][m].sum() / (soft[j].sum() + m.sum()) for j, m in masks])
     scores /= max(len(stored), 1)
+    hard_scores /= max(len(stored), 1)
 
     def entry(k: int) -> dict:
         rule, weights, temperature = candidates[k]
         return {"rule": rule, "weights": [float(x) for x in weights], "specialist": temperature,
-                "val_dice": float(scores[k])}
+                "val_soft_dice": float(scores[k]), "val_dice": float(hard_scores[k])}
 
     equal = min(range(len(grid)), key=lambda k: np.abs(grid[k] - 1 / len(names)).sum())
     ranked = sorted(range(len(candidates)), key=lambda k: -scores[k])
@@ -122,7 +127,7 @@ def search_fusion(cfg, val_annotations: Path, val_folder: str, step: float = 0.1
                                              plain + (j + 1) * len(SPECIALIST_TEMPERATURES)), key=lambda k: scores[k]))
                        for j, rule in enumerate(SEARCHED_RULES)}
     return {**entry(ranked[0]), "cases": len(stored), "candidates": len(candidates),
-            "equal_weights_val_dice": {rule: float(scores[j * len(grid) + equal])
+            "equal_weights_val_soft_dice": {rule: float(scores[j * len(grid) + equal])
                                        for j, rule in enumerate(SEARCHED_RULES)},
             "best_per_rule": {rule: entry(max(range(j * len(grid), (j + 1) * len(grid)), key=lambda k: scores[k]))
                               for j, rule in enumerate(SEARCHED_RULES)},
@@ -328,11 +333,13 @@ def write_results(result: dict, out: Path) -> None:
         chosen = f"{search['rule']} with weights {[round(w, 3) for w in search['weights']]}"
         if search.get("specialist"):
             chosen += f", specialist weighting at temperature {search['specialist']}"
-        lines[-1] += (f" Student {result['student_arch']}. Searched fusion: {chosen} (val Dice of the fused label "
-                      f"{search['val_dice']:.3f}; equal weights: "
-                      + ", ".join(f"{r} {v:.3f}" for r, v in search["equal_weights_val_dice"].items())
+        lines[-1] += (f" Student {result['student_arch']}. Searched fusion: {chosen} (on val, the fused soft label's "
+                      f"soft Dice {search['val_soft_dice']:.3f} and its arg-max's Dice {search['val_dice']:.3f}; "
+                      "soft Dice with equal weights: "
+                      + ", ".join(f"{r} {v:.3f}" for r, v in search["equal_weights_val_soft_dice"].items())
                       + "; best without specialist weighting: "
-                      + ", ".join(f"{r} {v['val_dice']:.3f}" for r, v in search["best_per_rule"].items()) + ").")
+                      + ", ".join(f"{r} {v['val_soft_dice']:.3f}" for r, v in search["best_per_rule"].items())
+                      + ").")
     lines[-1] += (f" Cost: {sum(result['timings_s'].values()) / 60:.1f} min, the sum of the steps below (a step that "
                   f"--reuse skipped counts the time it took when it ran; this invocation {result['wall_s'] / 60:.1f} "
                   "min).")
