@@ -22,8 +22,10 @@ from nakt_ray.data.readers import Case
 from nakt_ray.errors import ConfigError
 
 KEY = b"0123456789abcdef-test-key"
-PATIENTS = [("DOE^JOHN", "PAT48213"), ("ROE^JANE", "PAT77102"), ("POE^EDGAR", "PAT11809"),
-            ("MOE^ANNA", "PAT55190"), ("LOE^PETER", "PAT90331"), ("KOE^MARIA", "PAT30427")]
+# Surnames of 8+ letters: the leak check searches every output's bytes, weights and optimizer states included, and a
+# 3-letter surname ("POE") once turned up by chance in a torch optimizer state (2^-24 per byte position).
+PATIENTS = [("DOEBERMANN^JOHN", "PAT48213"), ("ROEHRICHT^JANE", "PAT77102"), ("POELLINGER^EDGAR", "PAT11809"),
+            ("MOERSBERG^ANNA", "PAT55190"), ("LOEWENTHAL^PETER", "PAT90331"), ("KOESTLINGER^MARIA", "PAT30427")]
 
 
 def test_pseudonyms_are_keyed_stable_and_keep_the_slice():
